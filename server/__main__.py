@@ -1,0 +1,95 @@
+"""Command line: `python -m server` serves; `migrate` and `create-admin` are admin tasks."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from server.config import Config, ConfigError
+
+
+def _run(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported platform
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+async def _migrate(config: Config) -> None:
+    from server.app import open_database, run_migrations
+
+    dsn, embedded = await open_database(config)
+    try:
+        applied = await run_migrations(dsn)
+        print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def _create_admin(config: Config, username: str, password: str) -> None:
+    from server.app import load_jwt_secret, open_database, run_migrations, user_deps
+    from server.db.pool import create_pool
+    from server.users.service import ensure_admin
+
+    dsn, embedded = await open_database(config)
+    try:
+        await run_migrations(dsn)
+        pool = await create_pool(dsn, size=1)
+        try:
+            admin = await ensure_admin(
+                pool, user_deps(config, load_jwt_secret(config)), username=username, password=password
+            )
+        finally:
+            await pool.close()
+        print(f"admin {admin.username} ({admin.id}) is ready")
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `python -m server` and `sendinchat-server`."""
+    parser = argparse.ArgumentParser(prog="python -m server", description="SendInChat gRPC server")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run the server (the default)")
+    commands.add_parser("migrate", help="apply database migrations and exit")
+    admin = commands.add_parser("create-admin", help="create (or promote) an admin user")
+    admin.add_argument("--username", required=True)
+    admin.add_argument(
+        "--password-env",
+        default="SENDINCHAT_ADMIN_PASSWORD",
+        help="environment variable holding the password (prompted for when unset)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        config = Config.from_env()
+    except ConfigError as exc:
+        print(f"sendinchat: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        if args.command == "migrate":
+            _run(_migrate(config))
+        elif args.command == "create-admin":
+            password = os.environ.get(args.password_env) or getpass.getpass("password for the admin: ")
+            _run(_create_admin(config, args.username, password))
+        else:
+            from server.app import serve
+
+            _run(serve(config))
+    except ConfigError as exc:
+        print(f"sendinchat: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

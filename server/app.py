@@ -1,0 +1,206 @@
+"""Wiring: pool, migrations, servicers, health, reflection, interceptor, metrics, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
+
+from server.auth.passwords import PasswordHasher
+from server.auth.tokens import TokenCodec
+from server.chat.servicer import ChatServicer
+from server.config import Config, ConfigError
+from server.db.embedded import EmbeddedPostgres
+from server.db.migrate import migrate
+from server.db.pool import create_pool
+from server.health import HealthState
+from server.interceptor import RpcInterceptor, StreamLifetimes
+from server.ledger.servicer import LedgerServicer
+from server.observability import Metrics, RpcObserver, configure_logging
+from server.users import service as users
+from server.users.servicer import UserServicer
+from server.users.throttle import LoginLimits
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [
+    users_pb2.DESCRIPTOR.services_by_name["UserService"].full_name,
+    ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
+    chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
+]
+_JWT_SECRET_FILE = "jwt_secret"
+
+
+@dataclass
+class RunningServer:
+    """A started gRPC server and what must be stopped with it."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthState
+    streams: StreamLifetimes
+    grace_seconds: float
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def stop(self) -> None:
+        """Graceful stop: NOT_SERVING, end streams with UNAVAILABLE, drain unary calls, stop."""
+        self.health.set_gate("shutdown", False)
+        await self.health.publish()
+        self.streams.close_all()
+        await self.server.stop(self.grace_seconds)
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def user_deps(config: Config, jwt_secret: str) -> users.UserDeps:
+    """The user service's collaborators, built from config."""
+    return users.UserDeps(
+        hasher=PasswordHasher(config.bcrypt_rounds),
+        tokens=token_codec(config, jwt_secret),
+        login_limits=LoginLimits(
+            per_username=config.login_attempts_per_username,
+            per_peer=config.login_attempts_per_peer,
+            window_seconds=config.login_window_seconds,
+        ),
+    )
+
+
+def token_codec(config: Config, jwt_secret: str) -> TokenCodec:
+    """The JWT codec for this deployment."""
+    return TokenCodec(
+        secret=jwt_secret,
+        issuer=config.jwt_issuer,
+        audience=config.jwt_audience,
+        access_ttl_seconds=config.access_token_ttl_seconds,
+        refresh_ttl_seconds=config.refresh_token_ttl_seconds,
+    )
+
+
+async def create_server(
+    config: Config, pool: asyncpg.Pool, *, jwt_secret: str, metrics: Metrics | None = None
+) -> RunningServer:
+    """Build, bind and start the gRPC server; the port is the bound one (config may say 0)."""
+    metrics = metrics or Metrics()
+    deps = user_deps(config, jwt_secret)
+    streams = StreamLifetimes()
+    interceptor = RpcInterceptor(tokens=deps.tokens, observer=RpcObserver(metrics), streams=streams)
+    server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
+    users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(pool, deps), server)
+    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(), server)
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(), server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    health_state = HealthState(health_servicer, SERVICE_NAMES, metrics)
+    reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+
+    port = _bind(server, config)
+    await server.start()
+    await health_state.probe_database(pool)
+    running = RunningServer(server, port, health_state, streams, config.shutdown_grace_seconds)
+    running.tasks.append(asyncio.create_task(health_state.watch_database(pool)))
+    return running
+
+
+def _bind(server: grpc.aio.Server, config: Config) -> int:
+    try:
+        if config.tls_cert_file is not None and config.tls_key_file is not None:
+            credentials = grpc.ssl_server_credentials(
+                [(config.tls_key_file.read_bytes(), config.tls_cert_file.read_bytes())]
+            )
+            port = server.add_secure_port(config.address, credentials)
+        else:
+            port = server.add_insecure_port(config.address)
+    except RuntimeError:
+        port = 0
+    if port == 0 and not config.address.endswith(":0"):
+        raise ConfigError(f"SENDINCHAT_ADDRESS: cannot listen on {config.address} (in use or not local)")
+    return port
+
+
+def load_jwt_secret(config: Config) -> str:
+    """The configured secret, or (embedded mode only) a dev secret generated once in the data folder."""
+    if config.jwt_secret is not None:
+        return config.jwt_secret
+    path = config.data_dir / _JWT_SECRET_FILE
+    if not path.exists():
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError), _create_private(path) as handle:
+            handle.write(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
+def _create_private(path: Path) -> contextlib.AbstractContextManager[object]:
+    import os
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    return os.fdopen(fd, "w")
+
+
+async def open_database(config: Config) -> tuple[str, EmbeddedPostgres | None]:
+    """The database URL to use, starting the embedded PostgreSQL when none is configured."""
+    if config.database_url is not None:
+        return config.database_url, None
+    embedded = await asyncio.to_thread(EmbeddedPostgres, config.data_dir)
+    return await embedded.ensure_database(), embedded
+
+
+async def run_migrations(dsn: str) -> list[str]:
+    """Apply pending migrations on a dedicated connection."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def serve(config: Config) -> None:
+    """Run the server until SIGTERM or SIGINT, then shut down gracefully."""
+    configure_logging(config.log_level)
+    jwt_secret = load_jwt_secret(config)
+    dsn, embedded = await open_database(config)
+    try:
+        await run_migrations(dsn)
+        pool = await create_pool(dsn, size=config.db_pool_size)
+        try:
+            await _serve_with_pool(config, pool, jwt_secret)
+        finally:
+            await pool.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+
+
+async def _serve_with_pool(config: Config, pool: asyncpg.Pool, jwt_secret: str) -> None:
+    if config.embedded and config.admin_username and config.admin_password:
+        admin = await users.ensure_admin(
+            pool, user_deps(config, jwt_secret), username=config.admin_username, password=config.admin_password
+        )
+        log.info("admin user %s is ready", admin.username)
+    metrics = Metrics()
+    if config.metrics_address:
+        metrics_port = metrics.serve(config.metrics_address)
+        log.info("metrics on http://%s:%d/metrics", config.metrics_address.rpartition(":")[0], metrics_port)
+    running = await create_server(config, pool, jwt_secret=jwt_secret, metrics=metrics)
+    log.info("serving gRPC on %s (port %d)", config.address, running.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.1f s", config.shutdown_grace_seconds)
+    await running.stop()
+    log.info("stopped")

@@ -1,0 +1,188 @@
+"""Configuration read from environment variables and validated once at start."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+MIN_JWT_SECRET_BYTES = 32
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the server reads from its environment."""
+
+    address: str = "127.0.0.1:50051"
+    database_url: str | None = None
+    data_dir: Path = Path(".sendinchat")
+    jwt_secret: str | None = None
+    jwt_issuer: str = "sendinchat"
+    jwt_audience: str = "sendinchat"
+    access_token_ttl_seconds: int = 900
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    bcrypt_rounds: int = 12
+    db_pool_size: int = 10
+    metrics_address: str = "127.0.0.1:9464"
+    shutdown_grace_seconds: float = 10.0
+    login_attempts_per_username: int = 10
+    login_attempts_per_peer: int = 60
+    login_window_seconds: int = 60
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    admin_username: str | None = None
+    admin_password: str | None = None
+    log_level: str = "INFO"
+    chat_stream_buffer: int = 256
+
+    @property
+    def embedded(self) -> bool:
+        """True when no DATABASE_URL is set and the embedded PostgreSQL is used."""
+        return self.database_url is None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
+        """Read and validate the environment; raise ConfigError naming the first bad variable."""
+        env = os.environ if env is None else env
+        reader = _Reader(env)
+        config = cls(
+            address=reader.get("SENDINCHAT_ADDRESS", cls.address, _address),
+            database_url=reader.optional("DATABASE_URL", _database_url),
+            data_dir=reader.get("SENDINCHAT_DATA_DIR", cls.data_dir, Path),
+            jwt_secret=reader.optional("SENDINCHAT_JWT_SECRET", _jwt_secret),
+            jwt_issuer=reader.get("SENDINCHAT_JWT_ISSUER", cls.jwt_issuer, _non_empty),
+            jwt_audience=reader.get("SENDINCHAT_JWT_AUDIENCE", cls.jwt_audience, _non_empty),
+            access_token_ttl_seconds=reader.get(
+                "SENDINCHAT_ACCESS_TOKEN_TTL_SECONDS", cls.access_token_ttl_seconds, _int_between(1, 86400)
+            ),
+            refresh_token_ttl_seconds=reader.get(
+                "SENDINCHAT_REFRESH_TOKEN_TTL_SECONDS",
+                cls.refresh_token_ttl_seconds,
+                _int_between(60, 365 * 86400),
+            ),
+            bcrypt_rounds=reader.get("SENDINCHAT_BCRYPT_ROUNDS", cls.bcrypt_rounds, _int_between(4, 16)),
+            db_pool_size=reader.get("SENDINCHAT_DB_POOL_SIZE", cls.db_pool_size, _int_between(1, 200)),
+            metrics_address=reader.get("SENDINCHAT_METRICS_ADDRESS", cls.metrics_address, _optional_address),
+            shutdown_grace_seconds=reader.get(
+                "SENDINCHAT_SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, _float_between(0, 600)
+            ),
+            login_attempts_per_username=reader.get(
+                "SENDINCHAT_LOGIN_ATTEMPTS_PER_USERNAME", cls.login_attempts_per_username, _int_between(1, 10**6)
+            ),
+            login_attempts_per_peer=reader.get(
+                "SENDINCHAT_LOGIN_ATTEMPTS_PER_PEER", cls.login_attempts_per_peer, _int_between(1, 10**6)
+            ),
+            login_window_seconds=reader.get(
+                "SENDINCHAT_LOGIN_WINDOW_SECONDS", cls.login_window_seconds, _int_between(1, 86400)
+            ),
+            tls_cert_file=reader.optional("SENDINCHAT_TLS_CERT_FILE", _existing_file),
+            tls_key_file=reader.optional("SENDINCHAT_TLS_KEY_FILE", _existing_file),
+            admin_username=reader.optional("SENDINCHAT_ADMIN_USERNAME", _non_empty),
+            admin_password=reader.optional("SENDINCHAT_ADMIN_PASSWORD", _non_empty),
+            log_level=reader.get("SENDINCHAT_LOG_LEVEL", cls.log_level, _log_level),
+            chat_stream_buffer=reader.get(
+                "SENDINCHAT_CHAT_STREAM_BUFFER", cls.chat_stream_buffer, _int_between(8, 100_000)
+            ),
+        )
+        if config.database_url is not None and config.jwt_secret is None:
+            raise ConfigError("SENDINCHAT_JWT_SECRET: required when DATABASE_URL is set (32+ bytes)")
+        if (config.tls_cert_file is None) != (config.tls_key_file is None):
+            raise ConfigError("SENDINCHAT_TLS_CERT_FILE: set both it and SENDINCHAT_TLS_KEY_FILE, or neither")
+        return config
+
+
+class _Reader:
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
+        raw = self._env.get(name, "")
+        return default if raw == "" else self._parse(name, raw, parse)
+
+    def optional(self, name: str, parse: Callable[[str], T]) -> T | None:
+        raw = self._env.get(name, "")
+        return None if raw == "" else self._parse(name, raw, parse)
+
+    @staticmethod
+    def _parse(name: str, raw: str, parse: Callable[[str], T]) -> T:
+        try:
+            return parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+
+def _non_empty(raw: str) -> str:
+    if not raw.strip():
+        raise ValueError("must not be blank")
+    return raw
+
+
+def _address(raw: str) -> str:
+    host, sep, port = raw.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT with a port 0-65535, got {raw!r}")
+    return raw
+
+
+def _optional_address(raw: str) -> str:
+    return "" if raw.lower() in ("off", "none", "disabled") else _address(raw)
+
+
+def _database_url(raw: str) -> str:
+    if not raw.startswith(("postgres://", "postgresql://")):
+        raise ValueError("expected a postgresql:// URL")
+    return raw
+
+
+def _jwt_secret(raw: str) -> str:
+    if len(raw.encode()) < MIN_JWT_SECRET_BYTES:
+        raise ValueError(f"must be at least {MIN_JWT_SECRET_BYTES} bytes for HS256")
+    return raw
+
+
+def _int_between(low: int, high: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_between(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"expected a number, got {raw!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _existing_file(raw: str) -> Path:
+    path = Path(raw)
+    if not path.is_file():
+        raise ValueError(f"no such file: {raw}")
+    return path
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return level

@@ -1,0 +1,240 @@
+"""The one server interceptor: authentication, error mapping, stream lifetimes, observation.
+
+Each method's wrapped handler is built once and cached; per call it authenticates from the
+`authorization` metadata, binds the principal, runs the real handler, turns domain errors into
+statuses (server/status.py) and unexpected ones into INTERNAL with a correlation id, and records
+one log line and metrics. Wrapped handlers keep the kind of the real one, so a bidi client that
+opens a stream and waits is still refused before anything is read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import asyncpg
+import grpc
+
+from server import errors, status
+from server.auth.principal import Principal, set_principal
+from server.auth.tokens import TokenCodec
+from server.observability import RpcObserver
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+PUBLIC_METHODS = frozenset(
+    {
+        "/sendinchat.v1.UserService/Register",
+        "/sendinchat.v1.UserService/Login",
+        "/sendinchat.v1.UserService/RefreshToken",
+    }
+)
+PUBLIC_SERVICE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+_UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.exceptions.ConnectionFailureError,
+    asyncpg.exceptions.AdminShutdownError,
+)
+_RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
+    asyncpg.SerializationError,
+    asyncpg.DeadlockDetectedError,
+)
+
+
+class StreamLifetimes:
+    """Ends streaming RPCs when the caller's token expires or the server shuts down."""
+
+    def __init__(self) -> None:
+        self._scopes: set[asyncio.Timeout] = set()
+        self.closing = False
+
+    async def run(self, call: Callable[[], Awaitable[T]], principal: Principal | None) -> T:
+        """Run a streaming handler until it returns, its token expires, or close_all()."""
+        if self.closing:
+            raise errors.UnavailableError("server is shutting down; reconnect to another replica")
+        loop = asyncio.get_running_loop()
+        deadline = None if principal is None else loop.time() + (principal.expires_at - time.time())
+        scope = asyncio.timeout_at(deadline)
+        try:
+            async with scope:
+                self._scopes.add(scope)
+                try:
+                    return await call()
+                finally:
+                    self._scopes.discard(scope)
+        except TimeoutError:
+            if not scope.expired():
+                raise
+            if self.closing:
+                raise errors.UnavailableError("server is shutting down; reconnect and resume") from None
+            raise errors.UnauthenticatedError("access token expired; reconnect with a fresh token") from None
+
+    def close_all(self) -> None:
+        """End every open stream now (they finish with UNAVAILABLE)."""
+        self.closing = True
+        now = asyncio.get_running_loop().time()
+        for scope in list(self._scopes):
+            scope.reschedule(now)
+
+
+class RpcInterceptor(grpc.aio.ServerInterceptor):
+    """Authentication, error mapping, stream lifetimes and observation for every RPC."""
+
+    def __init__(self, *, tokens: TokenCodec, observer: RpcObserver, streams: StreamLifetimes) -> None:
+        self._tokens = tokens
+        self._observer = observer
+        self._streams = streams
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(method, handler)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        public = method in PUBLIC_METHODS or method.startswith(PUBLIC_SERVICE_PREFIXES)
+        codecs: dict[str, Any] = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if not handler.request_streaming and not handler.response_streaming:
+            unary_unary = handler.unary_unary
+
+            async def unary_unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                return await self._run(method, public, context, lambda: unary_unary(request, context))
+
+            return grpc.unary_unary_rpc_method_handler(unary_unary_behavior, **codecs)
+        if handler.request_streaming and not handler.response_streaming:
+            stream_unary = handler.stream_unary
+
+            async def stream_unary_behavior(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                return await self._run_stream(method, public, context, lambda: stream_unary(requests, context))
+
+            return grpc.stream_unary_rpc_method_handler(stream_unary_behavior, **codecs)
+        inner = handler.unary_stream if not handler.request_streaming else handler.stream_stream
+
+        async def streaming_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+            await self._run_stream(method, public, context, lambda: _drive(inner, request, context))
+
+        factory = (
+            grpc.unary_stream_rpc_method_handler
+            if not handler.request_streaming
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return factory(streaming_behavior, **codecs)
+
+    async def _run_stream(
+        self,
+        method: str,
+        public: bool,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call: Callable[[], Awaitable[T]],
+    ) -> T:
+        self._observer.stream_opened(method)
+        try:
+            return await self._run(method, public, context, call, streaming=True)
+        finally:
+            self._observer.stream_closed(method)
+
+    async def _run(
+        self,
+        method: str,
+        public: bool,
+        context: grpc.aio.ServicerContext[Any, Any],
+        call: Callable[[], Awaitable[T]],
+        *,
+        streaming: bool = False,
+    ) -> T:
+        started = time.perf_counter()
+        principal: Principal | None = None
+        code = grpc.StatusCode.OK
+        try:
+            if not public:
+                principal = self._authenticate(context)
+            set_principal(principal)
+            if streaming:
+                return await self._streams.run(call, principal)
+            return await call()
+        except errors.SendInChatError as exc:
+            code = status.code_of(exc)
+            await context.abort_with_status(status.to_status(exc))
+            raise  # unreachable: abort_with_status raises AbortError
+        except grpc.aio.AbortError:
+            code = _code_after_abort(context)
+            raise
+        except asyncio.CancelledError:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        except _RETRYABLE_ERRORS:
+            code = grpc.StatusCode.ABORTED
+            await context.abort(code, "the request conflicted with a concurrent one; retry it")
+            raise
+        except _UNAVAILABLE_ERRORS:
+            log.warning("database unavailable during %s", method, exc_info=True)
+            code = grpc.StatusCode.UNAVAILABLE
+            await context.abort(code, "the database is unavailable; retry later")
+            raise
+        except Exception:
+            correlation_id = uuid.uuid4().hex
+            log.exception("unexpected error in %s (correlation id %s)", method, correlation_id)
+            code = grpc.StatusCode.INTERNAL
+            await context.abort_with_status(status.internal_status(correlation_id))
+            raise
+        finally:
+            self._observer.record(
+                method=method,
+                code=code,
+                seconds=time.perf_counter() - started,
+                user_id=None if principal is None else principal.user_id,
+                peer=context.peer(),
+            )
+
+    def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                scheme, _, token = str(value).partition(" ")
+                if scheme.lower() != "bearer" or not token.strip():
+                    raise errors.UnauthenticatedError("authorization metadata must be 'Bearer <access token>'")
+                return self._tokens.verify_access(token.strip())
+        raise errors.UnauthenticatedError("missing 'authorization: Bearer <access token>' metadata")
+
+
+async def _drive(inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    """Run a response-streaming handler of either shape (async generator, or read/write coroutine)."""
+    if inspect.isasyncgenfunction(inner):
+        responses: AsyncIterator[Any] = inner(request, context)
+        async for response in responses:
+            await context.write(response)
+    else:
+        await inner(request, context)
+
+
+def _code_after_abort(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    for candidate in grpc.StatusCode:
+        if candidate.value[0] == code:
+            return candidate
+    return grpc.StatusCode.UNKNOWN
