@@ -5,17 +5,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
 import signal
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
-from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 
+from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 from server.auth.passwords import PasswordHasher
 from server.auth.tokens import TokenCodec
 from server.chat.servicer import ChatServicer
@@ -102,10 +103,12 @@ async def create_server(
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(), server)
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(), server)
 
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_state = HealthState(health_servicer, SERVICE_NAMES, metrics)
-    reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    reflection.enable_server_reflection(
+        [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
 
     port = _bind(server, config)
     await server.start()
@@ -138,16 +141,12 @@ def load_jwt_secret(config: Config) -> str:
     path = config.data_dir / _JWT_SECRET_FILE
     if not path.exists():
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileExistsError), _create_private(path) as handle:
-            handle.write(secrets.token_urlsafe(48))
+        # O_EXCL: when two replicas start at once, one writes and both read the same secret.
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
     return path.read_text().strip()
-
-
-def _create_private(path: Path) -> contextlib.AbstractContextManager[object]:
-    import os
-
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    return os.fdopen(fd, "w")
 
 
 async def open_database(config: Config) -> tuple[str, EmbeddedPostgres | None]:
@@ -187,7 +186,10 @@ async def serve(config: Config) -> None:
 async def _serve_with_pool(config: Config, pool: asyncpg.Pool, jwt_secret: str) -> None:
     if config.embedded and config.admin_username and config.admin_password:
         admin = await users.ensure_admin(
-            pool, user_deps(config, jwt_secret), username=config.admin_username, password=config.admin_password
+            pool,
+            user_deps(config, jwt_secret),
+            username=config.admin_username,
+            password=config.admin_password,
         )
         log.info("admin user %s is ready", admin.username)
     metrics = Metrics()

@@ -75,7 +75,9 @@ class Config:
                 "SENDINCHAT_SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, _float_between(0, 600)
             ),
             login_attempts_per_username=reader.get(
-                "SENDINCHAT_LOGIN_ATTEMPTS_PER_USERNAME", cls.login_attempts_per_username, _int_between(1, 10**6)
+                "SENDINCHAT_LOGIN_ATTEMPTS_PER_USERNAME",
+                cls.login_attempts_per_username,
+                _int_between(1, 10**6),
             ),
             login_attempts_per_peer=reader.get(
                 "SENDINCHAT_LOGIN_ATTEMPTS_PER_PEER", cls.login_attempts_per_peer, _int_between(1, 10**6)

@@ -1,17 +1,17 @@
 """Domain errors raised by the service layer; server/status.py maps them to gRPC.
 
-    SendInChatError
-    ├── InvalidArgumentError       INVALID_ARGUMENT (+ BadRequest field violations)
-    ├── NotFoundError              NOT_FOUND (also for what the caller may not see)
-    ├── AlreadyExistsError         ALREADY_EXISTS
-    ├── FailedPreconditionError    FAILED_PRECONDITION (+ ErrorInfo reason)
-    │   ├── InsufficientFundsError       reason INSUFFICIENT_FUNDS
-    │   └── IdempotencyKeyReusedError    reason IDEMPOTENCY_KEY_REUSED
-    ├── PermissionDeniedError      PERMISSION_DENIED
-    ├── UnauthenticatedError       UNAUTHENTICATED
-    ├── RateLimitedError           RESOURCE_EXHAUSTED (+ RetryInfo)
-    ├── ConflictError              ABORTED (retry with the same request_id)
-    └── UnavailableError           UNAVAILABLE (database unreachable)
+SendInChatError
+├── InvalidArgumentError       INVALID_ARGUMENT (+ BadRequest field violations)
+├── NotFoundError              NOT_FOUND (also for what the caller may not see)
+├── AlreadyExistsError         ALREADY_EXISTS
+├── FailedPreconditionError    FAILED_PRECONDITION (+ ErrorInfo reason)
+│   ├── InsufficientFundsError       reason INSUFFICIENT_FUNDS
+│   └── IdempotencyKeyReusedError    reason IDEMPOTENCY_KEY_REUSED
+├── PermissionDeniedError      PERMISSION_DENIED
+├── UnauthenticatedError       UNAUTHENTICATED
+├── RateLimitedError           RESOURCE_EXHAUSTED (+ RetryInfo)
+├── ConflictError              ABORTED (retry with the same request_id)
+└── UnavailableError           UNAVAILABLE (database unreachable)
 """
 
 from __future__ import annotations

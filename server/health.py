@@ -7,7 +7,8 @@ import contextlib
 import logging
 
 import asyncpg
-from grpc_health.v1 import health, health_pb2
+from grpc_health.v1 import health_pb2
+from grpc_health.v1._async import HealthServicer
 
 from server.observability import Metrics
 
@@ -20,7 +21,7 @@ PROBE_TIMEOUT_SECONDS = 2.0
 class HealthState:
     """Combines named gates (database, ledger audit, shutdown) into the served health status."""
 
-    def __init__(self, servicer: health.aio.HealthServicer, service_names: list[str], metrics: Metrics) -> None:
+    def __init__(self, servicer: HealthServicer, service_names: list[str], metrics: Metrics) -> None:
         self.servicer = servicer
         self._service_names = ["", *service_names]
         self._metrics = metrics
@@ -43,7 +44,11 @@ class HealthState:
 
     async def publish(self) -> None:
         """Push the current status to every service name (and to Watch streams)."""
-        value = health_pb2.HealthCheckResponse.SERVING if self.serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        value = (
+            health_pb2.HealthCheckResponse.SERVING
+            if self.serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in self._service_names:
             await self.servicer.set(name, value)
 

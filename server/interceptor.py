@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar, cast
 
 import asyncpg
 import grpc
@@ -26,6 +26,8 @@ from server.auth.tokens import TokenCodec
 from server.observability import RpcObserver
 
 T = TypeVar("T")
+Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger(__name__)
 
 PUBLIC_METHODS = frozenset(
@@ -87,22 +89,22 @@ class StreamLifetimes:
             scope.reschedule(now)
 
 
-class RpcInterceptor(grpc.aio.ServerInterceptor):
+class RpcInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
     """Authentication, error mapping, stream lifetimes and observation for every RPC."""
 
     def __init__(self, *, tokens: TokenCodec, observer: RpcObserver, streams: StreamLifetimes) -> None:
         self._tokens = tokens
         self._observer = observer
         self._streams = streams
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler:
         handler = await continuation(handler_call_details)
-        if handler is None:
+        if handler is None:  # no such method: let grpc answer UNIMPLEMENTED
             return handler
         method = handler_call_details.method
         cached = self._wrapped.get(method)
@@ -112,29 +114,33 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, method: str, handler: Handler) -> Handler:
         public = method in PUBLIC_METHODS or method.startswith(PUBLIC_SERVICE_PREFIXES)
         codecs: dict[str, Any] = {
             "request_deserializer": handler.request_deserializer,
             "response_serializer": handler.response_serializer,
         }
         if not handler.request_streaming and not handler.response_streaming:
-            unary_unary = handler.unary_unary
+            unary_unary = cast(Callable[..., Awaitable[Any]], handler.unary_unary)
 
-            async def unary_unary_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            async def unary_unary_behavior(request: Any, context: Context) -> Any:
                 return await self._run(method, public, context, lambda: unary_unary(request, context))
 
             return grpc.unary_unary_rpc_method_handler(unary_unary_behavior, **codecs)
         if handler.request_streaming and not handler.response_streaming:
-            stream_unary = handler.stream_unary
+            stream_unary = cast(Callable[..., Awaitable[Any]], handler.stream_unary)
 
-            async def stream_unary_behavior(requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-                return await self._run_stream(method, public, context, lambda: stream_unary(requests, context))
+            async def stream_unary_behavior(requests: Any, context: Context) -> Any:
+                return await self._run_stream(
+                    method, public, context, lambda: stream_unary(requests, context)
+                )
 
             return grpc.stream_unary_rpc_method_handler(stream_unary_behavior, **codecs)
-        inner = handler.unary_stream if not handler.request_streaming else handler.stream_stream
+        inner = cast(
+            Callable[..., Any], handler.stream_stream if handler.request_streaming else handler.unary_stream
+        )
 
-        async def streaming_behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        async def streaming_behavior(request: Any, context: Context) -> None:
             await self._run_stream(method, public, context, lambda: _drive(inner, request, context))
 
         factory = (
@@ -148,7 +154,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         self,
         method: str,
         public: bool,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: Context,
         call: Callable[[], Awaitable[T]],
     ) -> T:
         self._observer.stream_opened(method)
@@ -161,7 +167,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         self,
         method: str,
         public: bool,
-        context: grpc.aio.ServicerContext[Any, Any],
+        context: Context,
         call: Callable[[], Awaitable[T]],
         *,
         streaming: bool = False,
@@ -178,8 +184,8 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             return await call()
         except errors.SendInChatError as exc:
             code = status.code_of(exc)
-            await context.abort_with_status(status.to_status(exc))
-            raise  # unreachable: abort_with_status raises AbortError
+            await _abort_with(context, status.to_status(exc))
+            raise  # unreachable: abort raises AbortError
         except grpc.aio.AbortError:
             code = _code_after_abort(context)
             raise
@@ -199,7 +205,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             correlation_id = uuid.uuid4().hex
             log.exception("unexpected error in %s (correlation id %s)", method, correlation_id)
             code = grpc.StatusCode.INTERNAL
-            await context.abort_with_status(status.internal_status(correlation_id))
+            await _abort_with(context, status.internal_status(correlation_id))
             raise
         finally:
             self._observer.record(
@@ -210,17 +216,19 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 peer=context.peer(),
             )
 
-    def _authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+    def _authenticate(self, context: Context) -> Principal:
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
                 scheme, _, token = str(value).partition(" ")
                 if scheme.lower() != "bearer" or not token.strip():
-                    raise errors.UnauthenticatedError("authorization metadata must be 'Bearer <access token>'")
+                    raise errors.UnauthenticatedError(
+                        "authorization metadata must be 'Bearer <access token>'"
+                    )
                 return self._tokens.verify_access(token.strip())
         raise errors.UnauthenticatedError("missing 'authorization: Bearer <access token>' metadata")
 
 
-async def _drive(inner: Callable[..., Any], request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+async def _drive(inner: Callable[..., Any], request: Any, context: Context) -> None:
     """Run a response-streaming handler of either shape (async generator, or read/write coroutine)."""
     if inspect.isasyncgenfunction(inner):
         responses: AsyncIterator[Any] = inner(request, context)
@@ -230,7 +238,11 @@ async def _drive(inner: Callable[..., Any], request: Any, context: grpc.aio.Serv
         await inner(request, context)
 
 
-def _code_after_abort(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+async def _abort_with(context: Context, rpc_status: grpc.Status) -> None:
+    await context.abort(rpc_status.code, rpc_status.details, rpc_status.trailing_metadata)
+
+
+def _code_after_abort(context: Context) -> grpc.StatusCode:
     code = context.code()
     if isinstance(code, grpc.StatusCode):
         return code

@@ -45,7 +45,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         self.rpcs = Counter(
-            "sendinchat_rpcs", "RPCs handled, by method and status code", ["method", "code"], registry=self.registry
+            "sendinchat_rpcs",
+            "RPCs handled, by method and status code",
+            ["method", "code"],
+            registry=self.registry,
         )
         self.rpc_seconds = Histogram(
             "sendinchat_rpc_duration_seconds",

@@ -49,7 +49,9 @@ def _details(error: errors.SendInChatError) -> list[any_pb2.Any]:
         return [_pack(error_details_pb2.BadRequest(field_violations=violations))]
     if isinstance(error, errors.FailedPreconditionError | errors.AlreadyExistsError):
         metadata = error.metadata if isinstance(error, errors.FailedPreconditionError) else {}
-        return [_pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata))]
+        return [
+            _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata))
+        ]
     if isinstance(error, errors.RateLimitedError):
         seconds = max(0.0, error.retry_after_seconds)
         whole = math.floor(seconds)

@@ -74,11 +74,14 @@ class TokenCodec:
         """The principal of a valid access token, or UnauthenticatedError saying why not."""
         claims = self._decode(token, _ACCESS)
         try:
-            role = Role(claims["role"])
+            role = Role(str(claims["role"]))
         except (KeyError, ValueError):
             raise UnauthenticatedError("access token has no valid role") from None
         return Principal(
-            user_id=str(claims["sub"]), role=role, session_id=str(claims["sid"]), expires_at=float(claims["exp"])
+            user_id=str(claims["sub"]),
+            role=role,
+            session_id=str(claims["sid"]),
+            expires_at=float(str(claims["exp"])),
         )
 
     def verify_refresh(self, token: str) -> RefreshClaims:
@@ -88,7 +91,10 @@ class TokenCodec:
         if not isinstance(jti, str):
             raise UnauthenticatedError("refresh token has no jti")
         return RefreshClaims(
-            user_id=str(claims["sub"]), session_id=str(claims["sid"]), jti=jti, expires_at=float(claims["exp"])
+            user_id=str(claims["sub"]),
+            session_id=str(claims["sid"]),
+            jti=jti,
+            expires_at=float(str(claims["exp"])),
         )
 
     def _decode(self, token: str, expected_type: str) -> dict[str, object]:

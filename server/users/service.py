@@ -11,6 +11,7 @@ import asyncpg
 from server.auth.passwords import PasswordHasher
 from server.auth.principal import Principal, Role
 from server.auth.tokens import TokenCodec
+from server.db.pool import Connection
 from server.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -44,9 +45,12 @@ RETURNING u.role
 _INSERT_REFRESH = "INSERT INTO refresh_tokens (jti, session_id, expires_at) VALUES ($1, $2, $3)"
 _REVOKE_FAMILY_OF_USED = """
 UPDATE sessions SET revoked_at = now()
-WHERE revoked_at IS NULL AND id = (SELECT session_id FROM refresh_tokens WHERE jti = $1 AND used_at IS NOT NULL)
+WHERE revoked_at IS NULL
+  AND id = (SELECT session_id FROM refresh_tokens WHERE jti = $1 AND used_at IS NOT NULL)
 """
-_REVOKE_SESSION = "UPDATE sessions SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL"
+_REVOKE_SESSION = (
+    "UPDATE sessions SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL"
+)
 _REVOKE_ALL = "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL"
 _SET_PASSWORD = "UPDATE users SET password_hash = $2 WHERE id = $1"
 _PROMOTE = "UPDATE users SET role = 'admin' WHERE username = $1 RETURNING " + _USER_COLUMNS
@@ -94,7 +98,13 @@ class UserDeps:
 
 
 async def register(
-    pool: asyncpg.Pool, deps: UserDeps, *, username: str, password: str, display_name: str, role: Role = Role.USER
+    pool: asyncpg.Pool,
+    deps: UserDeps,
+    *,
+    username: str,
+    password: str,
+    display_name: str,
+    role: Role = Role.USER,
 ) -> User:
     """Create a user.
 
@@ -117,7 +127,9 @@ async def register(
     name = normalize_username(username)
     password_hash = await deps.hasher.hash(password)
     try:
-        row = await pool.fetchrow(_INSERT_USER, name, password_hash, normalize_display_name(display_name), role.value)
+        row = await pool.fetchrow(
+            _INSERT_USER, name, password_hash, normalize_display_name(display_name), role.value
+        )
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "users_username_key":
             raise AlreadyExistsError(f"username {name!r} is taken", reason="USERNAME_TAKEN") from None
@@ -137,7 +149,9 @@ async def login(
         UnauthenticatedError: unknown user or wrong password (indistinguishable, also in time).
     """
     if not username.strip() or not password:
-        raise InvalidArgumentError({"username": "required"} if not username.strip() else {"password": "required"})
+        raise InvalidArgumentError(
+            {"username": "required"} if not username.strip() else {"password": "required"}
+        )
     name = username.strip().lower()
     async with pool.acquire() as conn:
         await throttle.count_login_attempt(conn, deps.login_limits, username=name, peer_host=peer_host)
@@ -148,7 +162,9 @@ async def login(
     user = User.from_record(row)
     session_id = str(uuid.uuid4())
     async with pool.acquire() as conn, conn.transaction():
-        tokens = await _issue_pair(conn, deps.tokens, user_id=user.id, role=user.role, session_id=session_id, new=True)
+        tokens = await _issue_pair(
+            conn, deps.tokens, user_id=user.id, role=user.role, session_id=session_id, new=True
+        )
         await throttle.forget_username_attempts(conn, username=name)
     return tokens, user
 
@@ -177,7 +193,13 @@ async def refresh(pool: asyncpg.Pool, deps: UserDeps, *, refresh_token: str) -> 
 
 
 async def _issue_pair(
-    conn: asyncpg.Connection, tokens: TokenCodec, *, user_id: str, role: Role, session_id: str, new: bool = False
+    conn: Connection,
+    tokens: TokenCodec,
+    *,
+    user_id: str,
+    role: Role,
+    session_id: str,
+    new: bool = False,
 ) -> TokenPair:
     jti = str(uuid.uuid4())
     refresh_token = tokens.issue_refresh(user_id=user_id, session_id=session_id, jti=jti)
@@ -223,7 +245,13 @@ async def get_user(pool: asyncpg.Pool, *, user_id: str | None = None, username: 
 
 
 async def change_password(
-    pool: asyncpg.Pool, deps: UserDeps, *, principal: Principal, old_password: str, new_password: str, peer_host: str
+    pool: asyncpg.Pool,
+    deps: UserDeps,
+    *,
+    principal: Principal,
+    old_password: str,
+    new_password: str,
+    peer_host: str,
 ) -> None:
     """Replace the caller's password and revoke every refresh token.
 
@@ -251,7 +279,9 @@ async def change_password(
 async def ensure_admin(pool: asyncpg.Pool, deps: UserDeps, *, username: str, password: str) -> User:
     """Create `username` as an admin, or promote the existing user of that name."""
     try:
-        return await register(pool, deps, username=username, password=password, display_name="", role=Role.ADMIN)
+        return await register(
+            pool, deps, username=username, password=password, display_name="", role=Role.ADMIN
+        )
     except AlreadyExistsError:
         row = await pool.fetchrow(_PROMOTE, normalize_username(username))
         assert row is not None

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 import grpc
-from sendinchat.v1 import users_pb2, users_pb2_grpc
 
+from sendinchat.v1 import users_pb2, users_pb2_grpc
 from server.auth.principal import Role, current_principal
 from server.protoconv import timestamp
 from server.users import service
@@ -26,7 +26,10 @@ def _user(user: service.User) -> users_pb2.User:
 
 def _profile(user: service.User) -> users_pb2.UserProfile:
     return users_pb2.UserProfile(
-        id=user.id, username=user.username, display_name=user.display_name, create_time=timestamp(user.created_at)
+        id=user.id,
+        username=user.username,
+        display_name=user.display_name,
+        create_time=timestamp(user.created_at),
     )
 
 
@@ -92,7 +95,9 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         context: grpc.aio.ServicerContext[users_pb2.LogoutRequest, users_pb2.LogoutResponse],
     ) -> users_pb2.LogoutResponse:
         """UserService.Logout."""
-        ended = await service.logout(self._pool, principal=current_principal(), all_sessions=request.all_sessions)
+        ended = await service.logout(
+            self._pool, principal=current_principal(), all_sessions=request.all_sessions
+        )
         return users_pb2.LogoutResponse(ended_sessions=ended)
 
     async def GetMe(

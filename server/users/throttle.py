@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import asyncpg
-
+from server.db.pool import Connection
 from server.errors import RateLimitedError
 
 _COUNT_ATTEMPT = """
@@ -35,7 +34,9 @@ def _keys(username: str, peer_host: str) -> tuple[str, str]:
     return f"user:{username}", f"peer:{peer_host}"
 
 
-async def count_login_attempt(conn: asyncpg.Connection, limits: LoginLimits, *, username: str, peer_host: str) -> None:
+async def count_login_attempt(
+    conn: Connection, limits: LoginLimits, *, username: str, peer_host: str
+) -> None:
     """Count one attempt for the username and the peer; RateLimitedError when either is over its limit."""
     user_key, peer_key = _keys(username, peer_host)
     rows = await conn.fetch(_COUNT_ATTEMPT, [user_key, peer_key], limits.window_seconds)
@@ -43,11 +44,12 @@ async def count_login_attempt(conn: asyncpg.Connection, limits: LoginLimits, *, 
         limit = limits.per_username if row["key"] == user_key else limits.per_peer
         if int(row["attempts"]) > limit:
             raise RateLimitedError(
-                "too many login attempts; retry later", retry_after_seconds=max(1.0, float(row["retry_after"]))
+                "too many login attempts; retry later",
+                retry_after_seconds=max(1.0, float(row["retry_after"])),
             )
 
 
-async def forget_username_attempts(conn: asyncpg.Connection, *, username: str) -> None:
+async def forget_username_attempts(conn: Connection, *, username: str) -> None:
     """After a successful login the username's counter starts over."""
     await conn.execute(_FORGET, f"user:{username}")
 

@@ -27,7 +27,9 @@ def check_password(password: str, field: str = "password") -> None:
     if size < MIN_PASSWORD_BYTES:
         raise InvalidArgumentError.field(field, f"must be at least {MIN_PASSWORD_BYTES} bytes")
     if size > MAX_PASSWORD_BYTES:
-        raise InvalidArgumentError.field(field, f"must be at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)")
+        raise InvalidArgumentError.field(
+            field, f"must be at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)"
+        )
     if "\x00" in password:
         raise InvalidArgumentError.field(field, "must not contain NUL characters")
 
