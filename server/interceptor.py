@@ -26,8 +26,8 @@ from server.auth.tokens import TokenCodec
 from server.observability import RpcObserver
 
 T = TypeVar("T")
-Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
-Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 log = logging.getLogger(__name__)
 
 PUBLIC_METHODS = frozenset(
@@ -89,7 +89,7 @@ class StreamLifetimes:
             scope.reschedule(now)
 
 
-class RpcInterceptor(grpc.aio.ServerInterceptor[Any, Any]):
+class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
     """Authentication, error mapping, stream lifetimes and observation for every RPC."""
 
     def __init__(self, *, tokens: TokenCodec, observer: RpcObserver, streams: StreamLifetimes) -> None:
