@@ -13,6 +13,7 @@ from grpc_tools import protoc
 REPO = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO / "protos"
 PACKAGE = Path("sendinchat") / "v1"
+DESCRIPTOR_SET = "sendinchat.binpb"
 INIT_HEADER = '"""Generated from protos/sendinchat/v1 by clients/regenerate_stubs.py. Do not edit."""\n'
 
 
@@ -20,8 +21,8 @@ def regenerate(output_root: Path) -> list[Path]:
     """Wipe and regenerate the stubs under output_root; return the files written."""
     package_dir = output_root / PACKAGE
     package_dir.mkdir(parents=True, exist_ok=True)
-    for stale in package_dir.glob("*_pb2*"):
-        stale.unlink()
+    for stale in [*package_dir.glob("*_pb2*"), package_dir / DESCRIPTOR_SET]:
+        stale.unlink(missing_ok=True)
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PACKAGE).glob("*.proto"))
     well_known = Path(protoc.__file__).parent / "_proto"
     code = protoc.main(
@@ -33,6 +34,9 @@ def regenerate(output_root: Path) -> list[Path]:
             f"--grpc_python_out={output_root}",
             f"--mypy_out={output_root}",
             f"--mypy_grpc_out={output_root}",
+            # With comments, so server reflection (grpcurl describe) can show them.
+            "--include_source_info",
+            f"--descriptor_set_out={package_dir / DESCRIPTOR_SET}",
             *protos,
         ]
     )

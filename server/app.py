@@ -14,7 +14,6 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 from server.auth.passwords import PasswordHasher
@@ -28,6 +27,7 @@ from server.health import HealthState
 from server.interceptor import RpcInterceptor, StreamLifetimes
 from server.ledger.servicer import LedgerServicer
 from server.observability import Metrics, RpcObserver, configure_logging
+from server.reflection import enable_reflection
 from server.users import service as users
 from server.users.servicer import UserServicer
 from server.users.throttle import LoginLimits
@@ -106,9 +106,7 @@ async def create_server(
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_state = HealthState(health_servicer, SERVICE_NAMES, metrics)
-    reflection.enable_server_reflection(
-        [*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server
-    )
+    enable_reflection([*SERVICE_NAMES, health.SERVICE_NAME], server)
 
     port = _bind(server, config)
     await server.start()
