@@ -13,6 +13,7 @@ from server.errors import UnauthenticatedError
 
 ALGORITHM = "HS256"
 LEEWAY_SECONDS = 10
+_VERIFIED_CACHE_SIZE = 10_000
 _ACCESS = "access"
 _REFRESH = "refresh"
 _REQUIRED = ["exp", "iat", "sub", "iss", "aud", "typ", "sid"]
@@ -47,6 +48,8 @@ class TokenCodec:
         self._audience = audience
         self._access_ttl = access_ttl_seconds
         self._refresh_ttl = refresh_ttl_seconds
+        # Verified access tokens, so a client reusing one token skips the HMAC and claim checks.
+        self._verified: dict[str, Principal] = {}
 
     def issue_access(self, *, user_id: str, role: Role, session_id: str) -> IssuedToken:
         """A short-lived access token for the authorization metadata."""
@@ -72,6 +75,16 @@ class TokenCodec:
 
     def verify_access(self, token: str) -> Principal:
         """The principal of a valid access token, or UnauthenticatedError saying why not."""
+        cached = self._verified.get(token)
+        if cached is not None and time.time() < cached.expires_at + LEEWAY_SECONDS:
+            return cached
+        principal = self._verify_access(token)
+        if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = principal
+        return principal
+
+    def _verify_access(self, token: str) -> Principal:
         claims = self._decode(token, _ACCESS)
         try:
             role = Role(str(claims["role"]))
