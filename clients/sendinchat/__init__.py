@@ -1,1 +1,36 @@
-"""Generated from protos/sendinchat/v1 by clients/regenerate_stubs.py. Do not edit."""
+"""SendInChat client SDK: generated stubs in sendinchat.v1, a typed async Client, typed errors."""
+
+from sendinchat.client import ChatConnection, Client
+from sendinchat.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    FailedPreconditionError,
+    IdempotencyKeyReusedError,
+    InsufficientFundsError,
+    InternalError,
+    InvalidArgumentError,
+    NotFoundError,
+    PermissionDeniedError,
+    RateLimitedError,
+    SendInChatError,
+    UnauthenticatedError,
+    UnavailableError,
+)
+
+__all__ = [
+    "AlreadyExistsError",
+    "ChatConnection",
+    "Client",
+    "ConflictError",
+    "FailedPreconditionError",
+    "IdempotencyKeyReusedError",
+    "InsufficientFundsError",
+    "InternalError",
+    "InvalidArgumentError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitedError",
+    "SendInChatError",
+    "UnauthenticatedError",
+    "UnavailableError",
+]
