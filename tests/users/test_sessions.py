@@ -1,0 +1,108 @@
+"""UserService.RefreshToken and Logout through the real server: rotation, reuse detection, sessions."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from sendinchat.v1 import users_pb2
+from tests.helpers import PASSWORD, bearer, field_violations, signed_up
+
+
+async def _refresh(stubs, token: str) -> users_pb2.TokenPair:
+    reply = await stubs.users.RefreshToken(users_pb2.RefreshTokenRequest(refresh_token=token))
+    return reply.tokens
+
+
+async def _refresh_error(stubs, token: str) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await _refresh(stubs, token)
+    return caught.value
+
+
+async def _second_session(stubs, account) -> users_pb2.TokenPair:
+    reply = await stubs.users.Login(users_pb2.LoginRequest(username=account.username, password=PASSWORD))
+    return reply.tokens
+
+
+class TestRefreshToken:
+    async def test_new_pair_works_when_refresh_token_is_fresh(self, stubs):
+        account = await signed_up(stubs)
+        pair = await _refresh(stubs, account.tokens.refresh_token)
+        assert pair.token_type == "Bearer"
+        assert pair.refresh_token != account.tokens.refresh_token
+        me = await stubs.users.GetMe(users_pb2.GetMeRequest(), metadata=bearer(pair.access_token))
+        assert me.user.id == account.id
+        again = await _refresh(stubs, pair.refresh_token)
+        assert again.refresh_token not in (pair.refresh_token, account.tokens.refresh_token)
+
+    async def test_revokes_the_whole_session_when_a_used_token_is_presented_again(self, stubs):
+        account = await signed_up(stubs)
+        newer = await _refresh(stubs, account.tokens.refresh_token)
+        reuse = await _refresh_error(stubs, account.tokens.refresh_token)
+        assert reuse.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "already used" in reuse.details()
+        family = await _refresh_error(stubs, newer.refresh_token)
+        assert family.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    async def test_other_sessions_survive_when_one_session_is_revoked_for_reuse(self, stubs):
+        account = await signed_up(stubs)
+        other = await _second_session(stubs, account)
+        await _refresh(stubs, account.tokens.refresh_token)
+        await _refresh_error(stubs, account.tokens.refresh_token)
+        assert (await _refresh(stubs, other.refresh_token)).refresh_token
+
+    async def test_is_unauthenticated_when_an_access_token_is_passed(self, stubs):
+        account = await signed_up(stubs)
+        error = await _refresh_error(stubs, account.tokens.access_token)
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "refresh token" in error.details()
+
+    async def test_is_unauthenticated_when_token_is_garbage(self, stubs):
+        error = await _refresh_error(stubs, "not.a.jwt")
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    async def test_is_invalid_argument_when_token_is_empty(self, stubs):
+        error = await _refresh_error(stubs, "")
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "refresh_token" in field_violations(error)
+
+
+class TestLogout:
+    async def test_ends_only_this_session_when_all_sessions_is_false(self, stubs):
+        account = await signed_up(stubs)
+        other = await _second_session(stubs, account)
+        reply = await stubs.users.Logout(users_pb2.LogoutRequest(), metadata=account.auth)
+        assert reply.ended_sessions == 1
+        ended = await _refresh_error(stubs, account.tokens.refresh_token)
+        assert ended.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert (await _refresh(stubs, other.refresh_token)).refresh_token
+
+    async def test_ends_every_session_when_all_sessions_is_true(self, stubs):
+        account = await signed_up(stubs)
+        others = [await _second_session(stubs, account) for _ in range(2)]
+        rotated = await _refresh(stubs, others[0].refresh_token)
+        reply = await stubs.users.Logout(
+            users_pb2.LogoutRequest(all_sessions=True), metadata=bearer(others[1].access_token)
+        )
+        assert reply.ended_sessions == 3
+        for token in (account.tokens.refresh_token, rotated.refresh_token, others[1].refresh_token):
+            assert (await _refresh_error(stubs, token)).code() == grpc.StatusCode.UNAUTHENTICATED
+
+    async def test_ends_nothing_when_the_session_is_already_ended(self, stubs):
+        account = await signed_up(stubs)
+        await stubs.users.Logout(users_pb2.LogoutRequest(), metadata=account.auth)
+        # The access token stays valid until it expires (documented), but its session is gone.
+        reply = await stubs.users.Logout(users_pb2.LogoutRequest(), metadata=account.auth)
+        assert reply.ended_sessions == 0
+
+    async def test_does_not_touch_other_users_when_all_sessions_is_true(self, stubs):
+        account = await signed_up(stubs)
+        bystander = await signed_up(stubs)
+        await stubs.users.Logout(users_pb2.LogoutRequest(all_sessions=True), metadata=account.auth)
+        assert (await _refresh(stubs, bystander.tokens.refresh_token)).refresh_token
+
+    async def test_is_unauthenticated_when_no_token_is_sent(self, stubs):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stubs.users.Logout(users_pb2.LogoutRequest(all_sessions=True))
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
