@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
 from sendinchat.v1 import users_pb2
+from tests.harness import TestServer
 from tests.helpers import PASSWORD, field_violations, random_name, retry_delay_seconds, signed_up
 
 WRONG = "not-the-password"
 
 
-async def _login(stubs, username: str, password: str) -> users_pb2.LoginResponse:
-    return await stubs.users.Login(users_pb2.LoginRequest(username=username, password=password))
+async def _login(stubs: Any, username: str, password: str) -> users_pb2.LoginResponse:
+    reply: users_pb2.LoginResponse = await stubs.users.Login(
+        users_pb2.LoginRequest(username=username, password=password)
+    )
+    return reply
 
 
-async def _login_error(stubs, username: str, password: str) -> grpc.aio.AioRpcError:
+async def _login_error(stubs: Any, username: str, password: str) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _login(stubs, username, password)
     return caught.value
@@ -49,7 +54,7 @@ class TestLogin:
         unknown_user = await _login_error(stubs, random_name(), WRONG)
         assert wrong_password.code() == unknown_user.code() == grpc.StatusCode.UNAUTHENTICATED
         assert wrong_password.details() == unknown_user.details()
-        assert account.username not in wrong_password.details()
+        assert account.username not in (wrong_password.details() or "")
 
     @pytest.mark.parametrize(
         ("username", "password", "field"),
@@ -120,6 +125,6 @@ class TestLoginHashing:
         assert {reply.user.id for reply in replies} == {account.id}
 
 
-async def _peer_attempts(server) -> int:
+async def _peer_attempts(server: TestServer) -> int:
     attempts = await server.pool.fetchval("SELECT attempts FROM login_attempts WHERE key LIKE 'peer:%'")
     return int(attempts or 0)

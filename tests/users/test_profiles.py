@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import grpc
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from sendinchat.v1 import users_pb2
 from tests.helpers import (
     PASSWORD,
+    Account,
     field_violations,
     random_name,
     retry_delay_seconds,
@@ -64,7 +66,10 @@ class TestGetUser:
 
     def test_public_profile_has_no_role_field(self):
         assert "role" not in users_pb2.UserProfile.DESCRIPTOR.fields_by_name
-        assert users_pb2.GetUserResponse.DESCRIPTOR.fields_by_name["user"].message_type.name == "UserProfile"
+        assert (
+            users_pb2.GetUserResponse.DESCRIPTOR.fields_by_name["user"].message_type
+            is users_pb2.UserProfile.DESCRIPTOR
+        )
 
     @pytest.mark.parametrize(
         "request_",
@@ -104,13 +109,13 @@ class TestGetUser:
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def _change(stubs, account, old: str, new: str) -> None:
+async def _change(stubs: Any, account: Account, old: str, new: str) -> None:
     await stubs.users.ChangePassword(
         users_pb2.ChangePasswordRequest(old_password=old, new_password=new), metadata=account.auth
     )
 
 
-async def _change_error(stubs, account, old: str, new: str) -> grpc.aio.AioRpcError:
+async def _change_error(stubs: Any, account: Account, old: str, new: str) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _change(stubs, account, old, new)
     return caught.value

@@ -2,26 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 
 from sendinchat.v1 import users_pb2
-from tests.helpers import PASSWORD, bearer, field_violations, signed_up
+from tests.helpers import PASSWORD, Account, bearer, field_violations, signed_up
 
 
-async def _refresh(stubs, token: str) -> users_pb2.TokenPair:
-    reply = await stubs.users.RefreshToken(users_pb2.RefreshTokenRequest(refresh_token=token))
+async def _refresh(stubs: Any, token: str) -> users_pb2.TokenPair:
+    reply: users_pb2.RefreshTokenResponse = await stubs.users.RefreshToken(
+        users_pb2.RefreshTokenRequest(refresh_token=token)
+    )
     return reply.tokens
 
 
-async def _refresh_error(stubs, token: str) -> grpc.aio.AioRpcError:
+async def _refresh_error(stubs: Any, token: str) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await _refresh(stubs, token)
     return caught.value
 
 
-async def _second_session(stubs, account) -> users_pb2.TokenPair:
-    reply = await stubs.users.Login(users_pb2.LoginRequest(username=account.username, password=PASSWORD))
+async def _second_session(stubs: Any, account: Account) -> users_pb2.TokenPair:
+    reply: users_pb2.LoginResponse = await stubs.users.Login(
+        users_pb2.LoginRequest(username=account.username, password=PASSWORD)
+    )
     return reply.tokens
 
 
@@ -41,7 +47,7 @@ class TestRefreshToken:
         newer = await _refresh(stubs, account.tokens.refresh_token)
         reuse = await _refresh_error(stubs, account.tokens.refresh_token)
         assert reuse.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert "already used" in reuse.details()
+        assert "already used" in (reuse.details() or "")
         family = await _refresh_error(stubs, newer.refresh_token)
         assert family.code() == grpc.StatusCode.UNAUTHENTICATED
 
@@ -56,7 +62,7 @@ class TestRefreshToken:
         account = await signed_up(stubs)
         error = await _refresh_error(stubs, account.tokens.access_token)
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert "refresh token" in error.details()
+        assert "refresh token" in (error.details() or "")
 
     async def test_is_unauthenticated_when_token_is_garbage(self, stubs):
         error = await _refresh_error(stubs, "not.a.jwt")
