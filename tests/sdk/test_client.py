@@ -1,0 +1,50 @@
+"""The typed SDK (clients/sendinchat) against a real server."""
+
+from __future__ import annotations
+
+import pytest
+
+from sendinchat import Client, InvalidArgumentError, UnauthenticatedError
+from sendinchat.errors import AlreadyExistsError
+from tests.helpers import PASSWORD, random_name
+
+
+class TestClientUsers:
+    async def test_logs_in_and_calls_as_the_user_when_credentials_are_right(self, server):
+        name = random_name()
+        async with Client(server.address) as client:
+            await client.register(name, PASSWORD)
+            user = await client.login(name, PASSWORD)
+            me = await client.me()
+        assert me.id == user.id
+        assert me.username == name
+
+    async def test_raises_typed_error_with_field_violations_when_input_is_bad(self, server):
+        async with Client(server.address) as client:
+            with pytest.raises(InvalidArgumentError) as caught:
+                await client.register("x", "short")
+        assert set(caught.value.field_violations) == {"username", "password"}
+
+    async def test_raises_already_exists_with_reason_when_name_is_taken(self, server):
+        name = random_name()
+        async with Client(server.address) as client:
+            await client.register(name, PASSWORD)
+            with pytest.raises(AlreadyExistsError) as caught:
+                await client.register(name, PASSWORD)
+        assert caught.value.reason == "USERNAME_TAKEN"
+
+    async def test_raises_unauthenticated_when_not_logged_in(self, server):
+        async with Client(server.address) as client:
+            with pytest.raises(UnauthenticatedError):
+                await client.me()
+
+    async def test_refresh_rotates_tokens_when_logged_in(self, server):
+        name = random_name()
+        async with Client(server.address) as client:
+            await client.register(name, PASSWORD)
+            await client.login(name, PASSWORD)
+            assert client.tokens is not None
+            first_refresh = client.tokens.refresh_token
+            await client.refresh()
+            assert client.tokens.refresh_token != first_refresh
+            assert (await client.me()).username == name
