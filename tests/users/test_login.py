@@ -10,7 +10,6 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from sendinchat.v1 import users_pb2
-from tests.harness import TestServer
 from tests.helpers import PASSWORD, field_violations, random_name, retry_delay_seconds, signed_up
 
 WRONG = "not-the-password"
@@ -125,6 +124,6 @@ class TestLoginHashing:
         assert {reply.user.id for reply in replies} == {account.id}
 
 
-async def _peer_attempts(server: TestServer) -> int:
+async def _peer_attempts(server: Any) -> int:
     attempts = await server.pool.fetchval("SELECT attempts FROM login_attempts WHERE key LIKE 'peer:%'")
     return int(attempts or 0)
