@@ -1,0 +1,47 @@
+# SendInChat gRPC server. Build: docker build -t sendinchat .
+# Run:   docker run -p 50051:50051 -e DATABASE_URL=postgresql://... -e SENDINCHAT_JWT_SECRET=... sendinchat
+# Without DATABASE_URL the server starts its embedded PostgreSQL under /data (a volume).
+
+FROM python:3.11-slim-bookworm AS builder
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+WORKDIR /build
+RUN python -m venv /opt/venv
+ENV PATH="/opt/venv/bin:$PATH"
+# Dependencies are pinned in pyproject.toml; copy only what the install needs.
+COPY pyproject.toml README.md ./
+COPY server ./server
+COPY clients ./clients
+RUN pip install --no-cache-dir .
+
+
+FROM python:3.11-slim-bookworm AS runtime
+
+ENV PATH="/opt/venv/bin:$PATH" \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    SENDINCHAT_ADDRESS=0.0.0.0:50051 \
+    SENDINCHAT_METRICS_ADDRESS=0.0.0.0:9464 \
+    SENDINCHAT_DATA_DIR=/data
+
+RUN groupadd --system --gid 10001 sendinchat \
+    && useradd --system --uid 10001 --gid sendinchat --home-dir /app --shell /usr/sbin/nologin sendinchat \
+    && mkdir -p /data \
+    && chown sendinchat:sendinchat /data
+
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+COPY --chown=sendinchat:sendinchat server ./server
+COPY --chown=sendinchat:sendinchat clients ./clients
+COPY --chown=sendinchat:sendinchat protos ./protos
+
+USER 10001:10001
+VOLUME ["/data"]
+EXPOSE 50051 9464
+
+# grpc.health.v1 Check on the local port: exit 0 only when the server says SERVING.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, sys, grpc; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; port = os.environ.get('SENDINCHAT_ADDRESS', '0.0.0.0:50051').rpartition(':')[2]; channel = grpc.insecure_channel('127.0.0.1:' + port); reply = g.HealthStub(channel).Check(h.HealthCheckRequest(), timeout=3); sys.exit(0 if reply.status == h.HealthCheckResponse.SERVING else 1)"]
+
+CMD ["python", "-m", "server"]
