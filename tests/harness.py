@@ -145,6 +145,12 @@ class ServerFactory:
         self._databases.append(url)
         return url
 
+    async def empty_database(self) -> str:
+        """A fresh database with no schema for this test (migration tests)."""
+        url = await self._postgres.create_empty_database()
+        self._databases.append(url)
+        return url
+
     async def start(self, database_url: str | None = None, **overrides: object) -> TestServer:
         """A server on a free port, on database_url (default: a fresh database)."""
         url = database_url or await self.database()
