@@ -18,6 +18,7 @@ from grpc_health.v1._async import HealthServicer
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 from server.auth.passwords import PasswordHasher
 from server.auth.tokens import TokenCodec
+from server.chat.hub import ChatHub
 from server.chat.servicer import ChatServicer
 from server.config import Config, ConfigError
 from server.db.embedded import EmbeddedPostgres
@@ -91,9 +92,17 @@ def token_codec(config: Config, jwt_secret: str) -> TokenCodec:
 
 
 async def create_server(
-    config: Config, pool: asyncpg.Pool, *, jwt_secret: str, metrics: Metrics | None = None
+    config: Config,
+    pool: asyncpg.Pool,
+    *,
+    jwt_secret: str,
+    metrics: Metrics | None = None,
+    dsn: str | None = None,
 ) -> RunningServer:
-    """Build, bind and start the gRPC server; the port is the bound one (config may say 0)."""
+    """Build, bind and start the gRPC server; the port is the bound one (config may say 0).
+
+    `dsn` (default: config.database_url) is where the chat hub opens its LISTEN connection.
+    """
     metrics = metrics or Metrics()
     deps = user_deps(config, jwt_secret)
     streams = StreamLifetimes()
@@ -101,7 +110,13 @@ async def create_server(
     server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
     users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(pool, deps), server)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(), server)
-    chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatServicer(), server)
+    chat_dsn = dsn or config.database_url
+    if chat_dsn is None:
+        raise ConfigError("DATABASE_URL: the chat hub needs the database URL for its LISTEN connection")
+    hub = ChatHub(pool, chat_dsn)
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(
+        ChatServicer(pool, hub, stream_buffer=config.chat_stream_buffer), server
+    )
 
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -109,10 +124,12 @@ async def create_server(
     enable_reflection([*SERVICE_NAMES, health.SERVICE_NAME], server)
 
     port = _bind(server, config)
+    await hub.start()
     await server.start()
     await health_state.probe_database(pool)
     running = RunningServer(server, port, health_state, streams, config.shutdown_grace_seconds)
     running.tasks.append(asyncio.create_task(health_state.watch_database(pool)))
+    running.tasks.append(asyncio.create_task(hub.run_until_cancelled()))
     return running
 
 
@@ -173,7 +190,7 @@ async def serve(config: Config) -> None:
         await run_migrations(dsn)
         pool = await create_pool(dsn, size=config.db_pool_size)
         try:
-            await _serve_with_pool(config, pool, jwt_secret)
+            await _serve_with_pool(config, pool, jwt_secret, dsn)
         finally:
             await pool.close()
     finally:
@@ -181,7 +198,7 @@ async def serve(config: Config) -> None:
             await asyncio.to_thread(embedded.stop)
 
 
-async def _serve_with_pool(config: Config, pool: asyncpg.Pool, jwt_secret: str) -> None:
+async def _serve_with_pool(config: Config, pool: asyncpg.Pool, jwt_secret: str, dsn: str) -> None:
     if config.embedded and config.admin_username and config.admin_password:
         admin = await users.ensure_admin(
             pool,
@@ -194,7 +211,7 @@ async def _serve_with_pool(config: Config, pool: asyncpg.Pool, jwt_secret: str) 
     if config.metrics_address:
         metrics_port = metrics.serve(config.metrics_address)
         log.info("metrics on http://%s:%d/metrics", config.metrics_address.rpartition(":")[0], metrics_port)
-    running = await create_server(config, pool, jwt_secret=jwt_secret, metrics=metrics)
+    running = await create_server(config, pool, jwt_secret=jwt_secret, metrics=metrics, dsn=dsn)
     log.info("serving gRPC on %s (port %d)", config.address, running.port)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

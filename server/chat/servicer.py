@@ -1,17 +1,26 @@
-"""ChatService: placeholder answering UNIMPLEMENTED until its issue lands."""
+"""ChatService: transport for server/chat/service.py, the Connect stream and payments."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
+import asyncpg
 import grpc
 
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc
+from server.auth.principal import current_principal
+from server.chat import convert, service
+from server.chat.hub import ChatHub
+from server.chat.stream import ConnectSession
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
-    """Every RPC of ChatService answers UNIMPLEMENTED for now."""
+    """Rooms, messages, the Connect stream and payments in chat."""
+
+    def __init__(self, pool: asyncpg.Pool, hub: ChatHub, *, stream_buffer: int) -> None:
+        self._pool = pool
+        self._hub = hub
+        self._stream_buffer = stream_buffer
 
     async def CreateRoom(
         self,
@@ -19,7 +28,14 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.CreateRoomRequest, chat_pb2.CreateRoomResponse],
     ) -> chat_pb2.CreateRoomResponse:
         """ChatService.CreateRoom."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChatService.CreateRoom is not built yet")
+        room, created = await service.create_room(
+            self._pool,
+            user_id=current_principal().user_id,
+            kind=convert.ROOM_KINDS_FROM_PROTO.get(request.kind),
+            name=request.name,
+            member_ids=list(request.member_user_ids),
+        )
+        return chat_pb2.CreateRoomResponse(room=convert.room(room), created=created)
 
     async def GetRoom(
         self,
@@ -27,7 +43,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.GetRoomRequest, chat_pb2.GetRoomResponse],
     ) -> chat_pb2.GetRoomResponse:
         """ChatService.GetRoom."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChatService.GetRoom is not built yet")
+        room = await service.get_room(
+            self._pool, user_id=current_principal().user_id, room_id=request.room_id
+        )
+        return chat_pb2.GetRoomResponse(room=convert.room(room))
 
     async def ListRooms(
         self,
@@ -35,7 +54,15 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.ListRoomsRequest, chat_pb2.ListRoomsResponse],
     ) -> chat_pb2.ListRoomsResponse:
         """ChatService.ListRooms."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChatService.ListRooms is not built yet")
+        page = await service.list_rooms(
+            self._pool,
+            user_id=current_principal().user_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return chat_pb2.ListRoomsResponse(
+            rooms=[convert.room(r) for r in page.rooms], next_page_token=page.next_page_token
+        )
 
     async def AddMembers(
         self,
@@ -43,7 +70,13 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.AddMembersRequest, chat_pb2.AddMembersResponse],
     ) -> chat_pb2.AddMembersResponse:
         """ChatService.AddMembers."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChatService.AddMembers is not built yet")
+        room = await service.add_members(
+            self._pool,
+            user_id=current_principal().user_id,
+            room_id=request.room_id,
+            member_ids=list(request.user_ids),
+        )
+        return chat_pb2.AddMembersResponse(room=convert.room(room))
 
     async def RemoveMember(
         self,
@@ -51,7 +84,13 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.RemoveMemberRequest, chat_pb2.RemoveMemberResponse],
     ) -> chat_pb2.RemoveMemberResponse:
         """ChatService.RemoveMember."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChatService.RemoveMember is not built yet")
+        room = await service.remove_member(
+            self._pool,
+            user_id=current_principal().user_id,
+            room_id=request.room_id,
+            member_id=request.user_id,
+        )
+        return chat_pb2.RemoveMemberResponse(room=convert.room(room))
 
     async def LeaveRoom(
         self,
@@ -59,7 +98,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.LeaveRoomRequest, chat_pb2.LeaveRoomResponse],
     ) -> chat_pb2.LeaveRoomResponse:
         """ChatService.LeaveRoom."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChatService.LeaveRoom is not built yet")
+        await service.leave_room(self._pool, user_id=current_principal().user_id, room_id=request.room_id)
+        return chat_pb2.LeaveRoomResponse()
 
     async def SendMessage(
         self,
@@ -67,7 +107,14 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.SendMessageRequest, chat_pb2.SendMessageResponse],
     ) -> chat_pb2.SendMessageResponse:
         """ChatService.SendMessage."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChatService.SendMessage is not built yet")
+        message = await service.send_message(
+            self._pool,
+            user_id=current_principal().user_id,
+            room_id=request.room_id,
+            client_message_id=request.client_message_id,
+            text=request.text,
+        )
+        return chat_pb2.SendMessageResponse(message=convert.message(message))
 
     async def ListMessages(
         self,
@@ -75,7 +122,18 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.ListMessagesRequest, chat_pb2.ListMessagesResponse],
     ) -> chat_pb2.ListMessagesResponse:
         """ChatService.ListMessages."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChatService.ListMessages is not built yet")
+        page = await service.list_messages(
+            self._pool,
+            user_id=current_principal().user_id,
+            room_id=request.room_id,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            before_sequence=request.before_sequence,
+            after_sequence=request.after_sequence,
+        )
+        return chat_pb2.ListMessagesResponse(
+            messages=[convert.message(m) for m in page.messages], next_page_token=page.next_page_token
+        )
 
     async def MarkRead(
         self,
@@ -83,7 +141,13 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.MarkReadRequest, chat_pb2.MarkReadResponse],
     ) -> chat_pb2.MarkReadResponse:
         """ChatService.MarkRead."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChatService.MarkRead is not built yet")
+        mark = await service.mark_read(
+            self._pool,
+            user_id=current_principal().user_id,
+            room_id=request.room_id,
+            sequence=request.sequence,
+        )
+        return chat_pb2.MarkReadResponse(last_read_sequence=mark)
 
     async def SendPayment(
         self,
@@ -117,7 +181,17 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self,
         request_iterator: AsyncIterator[chat_pb2.ConnectRequest],
         context: grpc.aio.ServicerContext[chat_pb2.ConnectRequest, chat_pb2.ConnectResponse],
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[chat_pb2.ConnectResponse]:
         """ChatService.Connect."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChatService.Connect is not built yet")
+        session = ConnectSession(
+            pool=self._pool,
+            hub=self._hub,
+            user_id=current_principal().user_id,
+            buffer=self._stream_buffer,
+            write=context.write,
+        )
+        # The session writes through context.write from its own loop, so that an overflowing
+        # queue can end the stream even while a write waits on a client that does not read.
+        await session.run(request_iterator)
+        return
         yield  # an async generator, as the streaming signature requires

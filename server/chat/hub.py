@@ -1,0 +1,234 @@
+"""In-process fan-out of chat events to the live streams, woken by PostgreSQL LISTEN/NOTIFY.
+
+One dedicated connection per server process LISTENs on `chat_events` (pooled connections
+never LISTEN: the pool skips its reset query). A notification is only a wake-up: for a new
+message in room R the hub reads R's new rows from the messages table once, builds each
+ConnectResponse once, and offers the same object to every local subscriber of R. Offers never
+block; each stream has its own bounded queue and ends itself when it overflows. Because the
+table is the log, a lost notification (say, while the listener reconnects) delays delivery
+but loses nothing: the hub re-reads after reconnecting and streams fill any gap they see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import asyncpg
+
+from sendinchat.v1 import chat_pb2
+from server.chat import convert, service
+
+CHANNEL = "chat_events"
+_FETCH_LIMIT = 200
+_EVERYTHING = 2**62
+_RECONNECT_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveMessage:
+    """A stored message on its way to the streams; one object shared by every subscriber."""
+
+    room_id: str
+    sequence: int
+    response: chat_pb2.ConnectResponse
+
+
+class Subscriber(Protocol):
+    """What the hub needs from a stream."""
+
+    @property
+    def user_id(self) -> str:
+        """Who is connected."""
+        ...
+
+    def offer(self, item: LiveMessage | chat_pb2.ConnectResponse) -> None:
+        """Queue an item without blocking (a full queue ends the stream)."""
+        ...
+
+    def drop_room(self, room_id: str) -> None:
+        """The user is no longer a member of the room: stop sending it at once."""
+        ...
+
+
+@dataclass(eq=False)
+class _Feed:
+    room_id: str
+    subscribers: set[Subscriber] = field(default_factory=set)
+    fetched: int | None = None  # highest sequence read and offered; None until the first wake-up
+    wanted: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+class ChatHub:
+    """Room subscriptions of this process's streams and the listener that feeds them."""
+
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+        self._pool = pool
+        self._dsn = dsn
+        self._feeds: dict[str, _Feed] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+
+    async def start(self) -> None:
+        """Start listening; returns once LISTEN is in effect."""
+        self._listener = asyncio.create_task(self._listen_forever())
+        await self._listening.wait()
+
+    async def run_until_cancelled(self) -> None:
+        """Wait, then stop() when cancelled (as the server's background tasks are on shutdown)."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Stop listening and every background task."""
+        tasks = [t for t in (self._listener, *self._background) if t is not None]
+        tasks += [f.task for f in self._feeds.values() if f.task is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def subscribe(self, room_id: str, subscriber: Subscriber) -> None:
+        """Start offering the room's events to a stream (the caller checked membership)."""
+        feed = self._feeds.setdefault(room_id, _Feed(room_id))
+        if subscriber in feed.subscribers:
+            return
+        online = not any(s.user_id == subscriber.user_id for s in feed.subscribers)
+        feed.subscribers.add(subscriber)
+        if online:
+            self._announce_presence(subscriber.user_id, room_id, online=True)
+
+    def unsubscribe(self, room_id: str, subscriber: Subscriber) -> None:
+        """Stop offering the room's events to a stream."""
+        feed = self._feeds.get(room_id)
+        if feed is None or subscriber not in feed.subscribers:
+            return
+        feed.subscribers.discard(subscriber)
+        if not any(s.user_id == subscriber.user_id for s in feed.subscribers):
+            self._announce_presence(subscriber.user_id, room_id, online=False)
+        if not feed.subscribers:
+            if feed.task is not None:
+                feed.task.cancel()
+            del self._feeds[room_id]
+
+    def _announce_presence(self, user_id: str, room_id: str, *, online: bool) -> None:
+        # Best effort, off the caller's path: presence is ephemeral and a stream ending must
+        # not wait for the database (it may be ending because the server is shutting down).
+        self._spawn(service.announce_presence(self._pool, user_id=user_id, room_ids=[room_id], online=online))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(_logged(work))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _listen_forever(self) -> None:
+        while True:
+            try:
+                conn = await asyncpg.connect(self._dsn)
+            except (OSError, asyncpg.PostgresError):
+                log.warning("chat listener cannot connect; retrying", exc_info=True)
+                await asyncio.sleep(_RECONNECT_SECONDS)
+                continue
+            lost = asyncio.Event()
+            conn.add_termination_listener(_setter(lost))
+            try:
+                await conn.add_listener(CHANNEL, self._on_notify)
+                if self._listening.is_set():
+                    self._resync()  # notifications sent while we were away are gone; the log is not
+                self._listening.set()
+                await lost.wait()
+                log.warning("chat listener connection lost; reconnecting")
+            finally:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(conn.close(timeout=2))
+
+    def _resync(self) -> None:
+        for feed in self._feeds.values():
+            if feed.fetched is not None:
+                self._want(feed, _EVERYTHING)
+
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        kind, _, rest = str(payload).partition("|")
+        fields = rest.split("|")
+        feed = self._feeds.get(fields[0])
+        if feed is None:
+            return
+        if kind == "m":
+            sequence = int(fields[1])
+            if feed.fetched is None:
+                # Everything before the first wake-up is the subscribers' replay's business.
+                feed.fetched = sequence - 1
+            self._want(feed, sequence)
+        elif kind == "x":
+            for subscriber in [s for s in feed.subscribers if s.user_id == fields[1]]:
+                self.unsubscribe(feed.room_id, subscriber)
+                subscriber.drop_room(feed.room_id)
+        elif kind == "r":
+            receipt = chat_pb2.ReadReceiptEvent(room_id=fields[0], user_id=fields[1], sequence=int(fields[2]))
+            self._offer_all(feed, chat_pb2.ConnectResponse(read_receipt=receipt), skip_user=None)
+        elif kind == "t":
+            typing = chat_pb2.TypingEvent(room_id=fields[0], user_id=fields[1])
+            self._offer_all(feed, chat_pb2.ConnectResponse(typing=typing), skip_user=fields[1])
+        elif kind == "p":
+            presence = chat_pb2.PresenceEvent(room_id=fields[0], user_id=fields[1], online=fields[2] == "1")
+            self._offer_all(feed, chat_pb2.ConnectResponse(presence=presence), skip_user=fields[1])
+
+    @staticmethod
+    def _offer_all(feed: _Feed, item: chat_pb2.ConnectResponse, *, skip_user: str | None) -> None:
+        for subscriber in tuple(feed.subscribers):
+            if subscriber.user_id != skip_user:
+                subscriber.offer(item)
+
+    def _want(self, feed: _Feed, sequence: int) -> None:
+        assert feed.fetched is not None
+        if sequence <= max(feed.fetched, feed.wanted):
+            return
+        feed.wanted = sequence
+        if feed.task is None:
+            feed.task = asyncio.create_task(self._pump(feed))
+
+    async def _pump(self, feed: _Feed) -> None:
+        # One reader per room: wake-ups that arrive while it reads only raise `wanted`.
+        try:
+            while feed.fetched is not None and feed.wanted > feed.fetched and feed.subscribers:
+                messages = await service.messages_after(
+                    self._pool, room_id=feed.room_id, after=feed.fetched, upto=feed.wanted, limit=_FETCH_LIMIT
+                )
+                if not messages:
+                    feed.wanted = feed.fetched
+                    break
+                for message in messages:
+                    item = LiveMessage(message.room_id, message.sequence, convert.connect_message(message))
+                    for subscriber in tuple(feed.subscribers):
+                        subscriber.offer(item)
+                feed.fetched = messages[-1].sequence
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            # Subscribers notice the gap on the next message and read it themselves.
+            log.warning("chat hub could not read room %s", feed.room_id, exc_info=True)
+        finally:
+            feed.task = None
+
+
+async def _logged(work: Coroutine[Any, Any, None]) -> None:
+    try:
+        await work
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        log.warning("chat background work failed", exc_info=True)
+
+
+def _setter(event: asyncio.Event) -> Callable[[object], None]:
+    def callback(_conn: object) -> None:
+        event.set()
+
+    return callback

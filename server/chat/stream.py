@@ -1,0 +1,252 @@
+"""One Connect stream: client frames in, a bounded queue of server frames out.
+
+A reader task handles the client's frames one at a time; the session's own loop writes. Both
+the hub's live items and the reader's answers go through one bounded queue, so a client that
+reads too slowly overflows it and the stream ends with RESOURCE_EXHAUSTED; the memory a stream
+holds is the queue (shared message objects) plus one replay page.
+
+Per room the writer keeps the last sequence it sent, which makes delivery exact: it skips what
+it already sent, and on a gap it reads the missing messages from the database first. A
+subscription is registered with the hub *before* its replay is read, so nothing committed in
+between can fall through; the replay runs when the writer reaches it in the queue, and live
+items queued behind it are then filtered by that last sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+from google.rpc import code_pb2
+
+from sendinchat.v1 import chat_pb2
+from server import status
+from server.chat import convert, service
+from server.chat.hub import ChatHub, LiveMessage
+from server.chat.validation import parse_uuid
+from server.errors import RateLimitedError, SendInChatError
+
+_REPLAY_PAGE = 100
+_EVERYTHING = 2**62
+_OVERFLOW_RETRY_SECONDS = 1.0
+
+Write = Callable[[chat_pb2.ConnectResponse], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class _Subscription:
+    room_id: str
+    last_sent: int
+    live: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    subscription: _Subscription
+    last_sequence: int
+
+
+_Item = LiveMessage | chat_pb2.ConnectResponse | _Replay
+
+
+class ConnectSession:
+    """The server side of one Connect stream for one authenticated user."""
+
+    def __init__(self, *, pool: asyncpg.Pool, hub: ChatHub, user_id: str, buffer: int, write: Write) -> None:
+        self._pool = pool
+        self._hub = hub
+        self._user_id = user_id
+        self._write = write
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=buffer)
+        self._subscriptions: dict[str, _Subscription] = {}
+        self._overflowed = asyncio.Event()
+
+    @property
+    def user_id(self) -> str:
+        """Who is connected."""
+        return self._user_id
+
+    def offer(self, item: LiveMessage | chat_pb2.ConnectResponse) -> None:
+        """Queue an item for the client; never blocks (overflow ends the stream)."""
+        self._put(item)
+
+    def drop_room(self, room_id: str) -> None:
+        """The user left or was removed: nothing more of the room is sent, even if queued."""
+        if self._subscriptions.pop(room_id, None) is not None:
+            self._put(_error(code_pb2.NOT_FOUND, "no longer a member of the room", room_id=room_id))
+
+    def _put(self, item: _Item) -> None:
+        if self._overflowed.is_set():
+            return
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self._overflowed.set()
+            self._leave_hub()  # stop accepting work at once; the queue is released with the session
+
+    def _leave_hub(self) -> None:
+        for room_id in list(self._subscriptions):
+            self._hub.unsubscribe(room_id, self)
+        self._subscriptions.clear()
+
+    async def run(self, requests: AsyncIterator[chat_pb2.ConnectRequest]) -> None:
+        """Serve the stream until the client stops sending, overflows, or this task is cancelled.
+
+        Raises:
+            RateLimitedError: the client read too slowly and the buffer overflowed.
+        """
+        reader = asyncio.create_task(self._read(requests))
+        writer = asyncio.create_task(self._write_loop())
+        overflow = asyncio.create_task(self._overflowed.wait())
+        tasks = (reader, writer, overflow)
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if overflow in done:
+                raise RateLimitedError(
+                    "the stream fell too far behind; reconnect and resubscribe from the last sequence",
+                    retry_after_seconds=_OVERFLOW_RETRY_SECONDS,
+                )
+            for task in done:
+                task.result()  # the reader ends when the client is done sending; errors propagate
+        finally:
+            self._leave_hub()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _read(self, requests: AsyncIterator[chat_pb2.ConnectRequest]) -> None:
+        async for request in requests:
+            frame = request.WhichOneof("frame")
+            try:
+                if frame == "subscribe":
+                    await self._subscribe(request.subscribe)
+                elif frame == "unsubscribe":
+                    room_id = parse_uuid(request.unsubscribe.room_id, "room_id")
+                    subscription = self._subscriptions.pop(room_id, None)
+                    if subscription is not None:
+                        self._hub.unsubscribe(subscription.room_id, self)
+                elif frame == "send":
+                    await self._send(request.send)
+                elif frame == "typing":
+                    await service.announce_typing(
+                        self._pool, user_id=self._user_id, room_id=request.typing.room_id
+                    )
+                elif frame == "read":
+                    await service.mark_read(
+                        self._pool,
+                        user_id=self._user_id,
+                        room_id=request.read.room_id,
+                        sequence=request.read.sequence,
+                    )
+                elif frame == "ping":
+                    self._put(chat_pb2.ConnectResponse(pong=chat_pb2.PongEvent(nonce=request.ping.nonce)))
+                else:
+                    self._put(_error(code_pb2.INVALID_ARGUMENT, "the frame is empty"))
+            except SendInChatError as exc:
+                self._put(
+                    _error(
+                        status.code_of(exc).value[0],
+                        exc.message,
+                        room_id=_room_of(request),
+                        client_message_id=request.send.client_message_id if frame == "send" else "",
+                    )
+                )
+
+    async def _subscribe(self, frame: chat_pb2.SubscribeFrame) -> None:
+        if frame.after_sequence < -1:
+            self._put(
+                _error(code_pb2.INVALID_ARGUMENT, "after_sequence must be -1 or more", room_id=frame.room_id)
+            )
+            return
+        room_id = parse_uuid(frame.room_id, "room_id")
+        last = await service.room_position(self._pool, user_id=self._user_id, room_id=room_id)
+        after = last if frame.after_sequence == -1 else min(frame.after_sequence, last)
+        subscription = _Subscription(room_id, last_sent=after)
+        self._subscriptions[room_id] = subscription
+        self._hub.subscribe(room_id, self)
+        self._put(_Replay(subscription, last))
+
+    async def _send(self, frame: chat_pb2.SendFrame) -> None:
+        message = await service.send_message(
+            self._pool,
+            user_id=self._user_id,
+            room_id=frame.room_id,
+            client_message_id=frame.client_message_id,
+            text=frame.text,
+            stream=True,
+        )
+        ack = chat_pb2.AckEvent(
+            client_message_id=frame.client_message_id, room_id=message.room_id, sequence=message.sequence
+        )
+        self._put(chat_pb2.ConnectResponse(ack=ack))
+
+    async def _write_loop(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if isinstance(item, LiveMessage):
+                await self._deliver(item)
+            elif isinstance(item, _Replay):
+                await self._replay(item)
+            else:
+                await self._write(item)
+
+    async def _deliver(self, item: LiveMessage) -> None:
+        subscription = self._subscriptions.get(item.room_id)
+        if subscription is None or not subscription.live or item.sequence <= subscription.last_sent:
+            return
+        if item.sequence > subscription.last_sent + 1:
+            await self._catch_up(subscription, upto=item.sequence - 1)
+            if self._subscriptions.get(item.room_id) is not subscription:
+                return
+        await self._write(item.response)
+        subscription.last_sent = item.sequence
+
+    async def _replay(self, replay: _Replay) -> None:
+        subscription = replay.subscription
+        if self._subscriptions.get(subscription.room_id) is not subscription:
+            return  # unsubscribed or resubscribed meanwhile
+        subscribed = chat_pb2.SubscribedEvent(
+            room_id=subscription.room_id, last_sequence=replay.last_sequence
+        )
+        await self._write(chat_pb2.ConnectResponse(subscribed=subscribed))
+        await self._catch_up(subscription, upto=_EVERYTHING)
+        subscription.live = True
+
+    async def _catch_up(self, subscription: _Subscription, *, upto: int) -> None:
+        while True:
+            page = await service.messages_after(
+                self._pool,
+                room_id=subscription.room_id,
+                after=subscription.last_sent,
+                upto=upto,
+                limit=_REPLAY_PAGE,
+            )
+            for message in page:
+                if self._subscriptions.get(subscription.room_id) is not subscription:
+                    return
+                await self._write(convert.connect_message(message))
+                subscription.last_sent = message.sequence
+            if len(page) < _REPLAY_PAGE:
+                return
+
+
+def _room_of(request: chat_pb2.ConnectRequest) -> str:
+    frame = request.WhichOneof("frame")
+    if frame is None or frame == "ping":
+        return ""
+    room_id: str = getattr(request, frame).room_id
+    return room_id
+
+
+def _error(
+    code: int, message: str, *, room_id: str = "", client_message_id: str = ""
+) -> chat_pb2.ConnectResponse:
+    error = chat_pb2.ErrorEvent(
+        code=code, message=message, room_id=room_id, client_message_id=client_message_id
+    )
+    return chat_pb2.ConnectResponse(error=error)

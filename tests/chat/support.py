@@ -1,0 +1,92 @@
+"""Chat test helpers: rooms in one call, and a Connect client with a concurrent reader."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import grpc
+
+from sendinchat.v1 import chat_pb2
+from tests.helpers import Account
+
+WAIT = 10.0
+
+
+async def group(stubs: Any, owner: Account, *members: Account, name: str = "team") -> chat_pb2.Room:
+    """A group room owned by `owner` with `members`."""
+    reply = await stubs.chat.CreateRoom(
+        chat_pb2.CreateRoomRequest(
+            kind=chat_pb2.ROOM_KIND_GROUP, name=name, member_user_ids=[m.id for m in members]
+        ),
+        metadata=owner.auth,
+    )
+    return reply.room
+
+
+async def say(
+    stubs: Any, who: Account, room_id: str, text: str, client_message_id: str = ""
+) -> chat_pb2.Message:
+    """Send a text message through the unary RPC."""
+    reply = await stubs.chat.SendMessage(
+        chat_pb2.SendMessageRequest(room_id=room_id, text=text, client_message_id=client_message_id),
+        metadata=who.auth,
+    )
+    return reply.message
+
+
+class Stream:
+    """One Connect stream; a reader task collects every server frame in arrival order."""
+
+    def __init__(self, stubs: Any, account: Account) -> None:
+        self.call = stubs.chat.Connect(metadata=account.auth)
+        self.frames: asyncio.Queue[chat_pb2.ConnectResponse] = asyncio.Queue()
+        self.error: grpc.aio.AioRpcError | None = None
+        self.ended = asyncio.Event()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self.call:
+                await self.frames.put(frame)
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc
+        finally:
+            self.ended.set()
+
+    async def write(self, **frame: Any) -> None:
+        """Send one client frame given as a keyword: ping=chat_pb2.PingFrame(nonce="x")."""
+        await self.call.write(chat_pb2.ConnectRequest(**frame))
+
+    async def subscribe(self, room_id: str, after_sequence: int = 0) -> chat_pb2.SubscribedEvent:
+        """Subscribe and wait for the confirmation (frames before it are dropped)."""
+        await self.write(subscribe=chat_pb2.SubscribeFrame(room_id=room_id, after_sequence=after_sequence))
+        return (await self.next_of("subscribed")).subscribed
+
+    async def next(self) -> chat_pb2.ConnectResponse:
+        """The next server frame."""
+        return await asyncio.wait_for(self.frames.get(), WAIT)
+
+    async def next_of(self, kind: str) -> chat_pb2.ConnectResponse:
+        """The next frame of one kind, skipping others (presence, typing, receipts)."""
+        while True:
+            frame = await self.next()
+            if frame.WhichOneof("event") == kind:
+                return frame
+
+    async def messages(self, count: int) -> list[chat_pb2.Message]:
+        """The next `count` message frames, skipping other kinds."""
+        return [(await self.next_of("message")).message for _ in range(count)]
+
+    async def wait_ended(self) -> grpc.aio.AioRpcError | None:
+        """Wait for the stream to end; its error, or None if it ended OK."""
+        await asyncio.wait_for(self.ended.wait(), WAIT)
+        return self.error
+
+    async def close(self) -> None:
+        """Cancel the call and the reader."""
+        self.call.cancel()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
