@@ -109,7 +109,8 @@ async def create_server(
     interceptor = RpcInterceptor(tokens=deps.tokens, observer=RpcObserver(metrics), streams=streams)
     server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
     users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(pool, deps), server)
-    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(), server)
+    ledger = LedgerServicer(pool)
+    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(ledger, server)
     chat_dsn = dsn or config.database_url
     if chat_dsn is None:
         raise ConfigError("DATABASE_URL: the chat hub needs the database URL for its LISTEN connection")
@@ -127,8 +128,10 @@ async def create_server(
     await hub.start()
     await server.start()
     await health_state.probe_database(pool)
+    await ledger.audit_into(health_state)
     running = RunningServer(server, port, health_state, streams, config.shutdown_grace_seconds)
     running.tasks.append(asyncio.create_task(health_state.watch_database(pool)))
+    running.tasks.append(asyncio.create_task(ledger.run_background(health_state)))
     running.tasks.append(asyncio.create_task(hub.run_until_cancelled()))
     return running
 

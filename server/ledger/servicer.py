@@ -1,17 +1,157 @@
-"""LedgerService: placeholder answering UNIMPLEMENTED until its issue lands."""
+"""LedgerService: transport for server/ledger/service.py (and the audit, and the watch hub)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
+import asyncpg
 import grpc
 
 from sendinchat.v1 import ledger_pb2, ledger_pb2_grpc
+from server.auth.principal import current_principal
+from server.health import HealthState
+from server.ledger import service
+from server.ledger.audit import AuditReport, audit_ledger
+from server.ledger.batching import TransferBatcher
+from server.ledger.models import Account, Transfer
+from server.ledger.pagination import EventKey
+from server.ledger.watch import WatchHub
+from server.protoconv import from_timestamp, timestamp
+
+log = logging.getLogger(__name__)
+
+EXPIRY_SWEEP_SECONDS = 1.0
+_DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+_KINDS = {
+    "transfer": ledger_pb2.TRANSFER_KIND_TRANSFER,
+    "deposit": ledger_pb2.TRANSFER_KIND_DEPOSIT,
+    "withdrawal": ledger_pb2.TRANSFER_KIND_WITHDRAWAL,
+}
+_STATES = {
+    "pending": ledger_pb2.TRANSFER_STATE_PENDING,
+    "posted": ledger_pb2.TRANSFER_STATE_POSTED,
+    "voided": ledger_pb2.TRANSFER_STATE_VOIDED,
+    "expired": ledger_pb2.TRANSFER_STATE_EXPIRED,
+}
+_DIRECTIONS: dict[int, service.Direction] = {
+    ledger_pb2.TRANSFER_DIRECTION_UNSPECIFIED: "all",
+    ledger_pb2.TRANSFER_DIRECTION_ALL: "all",
+    ledger_pb2.TRANSFER_DIRECTION_SENT: "sent",
+    ledger_pb2.TRANSFER_DIRECTION_RECEIVED: "received",
+}
+
+
+def _account(account: Account) -> ledger_pb2.Account:
+    return ledger_pb2.Account(
+        id=account.id,
+        user_id=account.user_id,
+        currency=account.currency,
+        minor_unit_exponent=account.exponent,
+        balance_minor=account.balance,
+        pending_debit_minor=account.pending_debit,
+        pending_credit_minor=account.pending_credit,
+        available_minor=account.available,
+        create_time=timestamp(account.created_at),
+    )
+
+
+def _transfer(transfer: Transfer) -> ledger_pb2.Transfer:
+    return ledger_pb2.Transfer(
+        id=transfer.id,
+        request_id=transfer.request_id,
+        kind=_KINDS[transfer.kind],
+        state=_STATES[transfer.state],
+        from_user_id=transfer.from_user_id or "",
+        to_user_id=transfer.to_user_id or "",
+        currency=transfer.currency,
+        amount_minor=transfer.amount,
+        posted_amount_minor=transfer.posted_amount,
+        memo=transfer.memo,
+        create_time=timestamp(transfer.created_at),
+        expire_time=timestamp(transfer.expires_at) if transfer.state == "pending" else None,
+        resolve_time=timestamp(transfer.resolved_at),
+        from_account_id=transfer.from_account_id if transfer.from_user_id else "",
+        to_account_id=transfer.to_account_id if transfer.to_user_id else "",
+    )
+
+
+def _audit(report: AuditReport) -> ledger_pb2.AuditLedgerResponse:
+    return ledger_pb2.AuditLedgerResponse(
+        ok=report.ok,
+        violations=[
+            ledger_pb2.AuditViolation(
+                kind=v.kind, account_id=v.account_id, currency=v.currency, detail=v.detail
+            )
+            for v in report.violations
+        ],
+        accounts_checked=report.accounts_checked,
+        transfers_checked=report.transfers_checked,
+        totals=[
+            ledger_pb2.CurrencyTotal(currency=t.currency, sum_minor=t.sum, issued_minor=t.issued)
+            for t in report.totals
+        ],
+    )
+
+
+def _oneof(request: object, group: str, first: str, second: str) -> tuple[str | None, str | None]:
+    which = request.WhichOneof(group)  # type: ignore[attr-defined]  # every request message has it
+    return (
+        getattr(request, first) if which == first else None,
+        getattr(request, second) if which == second else None,
+    )
 
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
-    """Every RPC of LedgerService answers UNIMPLEMENTED for now."""
+    """Accounts, transfers, two-phase holds, the live feed, minting and the audit."""
+
+    def __init__(self, pool: asyncpg.Pool, *, batcher: TransferBatcher | None = None) -> None:
+        self._pool = pool
+        self._batcher = batcher or TransferBatcher(pool)
+        self._hub = WatchHub(pool)
+        self._audited = False
+
+    async def audit_into(self, health: HealthState) -> None:
+        """Audit the ledger and close the `ledger_audit` health gate if it is broken.
+
+        When the database cannot be reached the audit is left for run_background to retry (the
+        database gate already reports NOT_SERVING meanwhile).
+        """
+        try:
+            report = await audit_ledger(self._pool)
+        except _DATABASE_ERRORS:
+            log.warning("ledger audit could not run; will retry", exc_info=True)
+            return
+        self._audited = True
+        for violation in report.violations:
+            log.error(
+                "ledger audit: %s %s %s %s",
+                violation.kind,
+                violation.currency,
+                violation.account_id,
+                violation.detail,
+            )
+        health.set_gate("ledger_audit", report.ok)
+        await health.publish()
+
+    async def run_background(self, health: HealthState) -> None:
+        """The watch hub, the expiry sweeper and (if the start-up one could not run) the audit."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._hub.run())
+            group.create_task(self._sweep_expired(health))
+
+    async def _sweep_expired(self, health: HealthState) -> None:
+        while True:
+            await asyncio.sleep(EXPIRY_SWEEP_SECONDS)
+            if not self._audited:
+                await self.audit_into(health)
+            try:
+                await self._pool.fetchval("SELECT ledger_expire_due()")
+            except _DATABASE_ERRORS:
+                log.warning("expiring pending transfers failed; will retry", exc_info=True)
 
     async def OpenAccount(
         self,
@@ -19,7 +159,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.OpenAccountRequest, ledger_pb2.OpenAccountResponse],
     ) -> ledger_pb2.OpenAccountResponse:
         """LedgerService.OpenAccount."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "LedgerService.OpenAccount is not built yet")
+        account = await service.open_account(
+            self._pool, principal=current_principal(), currency=request.currency
+        )
+        return ledger_pb2.OpenAccountResponse(account=_account(account))
 
     async def GetAccount(
         self,
@@ -27,7 +170,11 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.GetAccountRequest, ledger_pb2.GetAccountResponse],
     ) -> ledger_pb2.GetAccountResponse:
         """LedgerService.GetAccount."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "LedgerService.GetAccount is not built yet")
+        account_id, currency = _oneof(request, "key", "account_id", "currency")
+        account = await service.get_account(
+            self._pool, principal=current_principal(), account_id=account_id, currency=currency
+        )
+        return ledger_pb2.GetAccountResponse(account=_account(account))
 
     async def ListAccounts(
         self,
@@ -35,7 +182,15 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.ListAccountsRequest, ledger_pb2.ListAccountsResponse],
     ) -> ledger_pb2.ListAccountsResponse:
         """LedgerService.ListAccounts."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "LedgerService.ListAccounts is not built yet")
+        accounts, token = await service.list_accounts(
+            self._pool,
+            principal=current_principal(),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return ledger_pb2.ListAccountsResponse(
+            accounts=[_account(a) for a in accounts], next_page_token=token
+        )
 
     async def CreateTransfer(
         self,
@@ -45,7 +200,18 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         ],
     ) -> ledger_pb2.CreateTransferResponse:
         """LedgerService.CreateTransfer."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "LedgerService.CreateTransfer is not built yet")
+        to_user_id, to_username = _oneof(request, "recipient", "to_user_id", "to_username")
+        transfer = await service.create_transfer(
+            self._batcher,
+            principal=current_principal(),
+            request_id=request.request_id,
+            to_user_id=to_user_id,
+            to_username=to_username,
+            currency=request.currency,
+            amount=request.amount_minor,
+            memo=request.memo,
+        )
+        return ledger_pb2.CreateTransferResponse(transfer=_transfer(transfer))
 
     async def CreatePendingTransfer(
         self,
@@ -55,9 +221,20 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         ],
     ) -> ledger_pb2.CreatePendingTransferResponse:
         """LedgerService.CreatePendingTransfer."""
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "LedgerService.CreatePendingTransfer is not built yet"
+        to_user_id, to_username = _oneof(request, "recipient", "to_user_id", "to_username")
+        transfer = await service.create_transfer(
+            self._batcher,
+            principal=current_principal(),
+            request_id=request.request_id,
+            to_user_id=to_user_id,
+            to_username=to_username,
+            currency=request.currency,
+            amount=request.amount_minor,
+            memo=request.memo,
+            pending=True,
+            expires_at=from_timestamp(request.expire_time, request.HasField("expire_time")),
         )
+        return ledger_pb2.CreatePendingTransferResponse(transfer=_transfer(transfer))
 
     async def PostPendingTransfer(
         self,
@@ -67,9 +244,14 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         ],
     ) -> ledger_pb2.PostPendingTransferResponse:
         """LedgerService.PostPendingTransfer."""
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "LedgerService.PostPendingTransfer is not built yet"
+        transfer = await service.post_pending_transfer(
+            self._pool,
+            principal=current_principal(),
+            request_id=request.request_id,
+            transfer_id=request.transfer_id,
+            amount=request.amount_minor,
         )
+        return ledger_pb2.PostPendingTransferResponse(transfer=_transfer(transfer))
 
     async def VoidPendingTransfer(
         self,
@@ -79,9 +261,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         ],
     ) -> ledger_pb2.VoidPendingTransferResponse:
         """LedgerService.VoidPendingTransfer."""
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "LedgerService.VoidPendingTransfer is not built yet"
+        transfer = await service.void_pending_transfer(
+            self._pool,
+            principal=current_principal(),
+            request_id=request.request_id,
+            transfer_id=request.transfer_id,
         )
+        return ledger_pb2.VoidPendingTransferResponse(transfer=_transfer(transfer))
 
     async def GetTransfer(
         self,
@@ -89,7 +275,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.GetTransferRequest, ledger_pb2.GetTransferResponse],
     ) -> ledger_pb2.GetTransferResponse:
         """LedgerService.GetTransfer."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "LedgerService.GetTransfer is not built yet")
+        transfer = await service.get_transfer(
+            self._pool, principal=current_principal(), transfer_id=request.transfer_id
+        )
+        return ledger_pb2.GetTransferResponse(transfer=_transfer(transfer))
 
     async def ListTransfers(
         self,
@@ -97,7 +286,17 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.ListTransfersRequest, ledger_pb2.ListTransfersResponse],
     ) -> ledger_pb2.ListTransfersResponse:
         """LedgerService.ListTransfers."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "LedgerService.ListTransfers is not built yet")
+        transfers, token = await service.list_transfers(
+            self._pool,
+            principal=current_principal(),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            direction=_DIRECTIONS.get(request.direction, "all"),
+            currency=request.currency,
+        )
+        return ledger_pb2.ListTransfersResponse(
+            transfers=[_transfer(t) for t in transfers], next_page_token=token
+        )
 
     async def WatchTransfers(
         self,
@@ -105,10 +304,23 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[
             ledger_pb2.WatchTransfersRequest, ledger_pb2.WatchTransfersResponse
         ],
-    ) -> AsyncIterator[Any]:
+    ) -> AsyncIterator[ledger_pb2.WatchTransfersResponse]:
         """LedgerService.WatchTransfers."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "LedgerService.WatchTransfers is not built yet")
-        yield  # an async generator, as the streaming signature requires
+        after = EventKey.decode(request.cursor) if request.cursor else None
+        events = self._hub.watch(current_principal().user_id, after)
+        try:
+            async for event in events:
+                if event is None:
+                    # Initial metadata tells the client the watch is registered.
+                    await context.send_initial_metadata(())
+                    continue
+                yield ledger_pb2.WatchTransfersResponse(
+                    transfer=_transfer(event.transfer), cursor=event.key.encode()
+                )
+        finally:
+            # Cancelled by token expiry, shutdown or the client: unregister at once.
+            with contextlib.suppress(Exception):
+                await events.aclose()  # type: ignore[attr-defined]  # an async generator
 
     async def Deposit(
         self,
@@ -116,7 +328,18 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.DepositRequest, ledger_pb2.DepositResponse],
     ) -> ledger_pb2.DepositResponse:
         """LedgerService.Deposit."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "LedgerService.Deposit is not built yet")
+        to_user_id, to_username = _oneof(request, "recipient", "to_user_id", "to_username")
+        transfer = await service.deposit(
+            self._batcher,
+            principal=current_principal(),
+            request_id=request.request_id,
+            to_user_id=to_user_id,
+            to_username=to_username,
+            currency=request.currency,
+            amount=request.amount_minor,
+            memo=request.memo,
+        )
+        return ledger_pb2.DepositResponse(transfer=_transfer(transfer))
 
     async def Withdraw(
         self,
@@ -124,7 +347,19 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.WithdrawRequest, ledger_pb2.WithdrawResponse],
     ) -> ledger_pb2.WithdrawResponse:
         """LedgerService.Withdraw."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "LedgerService.Withdraw is not built yet")
+        from_user_id, from_username = _oneof(request, "source", "from_user_id", "from_username")
+        transfer = await service.withdraw(
+            self._pool,
+            self._batcher,
+            principal=current_principal(),
+            request_id=request.request_id,
+            from_user_id=from_user_id,
+            from_username=from_username,
+            currency=request.currency,
+            amount=request.amount_minor,
+            memo=request.memo,
+        )
+        return ledger_pb2.WithdrawResponse(transfer=_transfer(transfer))
 
     async def AuditLedger(
         self,
@@ -132,4 +367,4 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.AuditLedgerRequest, ledger_pb2.AuditLedgerResponse],
     ) -> ledger_pb2.AuditLedgerResponse:
         """LedgerService.AuditLedger."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "LedgerService.AuditLedger is not built yet")
+        return _audit(await service.audit(self._pool, principal=current_principal()))

@@ -1,0 +1,452 @@
+-- The double-entry ledger: currencies, accounts, immutable transfers, pending resolutions,
+-- the event log WatchTransfers replays, and the functions that make each operation one round trip.
+--
+-- Lock order, everywhere: accounts first, ordered by (user_id NULLS FIRST, currency), then
+-- transfer rows. Every function below follows it, so concurrent calls cannot deadlock.
+
+CREATE TABLE currencies (
+    code     text PRIMARY KEY,
+    exponent smallint NOT NULL,
+    CONSTRAINT currencies_code_format CHECK (code ~ '^[A-Z]{3}$'),
+    CONSTRAINT currencies_exponent_range CHECK (exponent BETWEEN 0 AND 4)
+);
+-- Keep in step with server/ledger/currencies.py (a test compares them).
+INSERT INTO currencies (code, exponent) VALUES
+    ('AUD', 2), ('BRL', 2), ('CAD', 2), ('CHF', 2), ('CNY', 2), ('EUR', 2), ('GBP', 2),
+    ('GHS', 2), ('INR', 2), ('JPY', 0), ('KES', 2), ('KRW', 0), ('MXN', 2), ('NGN', 2),
+    ('USD', 2), ('XOF', 0), ('ZAR', 2);
+
+-- One account per (user, currency); user_id NULL is the currency's system (issuing) account,
+-- the only one allowed below zero. pending_debit is what outgoing pending transfers reserve.
+CREATE TABLE accounts (
+    id            uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    user_id       uuid REFERENCES users (id),
+    currency      text NOT NULL REFERENCES currencies (code),
+    balance       bigint NOT NULL DEFAULT 0,
+    pending_debit bigint NOT NULL DEFAULT 0,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT accounts_owner_currency_key UNIQUE NULLS NOT DISTINCT (user_id, currency),
+    CONSTRAINT accounts_pending_debit_nonnegative CHECK (pending_debit >= 0),
+    CONSTRAINT accounts_user_available_nonnegative
+        CHECK (user_id IS NULL OR balance - pending_debit >= 0)
+);
+INSERT INTO accounts (user_id, currency) SELECT NULL, code FROM currencies;
+
+-- A transfer moves (or, while pending, reserves) money between two accounts of one currency.
+-- Posted, voided and expired transfers are immutable; only a pending one changes, once.
+CREATE TABLE transfers (
+    id              uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    seq             bigint GENERATED ALWAYS AS IDENTITY,
+    initiator_id    uuid NOT NULL,
+    request_id      uuid NOT NULL,
+    kind            text NOT NULL,
+    two_phase       boolean NOT NULL,
+    state           text NOT NULL,
+    from_account_id uuid NOT NULL REFERENCES accounts (id),
+    to_account_id   uuid NOT NULL REFERENCES accounts (id),
+    from_user_id    uuid,
+    to_user_id      uuid,
+    currency        text NOT NULL,
+    amount          bigint NOT NULL,
+    posted_amount   bigint NOT NULL,
+    memo            text NOT NULL DEFAULT '',
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    expires_at      timestamptz,
+    resolved_at     timestamptz,
+    CONSTRAINT transfers_initiator_request_key UNIQUE (initiator_id, request_id),
+    CONSTRAINT transfers_kind_known CHECK (kind IN ('transfer', 'deposit', 'withdrawal')),
+    CONSTRAINT transfers_state_known CHECK (state IN ('pending', 'posted', 'voided', 'expired')),
+    CONSTRAINT transfers_amount_positive CHECK (amount > 0),
+    CONSTRAINT transfers_posted_amount_range CHECK (
+        posted_amount BETWEEN 0 AND amount
+        AND (state = 'posted' OR posted_amount = 0)
+        AND (state <> 'posted' OR posted_amount > 0)
+    ),
+    CONSTRAINT transfers_distinct_accounts CHECK (from_account_id <> to_account_id),
+    CONSTRAINT transfers_memo_length CHECK (char_length(memo) <= 256),
+    CONSTRAINT transfers_resolved_when_final CHECK ((state = 'pending') = (resolved_at IS NULL))
+);
+CREATE INDEX transfers_from_user_seq_idx ON transfers (from_user_id, seq);
+CREATE INDEX transfers_to_user_seq_idx ON transfers (to_user_id, seq);
+CREATE INDEX transfers_pending_from_idx ON transfers (from_account_id) WHERE state = 'pending';
+CREATE INDEX transfers_pending_to_idx ON transfers (to_account_id) WHERE state = 'pending';
+CREATE INDEX transfers_pending_expiry_idx ON transfers (expires_at)
+    WHERE state = 'pending' AND expires_at IS NOT NULL;
+
+-- Post and void carry their own request_id; a retry finds its resolution here.
+CREATE TABLE transfer_resolutions (
+    initiator_id     uuid NOT NULL,
+    request_id       uuid NOT NULL,
+    transfer_id      uuid NOT NULL REFERENCES transfers (id),
+    action           text NOT NULL,
+    requested_amount bigint NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (initiator_id, request_id),
+    CONSTRAINT transfer_resolutions_action_known CHECK (action IN ('post', 'void'))
+);
+
+-- The log WatchTransfers replays: one row per transfer state change, written in the same
+-- transaction. Rows are ordered by (xid, seq): a reader only takes rows whose transaction id is
+-- below the oldest still running, so nothing can later appear before a cursor already handed out.
+CREATE TABLE ledger_events (
+    xid           bigint NOT NULL DEFAULT (pg_current_xact_id()::text::bigint),
+    seq           bigint GENERATED ALWAYS AS IDENTITY,
+    transfer_id   uuid NOT NULL REFERENCES transfers (id),
+    from_user_id  uuid,
+    to_user_id    uuid,
+    state         text NOT NULL,
+    posted_amount bigint NOT NULL,
+    resolved_at   timestamptz,
+    PRIMARY KEY (xid, seq)
+);
+
+CREATE FUNCTION ledger_refuse_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION '% rows are append-only', TG_TABLE_NAME USING ERRCODE = 'integrity_constraint_violation';
+END $$;
+
+CREATE FUNCTION ledger_guard_transfer_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF OLD.state <> 'pending' THEN
+        RAISE EXCEPTION 'transfer % is % and immutable', OLD.id, OLD.state
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    IF (NEW.id, NEW.seq, NEW.initiator_id, NEW.request_id, NEW.kind, NEW.two_phase, NEW.from_account_id,
+        NEW.to_account_id, NEW.currency, NEW.amount, NEW.memo, NEW.created_at)
+       IS DISTINCT FROM
+       (OLD.id, OLD.seq, OLD.initiator_id, OLD.request_id, OLD.kind, OLD.two_phase, OLD.from_account_id,
+        OLD.to_account_id, OLD.currency, OLD.amount, OLD.memo, OLD.created_at) THEN
+        RAISE EXCEPTION 'only the state of pending transfer % may change', OLD.id
+            USING ERRCODE = 'integrity_constraint_violation';
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER transfers_guard_update BEFORE UPDATE ON transfers
+    FOR EACH ROW EXECUTE FUNCTION ledger_guard_transfer_update();
+CREATE TRIGGER transfers_refuse_delete BEFORE DELETE ON transfers
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER transfer_resolutions_refuse_change BEFORE UPDATE OR DELETE ON transfer_resolutions
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+CREATE TRIGGER ledger_events_refuse_change BEFORE UPDATE OR DELETE ON ledger_events
+    FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
+
+-- Create many transfers (immediate or pending, user, deposit or withdrawal) in one statement,
+-- each with its own outcome, in array order. A NULL p_from_user / p_to_user is the system
+-- account; a NULL p_to_user with a p_to_username names the recipient by username.
+--
+-- Outcomes: CREATED, REPLAYED (same initiator and request_id, same body: the first transfer is
+-- returned), IDEMPOTENCY_KEY_REUSED, INSUFFICIENT_FUNDS, RECIPIENT_NOT_FOUND, SOURCE_NOT_FOUND,
+-- SELF_TRANSFER. Decisions are checks, not exceptions, so one bad item never fails the others.
+CREATE FUNCTION ledger_create_transfers(
+    p_initiator   uuid[],
+    p_request     uuid[],
+    p_kind        text[],
+    p_two_phase   boolean[],
+    p_from_user   uuid[],
+    p_to_user     uuid[],
+    p_to_username text[],
+    p_currency    text[],
+    p_amount      bigint[],
+    p_memo        text[],
+    p_expires     timestamptz[]
+) RETURNS TABLE (
+    idx             integer,
+    outcome         text,
+    id              uuid,
+    request_id      uuid,
+    kind            text,
+    state           text,
+    from_user_id    uuid,
+    to_user_id      uuid,
+    from_account_id uuid,
+    to_account_id   uuid,
+    currency        text,
+    amount          bigint,
+    posted_amount   bigint,
+    memo            text,
+    created_at      timestamptz,
+    expires_at      timestamptz,
+    resolved_at     timestamptz
+) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    n          integer := cardinality(p_request);
+    v_to_user  uuid[] := p_to_user;
+    v_from     uuid;
+    v_to       uuid;
+    v_avail    bigint;
+    v_system   boolean;
+    v_t        transfers;
+    v_created  uuid[] := '{}';
+    i          integer;
+BEGIN
+    -- Recipients named by username.
+    IF EXISTS (SELECT 1 FROM unnest(p_to_username) AS u(name) WHERE name IS NOT NULL) THEN
+        SELECT array_agg(coalesce(r.to_user, u.id) ORDER BY r.n) INTO v_to_user
+        FROM unnest(v_to_user, p_to_username) WITH ORDINALITY AS r(to_user, name, n)
+        LEFT JOIN users u ON u.username = r.name;
+    END IF;
+
+    -- Ensure and lock every account in one ordered pass: a missing credit-side account is opened,
+    -- an existing account is locked (ON CONFLICT DO UPDATE ... WHERE false locks without writing).
+    -- A debit-side user account that does not exist is left alone: that item has no funds. The
+    -- system account takes part only as the source of a deposit or the sink of a withdrawal.
+    INSERT INTO accounts AS a (user_id, currency)
+    SELECT k.user_id, k.currency
+    FROM (
+        SELECT DISTINCT x.user_id, x.currency
+        FROM (
+            SELECT c.user_id, c.currency, c.kind, true AS credit
+            FROM unnest(v_to_user, p_currency, p_kind) AS c(user_id, currency, kind)
+            UNION ALL
+            SELECT d.user_id, d.currency, d.kind, false
+            FROM unnest(p_from_user, p_currency, p_kind) AS d(user_id, currency, kind)
+        ) x
+        WHERE CASE
+            WHEN x.user_id IS NULL THEN x.kind = CASE WHEN x.credit THEN 'withdrawal' ELSE 'deposit' END
+            WHEN x.credit THEN EXISTS (SELECT 1 FROM users u WHERE u.id = x.user_id)
+            ELSE EXISTS (SELECT 1 FROM accounts e WHERE e.user_id = x.user_id AND e.currency = x.currency)
+        END
+    ) k
+    ORDER BY k.user_id NULLS FIRST, k.currency
+    ON CONFLICT ON CONSTRAINT accounts_owner_currency_key DO UPDATE SET balance = a.balance WHERE false;
+
+    FOR i IN 1 .. n LOOP
+        idx := i;
+        v_system := p_from_user[i] IS NULL;
+        IF v_to_user[i] IS NULL AND p_kind[i] <> 'withdrawal' THEN
+            outcome := 'RECIPIENT_NOT_FOUND';
+        ELSIF p_kind[i] = 'transfer' AND v_to_user[i] = p_from_user[i] THEN
+            outcome := 'SELF_TRANSFER';
+        ELSIF p_kind[i] = 'withdrawal' AND NOT EXISTS (SELECT 1 FROM users WHERE users.id = p_from_user[i]) THEN
+            outcome := 'SOURCE_NOT_FOUND';
+        ELSE
+            SELECT a.id, a.balance - a.pending_debit INTO v_from, v_avail
+            FROM accounts a WHERE a.user_id IS NOT DISTINCT FROM p_from_user[i] AND a.currency = p_currency[i];
+            SELECT a.id INTO v_to
+            FROM accounts a WHERE a.user_id IS NOT DISTINCT FROM v_to_user[i] AND a.currency = p_currency[i];
+            outcome := CASE WHEN v_to IS NULL THEN 'RECIPIENT_NOT_FOUND' END;
+            IF outcome IS NULL AND NOT v_system AND (v_from IS NULL OR v_avail < p_amount[i]) THEN
+                IF v_from IS NOT NULL THEN
+                    -- Overdue reservations no longer hold money back: release them, then look again.
+                    PERFORM ledger_expire_account(v_from);
+                    SELECT a.balance - a.pending_debit INTO v_avail FROM accounts a WHERE a.id = v_from;
+                END IF;
+                IF v_from IS NULL OR v_avail < p_amount[i] THEN
+                    outcome := 'INSUFFICIENT_FUNDS';
+                END IF;
+            END IF;
+            IF outcome IS NULL THEN
+                INSERT INTO transfers AS t (
+                    initiator_id, request_id, kind, two_phase, state, from_account_id, to_account_id,
+                    from_user_id, to_user_id, currency, amount, posted_amount, memo, expires_at, resolved_at)
+                VALUES (
+                    p_initiator[i], p_request[i], p_kind[i], p_two_phase[i],
+                    CASE WHEN p_two_phase[i] THEN 'pending' ELSE 'posted' END,
+                    v_from, v_to, p_from_user[i], v_to_user[i], p_currency[i], p_amount[i],
+                    CASE WHEN p_two_phase[i] THEN 0 ELSE p_amount[i] END, p_memo[i], p_expires[i],
+                    CASE WHEN p_two_phase[i] THEN NULL ELSE now() END)
+                ON CONFLICT ON CONSTRAINT transfers_initiator_request_key DO NOTHING
+                RETURNING t.* INTO v_t;
+                IF FOUND THEN
+                    outcome := 'CREATED';
+                    v_created := v_created || v_t.id;
+                    IF p_two_phase[i] THEN
+                        UPDATE accounts a SET pending_debit = a.pending_debit + p_amount[i] WHERE a.id = v_from;
+                    ELSE
+                        UPDATE accounts a
+                        SET balance = a.balance + CASE WHEN a.id = v_from THEN -p_amount[i] ELSE p_amount[i] END
+                        WHERE a.id IN (v_from, v_to);
+                    END IF;
+                END IF;
+            END IF;
+            IF outcome IS NULL OR outcome = 'INSUFFICIENT_FUNDS' THEN
+                -- Either the request_id is taken (a retry, or a reuse), or funds are short: a
+                -- retry of a request that succeeded must still return its transfer.
+                SELECT * INTO v_t FROM transfers t
+                WHERE t.initiator_id = p_initiator[i] AND t.request_id = p_request[i];
+                IF FOUND THEN
+                    IF (v_t.kind, v_t.two_phase, v_t.from_user_id, v_t.to_user_id, v_t.currency, v_t.amount,
+                        v_t.memo, v_t.expires_at)
+                       IS NOT DISTINCT FROM
+                       (p_kind[i], p_two_phase[i], p_from_user[i], v_to_user[i], p_currency[i], p_amount[i],
+                        p_memo[i], p_expires[i]) THEN
+                        outcome := 'REPLAYED';
+                    ELSE
+                        outcome := 'IDEMPOTENCY_KEY_REUSED';
+                    END IF;
+                ELSIF outcome IS NULL THEN
+                    outcome := 'INSUFFICIENT_FUNDS';  -- unreachable: a conflict implies a row
+                END IF;
+            END IF;
+        END IF;
+        IF outcome IN ('CREATED', 'REPLAYED') THEN
+            id := v_t.id; request_id := v_t.request_id; kind := v_t.kind; state := v_t.state;
+            from_user_id := v_t.from_user_id; to_user_id := v_t.to_user_id;
+            from_account_id := v_t.from_account_id; to_account_id := v_t.to_account_id;
+            currency := v_t.currency; amount := v_t.amount; posted_amount := v_t.posted_amount;
+            memo := v_t.memo; created_at := v_t.created_at; expires_at := v_t.expires_at;
+            resolved_at := v_t.resolved_at;
+        ELSE
+            id := NULL; request_id := NULL; kind := NULL; state := NULL; from_user_id := NULL;
+            to_user_id := NULL; from_account_id := NULL; to_account_id := NULL; currency := NULL;
+            amount := NULL; posted_amount := NULL; memo := NULL; created_at := NULL; expires_at := NULL;
+            resolved_at := NULL;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+
+    IF cardinality(v_created) > 0 THEN
+        INSERT INTO ledger_events (transfer_id, from_user_id, to_user_id, state, posted_amount, resolved_at)
+        SELECT t.id, t.from_user_id, t.to_user_id, t.state, t.posted_amount, t.resolved_at
+        FROM unnest(v_created) WITH ORDINALITY AS c(tid, n) JOIN transfers t ON t.id = c.tid
+        ORDER BY c.n;
+        PERFORM pg_notify('ledger_events', '');
+    END IF;
+END $$;
+
+-- Release the overdue reservations of one account. The caller holds the account's lock.
+CREATE FUNCTION ledger_expire_account(p_account uuid) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_released bigint;
+BEGIN
+    WITH expired AS (
+        UPDATE transfers t SET state = 'expired', resolved_at = t.expires_at
+        WHERE t.from_account_id = p_account AND t.state = 'pending' AND t.expires_at <= now()
+        RETURNING t.id, t.amount, t.from_user_id, t.to_user_id, t.resolved_at
+    ), logged AS (
+        INSERT INTO ledger_events (transfer_id, from_user_id, to_user_id, state, posted_amount, resolved_at)
+        SELECT e.id, e.from_user_id, e.to_user_id, 'expired', 0, e.resolved_at FROM expired e
+    )
+    SELECT coalesce(sum(e.amount), 0) INTO v_released FROM expired e;
+    IF v_released > 0 THEN
+        UPDATE accounts SET pending_debit = pending_debit - v_released WHERE id = p_account;
+        PERFORM pg_notify('ledger_events', '');
+    END IF;
+    RETURN v_released;
+END $$;
+
+-- Expire every overdue reservation (the server's sweeper); returns how many accounts it touched.
+CREATE FUNCTION ledger_expire_due() RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_account uuid;
+    v_count   integer := 0;
+BEGIN
+    FOR v_account IN
+        SELECT a.id FROM accounts a
+        WHERE a.id IN (
+            SELECT t.from_account_id FROM transfers t
+            WHERE t.state = 'pending' AND t.expires_at <= now())
+        ORDER BY a.user_id NULLS FIRST, a.currency
+        FOR UPDATE OF a SKIP LOCKED
+    LOOP
+        PERFORM ledger_expire_account(v_account);
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END $$;
+
+-- Post (p_action 'post', p_amount 0 = all) or void ('void') a pending transfer.
+-- Outcomes: DONE, REPLAYED, IDEMPOTENCY_KEY_REUSED, NOT_FOUND, PERMISSION_DENIED,
+-- TRANSFER_NOT_PENDING, TRANSFER_EXPIRED, AMOUNT_TOO_LARGE; with the transfer as it is after
+-- (columns as ledger_create_transfers, without idx).
+CREATE FUNCTION ledger_resolve_pending(
+    p_initiator uuid, p_request uuid, p_transfer uuid, p_action text, p_amount bigint
+) RETURNS TABLE (
+    outcome         text,
+    id              uuid,
+    request_id      uuid,
+    kind            text,
+    state           text,
+    from_user_id    uuid,
+    to_user_id      uuid,
+    from_account_id uuid,
+    to_account_id   uuid,
+    currency        text,
+    amount          bigint,
+    posted_amount   bigint,
+    memo            text,
+    created_at      timestamptz,
+    expires_at      timestamptz,
+    resolved_at     timestamptz
+) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    v_t       transfers;
+    v_r       transfer_resolutions;
+    v_amount  bigint;
+    v_outcome text;
+BEGIN
+    <<decide>>
+    BEGIN
+        SELECT * INTO v_r FROM transfer_resolutions r
+        WHERE r.initiator_id = p_initiator AND r.request_id = p_request;
+        IF FOUND THEN
+            SELECT * INTO v_t FROM transfers t WHERE t.id = v_r.transfer_id;
+            v_outcome := CASE WHEN (v_r.transfer_id, v_r.action, v_r.requested_amount)
+                                   = (p_transfer, p_action, p_amount)
+                              THEN 'REPLAYED' ELSE 'IDEMPOTENCY_KEY_REUSED' END;
+            EXIT decide;
+        END IF;
+        IF EXISTS (SELECT 1 FROM transfers t WHERE t.initiator_id = p_initiator AND t.request_id = p_request) THEN
+            v_outcome := 'IDEMPOTENCY_KEY_REUSED';
+            EXIT decide;
+        END IF;
+
+        SELECT * INTO v_t FROM transfers t WHERE t.id = p_transfer;
+        IF NOT FOUND OR (p_initiator IS DISTINCT FROM v_t.from_user_id
+                         AND p_initiator IS DISTINCT FROM v_t.to_user_id) THEN
+            v_t := NULL;
+            v_outcome := 'NOT_FOUND';
+            EXIT decide;
+        END IF;
+        IF p_action = 'post' AND p_initiator IS DISTINCT FROM v_t.from_user_id THEN
+            v_outcome := 'PERMISSION_DENIED';
+            EXIT decide;
+        END IF;
+
+        PERFORM 1 FROM accounts a WHERE a.id IN (v_t.from_account_id, v_t.to_account_id)
+        ORDER BY a.user_id NULLS FIRST, a.currency FOR UPDATE;
+        SELECT * INTO v_t FROM transfers t WHERE t.id = p_transfer FOR UPDATE;
+
+        IF v_t.state = 'pending' AND v_t.expires_at <= now() THEN
+            PERFORM ledger_expire_account(v_t.from_account_id);
+            SELECT * INTO v_t FROM transfers t WHERE t.id = p_transfer;
+        END IF;
+        IF v_t.state <> 'pending' THEN
+            v_outcome := CASE WHEN v_t.state = 'expired' AND p_action = 'post'
+                              THEN 'TRANSFER_EXPIRED' ELSE 'TRANSFER_NOT_PENDING' END;
+            EXIT decide;
+        END IF;
+
+        v_amount := CASE WHEN p_amount = 0 THEN v_t.amount ELSE p_amount END;
+        IF p_action = 'post' AND v_amount > v_t.amount THEN
+            v_outcome := 'AMOUNT_TOO_LARGE';
+            EXIT decide;
+        END IF;
+
+        IF p_action = 'post' THEN
+            UPDATE transfers t SET state = 'posted', posted_amount = v_amount, resolved_at = now()
+            WHERE t.id = p_transfer RETURNING t.* INTO v_t;
+            UPDATE accounts a
+            SET balance = a.balance + CASE WHEN a.id = v_t.from_account_id THEN -v_amount ELSE v_amount END,
+                pending_debit = a.pending_debit
+                    - CASE WHEN a.id = v_t.from_account_id THEN v_t.amount ELSE 0 END
+            WHERE a.id IN (v_t.from_account_id, v_t.to_account_id);
+        ELSE
+            UPDATE transfers t SET state = 'voided', resolved_at = now()
+            WHERE t.id = p_transfer RETURNING t.* INTO v_t;
+            UPDATE accounts a SET pending_debit = a.pending_debit - v_t.amount WHERE a.id = v_t.from_account_id;
+        END IF;
+        INSERT INTO transfer_resolutions (initiator_id, request_id, transfer_id, action, requested_amount)
+        VALUES (p_initiator, p_request, p_transfer, p_action, p_amount);
+        INSERT INTO ledger_events (transfer_id, from_user_id, to_user_id, state, posted_amount, resolved_at)
+        VALUES (v_t.id, v_t.from_user_id, v_t.to_user_id, v_t.state, v_t.posted_amount, v_t.resolved_at);
+        PERFORM pg_notify('ledger_events', '');
+        v_outcome := 'DONE';
+    END;
+    RETURN QUERY SELECT v_outcome, v_t.id, v_t.request_id, v_t.kind, v_t.state, v_t.from_user_id,
+        v_t.to_user_id, v_t.from_account_id, v_t.to_account_id, v_t.currency, v_t.amount,
+        v_t.posted_amount, v_t.memo, v_t.created_at, v_t.expires_at, v_t.resolved_at;
+END $$;
