@@ -27,7 +27,10 @@ class PasswordHasher:
 
     async def verify(self, password: str, stored_hash: str | None) -> bool:
         """True when `password` matches; spends the same time when there is no stored hash."""
-        candidate = password.encode()[:MAX_PASSWORD_BYTES]
+        candidate = password.encode()
+        # No stored password is longer than 72 bytes, so a longer one never matches (rather than
+        # matching on its first 72 bytes); it still costs one bcrypt check, so timing tells nothing.
+        fits = len(candidate) <= MAX_PASSWORD_BYTES
         target = self._decoy if stored_hash is None else stored_hash.encode()
-        matches = await asyncio.to_thread(bcrypt.checkpw, candidate, target)
-        return matches and stored_hash is not None
+        matches = await asyncio.to_thread(bcrypt.checkpw, candidate[:MAX_PASSWORD_BYTES], target)
+        return matches and fits and stored_hash is not None

@@ -55,6 +55,13 @@ class TestLogin:
         assert wrong_password.details() == unknown_user.details()
         assert account.username not in (wrong_password.details() or "")
 
+    async def test_is_unauthenticated_when_password_matches_only_in_its_first_72_bytes(self, stubs):
+        name = random_name()
+        await stubs.users.Register(users_pb2.RegisterRequest(username=name, password="p" * 72))
+        error = await _login_error(stubs, name, "p" * 72 + "extra")
+        assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert (await _login(stubs, name, "p" * 72)).user.username == name
+
     @pytest.mark.parametrize(
         ("username", "password", "field"),
         [("", PASSWORD, "username"), ("   ", PASSWORD, "username"), ("someone", "", "password")],

@@ -147,6 +147,11 @@ class TestChangePassword:
         reply = await stubs.users.Login(users_pb2.LoginRequest(username=account.username, password=PASSWORD))
         assert reply.user.id == account.id
 
+    async def test_is_permission_denied_when_old_password_matches_only_in_its_first_72_bytes(self, stubs):
+        account = await signed_up(stubs, password="p" * 72)
+        error = await _change_error(stubs, account, "p" * 72 + "extra", NEW_PASSWORD)
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+
     @pytest.mark.parametrize("new", ["short", "p" * 73], ids=["too-short", "too-long"])
     async def test_is_invalid_argument_when_new_password_is_out_of_bounds(self, stubs, new):
         account = await signed_up(stubs)
