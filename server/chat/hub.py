@@ -24,7 +24,7 @@ from sendinchat.v1 import chat_pb2
 from server.chat import convert, service
 
 CHANNEL = "chat_events"
-_FETCH_LIMIT = 200
+_FETCH_LIMIT = 100
 _EVERYTHING = 2**62
 _RECONNECT_SECONDS = 1.0
 

@@ -120,7 +120,7 @@ SELECT COALESCE(
         FROM mark) AS notified
 """
 _TYPING = """
-SELECT pg_notify('chat_events', 't|' || $1::text || '|' || $2::text)
+SELECT pg_notify('chat_events', 't|' || room_id || '|' || user_id)
 FROM room_members WHERE room_id = $1 AND user_id = $2
 """
 _PRESENCE = """

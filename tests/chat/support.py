@@ -22,7 +22,8 @@ async def group(stubs: Any, owner: Account, *members: Account, name: str = "team
         ),
         metadata=owner.auth,
     )
-    return reply.room
+    room: chat_pb2.Room = reply.room
+    return room
 
 
 async def say(
@@ -33,14 +34,17 @@ async def say(
         chat_pb2.SendMessageRequest(room_id=room_id, text=text, client_message_id=client_message_id),
         metadata=who.auth,
     )
-    return reply.message
+    message: chat_pb2.Message = reply.message
+    return message
 
 
 class Stream:
     """One Connect stream; a reader task collects every server frame in arrival order."""
 
     def __init__(self, stubs: Any, account: Account) -> None:
-        self.call = stubs.chat.Connect(metadata=account.auth)
+        self.call: grpc.aio.StreamStreamCall[chat_pb2.ConnectRequest, chat_pb2.ConnectResponse] = (
+            stubs.chat.Connect(metadata=account.auth)
+        )
         self.frames: asyncio.Queue[chat_pb2.ConnectResponse] = asyncio.Queue()
         self.error: grpc.aio.AioRpcError | None = None
         self.ended = asyncio.Event()

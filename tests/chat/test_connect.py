@@ -1,0 +1,313 @@
+"""ChatService.Connect: subscribe, replay then live, acks, per-frame errors, ephemeral events."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.rpc import code_pb2
+
+from sendinchat.v1 import chat_pb2
+from tests.chat.support import Stream, group, say
+from tests.helpers import signed_up
+
+
+def _sequences(messages: list[chat_pb2.Message]) -> list[int]:
+    return [m.sequence for m in messages]
+
+
+class TestConnect:
+    async def test_replays_history_then_goes_live_when_subscribing_from_zero(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        for i in range(3):
+            await say(stubs, alice, room.id, f"old {i}")
+        stream = Stream(stubs, bob)
+        subscribed = await stream.subscribe(room.id, 0)
+        assert subscribed.room_id == room.id and subscribed.last_sequence == 3
+        await say(stubs, alice, room.id, "new")
+        got = await stream.messages(4)
+        assert _sequences(got) == [1, 2, 3, 4]
+        assert [m.text for m in got] == ["old 0", "old 1", "old 2", "new"]
+        assert got[0].sender_user_id == alice.id and got[0].kind == chat_pb2.MESSAGE_KIND_TEXT
+        await stream.close()
+
+    async def test_replays_only_later_messages_when_resuming_from_a_sequence(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        for i in range(5):
+            await say(stubs, alice, room.id, f"m{i}")
+        stream = Stream(stubs, bob)
+        await stream.subscribe(room.id, 3)
+        assert _sequences(await stream.messages(2)) == [4, 5]
+        await stream.close()
+
+    async def test_sends_only_new_messages_when_after_sequence_is_minus_one(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        await say(stubs, alice, room.id, "before")
+        stream = Stream(stubs, bob)
+        await stream.subscribe(room.id, -1)
+        await say(stubs, alice, room.id, "after")
+        got = await stream.messages(1)
+        assert got[0].sequence == 2 and got[0].text == "after"
+        await stream.close()
+
+    async def test_acks_a_send_with_its_sequence_and_the_same_one_when_retried(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        listener = Stream(stubs, bob)
+        await listener.subscribe(room.id, 0)
+        sender = Stream(stubs, alice)
+        for _ in range(2):
+            await sender.write(send=chat_pb2.SendFrame(client_message_id="c-1", room_id=room.id, text="hi"))
+            ack = (await sender.next_of("ack")).ack
+            assert (ack.client_message_id, ack.room_id, ack.sequence) == ("c-1", room.id, 1)
+        await sender.write(send=chat_pb2.SendFrame(client_message_id="c-2", room_id=room.id, text="two"))
+        assert (await sender.next_of("ack")).ack.sequence == 2
+        assert [m.text for m in await listener.messages(2)] == ["hi", "two"]
+        await sender.close()
+        await listener.close()
+
+    async def test_answers_error_event_and_stays_open_when_a_frame_is_bad(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        stream = Stream(stubs, alice)
+        await stream.write(send=chat_pb2.SendFrame(client_message_id="c-1", room_id=room.id, text=""))
+        error = (await stream.next_of("error")).error
+        assert error.code == code_pb2.INVALID_ARGUMENT
+        assert (error.client_message_id, error.room_id) == ("c-1", room.id)
+        await stream.write(send=chat_pb2.SendFrame(client_message_id="", room_id=room.id, text="x"))
+        assert (await stream.next_of("error")).error.code == code_pb2.INVALID_ARGUMENT
+        await stream.write(subscribe=chat_pb2.SubscribeFrame(room_id="not-a-uuid"))
+        assert (await stream.next_of("error")).error.code == code_pb2.INVALID_ARGUMENT
+        await stream.write(ping=chat_pb2.PingFrame(nonce="still-open"))
+        assert (await stream.next_of("pong")).pong.nonce == "still-open"
+        await stream.close()
+
+    async def test_stops_sending_a_room_when_unsubscribed(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        stream = Stream(stubs, bob)
+        await stream.subscribe(room.id, 0)
+        await say(stubs, alice, room.id, "seen")
+        assert _sequences(await stream.messages(1)) == [1]
+        await stream.write(unsubscribe=chat_pb2.UnsubscribeFrame(room_id=room.id))
+        await stream.write(ping=chat_pb2.PingFrame(nonce="a"))
+        await stream.next_of("pong")
+        await say(stubs, alice, room.id, "unseen")
+        await stream.write(ping=chat_pb2.PingFrame(nonce="b"))
+        frame = await stream.next()
+        while frame.WhichOneof("event") in ("presence", "typing", "read_receipt"):
+            frame = await stream.next()
+        assert frame.WhichOneof("event") == "pong"
+        await stream.close()
+
+    async def test_relays_typing_presence_and_read_receipts_to_other_members(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        watcher = Stream(stubs, alice)
+        await watcher.subscribe(room.id, 0)
+        other = Stream(stubs, bob)
+        await other.subscribe(room.id, 0)
+        presence = (await watcher.next_of("presence")).presence
+        assert (presence.room_id, presence.user_id, presence.online) == (room.id, bob.id, True)
+        await other.write(typing=chat_pb2.TypingFrame(room_id=room.id))
+        typing = (await watcher.next_of("typing")).typing
+        assert (typing.room_id, typing.user_id) == (room.id, bob.id)
+        await say(stubs, alice, room.id, "read me")
+        await other.write(read=chat_pb2.ReadFrame(room_id=room.id, sequence=1))
+        receipt = (await watcher.next_of("read_receipt")).read_receipt
+        assert (receipt.room_id, receipt.user_id, receipt.sequence) == (room.id, bob.id, 1)
+        await other.close()
+        presence = (await watcher.next_of("presence")).presence
+        assert (presence.user_id, presence.online) == (bob.id, False)
+        await watcher.close()
+
+    async def test_keeps_order_without_gaps_when_ten_senders_share_a_room(self, stubs):
+        senders = [await signed_up(stubs) for _ in range(10)]
+        reader = await signed_up(stubs)
+        room = await group(stubs, senders[0], *senders[1:], reader)
+        per_sender = 15
+        total = per_sender * len(senders)
+        receivers = [Stream(stubs, reader), Stream(stubs, senders[0])]
+        for receiver in receivers:
+            await receiver.subscribe(room.id, 0)
+
+        async def send_all(index: int) -> list[int]:
+            stream = Stream(stubs, senders[index])
+            acks = []
+            for n in range(per_sender):
+                await stream.write(
+                    send=chat_pb2.SendFrame(
+                        client_message_id=f"{index}-{n}", room_id=room.id, text=f"{index}:{n}"
+                    )
+                )
+                ack = (await stream.next_of("ack")).ack
+                assert ack.client_message_id == f"{index}-{n}"
+                acks.append(ack.sequence)
+            await stream.close()
+            return acks
+
+        acks, *received = await asyncio.gather(
+            asyncio.gather(*(send_all(i) for i in range(len(senders)))),
+            *(r.messages(total) for r in receivers),
+        )
+        all_acks = sorted(s for sender_acks in acks for s in sender_acks)
+        assert all_acks == list(range(1, total + 1))
+        for sender_acks in acks:
+            assert sender_acks == sorted(sender_acks)
+        for messages in received:
+            assert _sequences(messages) == list(range(1, total + 1))
+            for index in range(len(senders)):
+                mine = [m.text for m in messages if m.text.startswith(f"{index}:")]
+                assert mine == [f"{index}:{n}" for n in range(per_sender)]
+            assert {m.sequence: m.client_message_id for m in messages} == {
+                s: f"{i}-{n}" for i, sender_acks in enumerate(acks) for n, s in enumerate(sender_acks)
+            }
+        for receiver in receivers:
+            await receiver.close()
+
+    async def test_delivers_each_message_once_when_messages_arrive_during_replay(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        await asyncio.gather(*(say(stubs, alice, room.id, f"h{i}") for i in range(250)))
+        stream = Stream(stubs, bob)
+        burst = asyncio.gather(*(say(stubs, alice, room.id, f"live{i}") for i in range(50)))
+        await stream.write(subscribe=chat_pb2.SubscribeFrame(room_id=room.id, after_sequence=0))
+        await burst
+        got = await stream.messages(300)
+        assert _sequences(got) == list(range(1, 301))
+        await say(stubs, alice, room.id, "last")
+        assert _sequences(await stream.messages(1)) == [301]
+        await stream.close()
+
+    async def test_misses_and_doubles_nothing_when_resuming_after_a_disconnect_mid_burst(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        total = 200
+        first = Stream(stubs, bob)
+        await first.subscribe(room.id, 0)
+
+        async def burst() -> None:
+            for i in range(0, total, 10):
+                await asyncio.gather(*(say(stubs, alice, room.id, f"b{i + k}") for k in range(10)))
+
+        sending = asyncio.create_task(burst())
+        seen = await first.messages(40)
+        await first.close()  # forced disconnect while the burst goes on
+        second = Stream(stubs, bob)
+        await second.subscribe(room.id, seen[-1].sequence)
+        rest = await second.messages(total - len(seen))
+        await sending
+        assert _sequences(seen + rest) == list(range(1, total + 1))
+        await second.close()
+
+    async def test_serves_a_client_on_each_replica_the_others_messages(self, server, servers):
+        replica = await servers.start(database_url=server.database_url)
+        alice, bob = await signed_up(server.stubs), await signed_up(replica.stubs)
+        room = await group(server.stubs, alice, bob)
+        on_first, on_second = Stream(server.stubs, alice), Stream(replica.stubs, bob)
+        await on_first.subscribe(room.id, 0)
+        await on_second.subscribe(room.id, 0)
+        await say(server.stubs, alice, room.id, "from first")
+        await say(replica.stubs, bob, room.id, "from second")
+        for stream in (on_first, on_second):
+            got = await stream.messages(2)
+            assert [(m.sequence, m.text) for m in got] == [(1, "from first"), (2, "from second")]
+            await stream.close()
+
+
+class TestConnectAccess:
+    async def test_is_error_not_found_when_subscribing_to_a_room_of_others(self, stubs):
+        alice, bob, eve = await signed_up(stubs), await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        stream = Stream(stubs, eve)
+        await stream.write(subscribe=chat_pb2.SubscribeFrame(room_id=room.id))
+        error = (await stream.next_of("error")).error
+        assert (error.code, error.room_id) == (code_pb2.NOT_FOUND, room.id)
+        await stream.write(send=chat_pb2.SendFrame(client_message_id="x", room_id=room.id, text="sneaky"))
+        assert (await stream.next_of("error")).error.code == code_pb2.NOT_FOUND
+        await stream.write(typing=chat_pb2.TypingFrame(room_id=room.id))
+        assert (await stream.next_of("error")).error.code == code_pb2.NOT_FOUND
+        await stream.close()
+
+    async def test_cuts_off_a_member_at_once_when_removed(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        stream = Stream(stubs, bob)
+        await stream.subscribe(room.id, 0)
+        await say(stubs, alice, room.id, "welcome")
+        assert _sequences(await stream.messages(1)) == [1]
+        await stubs.chat.RemoveMember(
+            chat_pb2.RemoveMemberRequest(room_id=room.id, user_id=bob.id), metadata=alice.auth
+        )
+        await say(stubs, alice, room.id, "secret")
+        error = (await stream.next_of("error")).error
+        assert (error.code, error.room_id) == (code_pb2.NOT_FOUND, room.id)
+        await stream.write(ping=chat_pb2.PingFrame(nonce="p"))
+        frames = []
+        while (frame := await stream.next()).WhichOneof("event") != "pong":
+            frames.append(frame)
+        assert not [f for f in frames if f.WhichOneof("event") == "message"]
+        await stream.write(subscribe=chat_pb2.SubscribeFrame(room_id=room.id))
+        assert (await stream.next_of("error")).error.code == code_pb2.NOT_FOUND
+        await stream.close()
+
+    async def test_is_refused_unauthenticated_when_opened_without_a_token(self, stubs):
+        call = stubs.chat.Connect()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    async def test_ends_unauthenticated_when_the_token_expires_and_resumes_with_a_fresh_one(self, servers):
+        server = await servers.start(access_token_ttl_seconds=2)
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        stream = Stream(server.stubs, bob)
+        await stream.subscribe(room.id, 0)
+        error = await stream.wait_ended()
+        assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED
+        await say(server.stubs, await _fresh(server.stubs, alice), room.id, "while away")
+        resumed = Stream(server.stubs, await _fresh(server.stubs, bob))
+        await resumed.subscribe(room.id, 0)
+        assert [m.text for m in await resumed.messages(1)] == ["while away"]
+        await resumed.close()
+
+    async def test_ends_a_slow_consumer_with_resource_exhausted_while_others_keep_receiving(self, servers):
+        server = await servers.start(chat_stream_buffer=32)
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        # A small HTTP/2 window (no BDP probing) so the unread frames back up into the server's buffer.
+        channel = grpc.aio.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)])
+        slow = channel.stream_stream(
+            "/sendinchat.v1.ChatService/Connect",
+            request_serializer=chat_pb2.ConnectRequest.SerializeToString,
+            response_deserializer=chat_pb2.ConnectResponse.FromString,
+        )(metadata=bob.auth)
+        await slow.write(chat_pb2.ConnectRequest(subscribe=chat_pb2.SubscribeFrame(room_id=room.id)))
+        fast = Stream(server.stubs, alice)
+        await fast.subscribe(room.id, 0)
+        total = 200
+        for i in range(0, total, 10):
+            await asyncio.gather(*(say(server.stubs, alice, room.id, "x" * 4000) for _ in range(10)))
+        assert _sequences(await fast.messages(total)) == list(range(1, total + 1))
+        received = 0
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            async for frame in slow:
+                received += frame.WhichOneof("event") == "message"
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert received < total
+        await fast.close()
+        await channel.close()
+
+
+async def _fresh(stubs, account):
+    from sendinchat.v1 import users_pb2
+    from tests.helpers import Account
+
+    reply = await stubs.users.Login(
+        users_pb2.LoginRequest(username=account.username, password=account.password)
+    )
+    return Account(reply.user, reply.tokens, account.password)
