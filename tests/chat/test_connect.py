@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 import pytest
 from google.rpc import code_pb2
 
-from sendinchat.v1 import chat_pb2
+from sendinchat.v1 import chat_pb2, chat_pb2_grpc, users_pb2
 from tests.chat.support import Stream, group, say
-from tests.helpers import signed_up
+from tests.helpers import Account, signed_up
 
 
 def _sequences(messages: list[chat_pb2.Message]) -> list[int]:
@@ -150,10 +151,9 @@ class TestConnect:
             await stream.close()
             return acks
 
-        acks, *received = await asyncio.gather(
-            asyncio.gather(*(send_all(i) for i in range(len(senders)))),
-            *(r.messages(total) for r in receivers),
-        )
+        receiving = [asyncio.create_task(r.messages(total)) for r in receivers]
+        acks = await asyncio.gather(*(send_all(i) for i in range(len(senders))))
+        received = [await task for task in receiving]
         all_acks = sorted(s for sender_acks in acks for s in sender_acks)
         assert all_acks == list(range(1, total + 1))
         for sender_acks in acks:
@@ -281,17 +281,14 @@ class TestConnectAccess:
         room = await group(server.stubs, alice, bob)
         # A small HTTP/2 window (no BDP probing) so the unread frames back up into the server's buffer.
         channel = grpc.aio.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)])
-        slow = channel.stream_stream(
-            "/sendinchat.v1.ChatService/Connect",
-            request_serializer=chat_pb2.ConnectRequest.SerializeToString,
-            response_deserializer=chat_pb2.ConnectResponse.FromString,
-        )(metadata=bob.auth)
+        slow_stub: Any = chat_pb2_grpc.ChatServiceStub(channel)
+        slow = slow_stub.Connect(metadata=bob.auth)
         await slow.write(chat_pb2.ConnectRequest(subscribe=chat_pb2.SubscribeFrame(room_id=room.id)))
         fast = Stream(server.stubs, alice)
         await fast.subscribe(room.id, 0)
         total = 200
-        for i in range(0, total, 10):
-            await asyncio.gather(*(say(server.stubs, alice, room.id, "x" * 4000) for _ in range(10)))
+        for _ in range(0, total, 10):
+            await asyncio.gather(*(say(server.stubs, alice, room.id, "x" * 4000) for _k in range(10)))
         assert _sequences(await fast.messages(total)) == list(range(1, total + 1))
         received = 0
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -300,13 +297,10 @@ class TestConnectAccess:
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert received < total
         await fast.close()
-        await channel.close()
+        await channel.close(None)
 
 
-async def _fresh(stubs, account):
-    from sendinchat.v1 import users_pb2
-    from tests.helpers import Account
-
+async def _fresh(stubs: Any, account: Account) -> Account:
     reply = await stubs.users.Login(
         users_pb2.LoginRequest(username=account.username, password=account.password)
     )
