@@ -18,6 +18,7 @@ from grpc_health.v1._async import HealthServicer
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 from server.auth.passwords import PasswordHasher
 from server.auth.tokens import TokenCodec
+from server.chat import payments
 from server.chat.hub import ChatHub
 from server.chat.servicer import ChatServicer
 from server.config import Config, ConfigError
@@ -133,6 +134,7 @@ async def create_server(
     running.tasks.append(asyncio.create_task(health_state.watch_database(pool)))
     running.tasks.append(asyncio.create_task(ledger.run_background(health_state)))
     running.tasks.append(asyncio.create_task(hub.run_until_cancelled()))
+    running.tasks.append(asyncio.create_task(payments.sweep_expired_requests(pool)))
     return running
 
 

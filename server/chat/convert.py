@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sendinchat.v1 import chat_pb2, ledger_pb2
 from server.chat.models import Member, MemberRole, Message, MessageKind, RequestState, Room, RoomKind
+from server.ledger.models import Transfer
+from server.ledger.servicer import _transfer as ledger_transfer  # shared, not copied; asked to make public
 from server.protoconv import timestamp
 
 ROOM_KINDS = {RoomKind.DIRECT: chat_pb2.ROOM_KIND_DIRECT, RoomKind.GROUP: chat_pb2.ROOM_KIND_GROUP}
@@ -24,8 +26,8 @@ _STATES = {
 }
 
 
-def message(value: Message, transfer: ledger_pb2.Transfer | None = None) -> chat_pb2.Message:
-    """A Message; `transfer` fills PaymentInfo.transfer (else it carries only the transfer id)."""
+def message(value: Message) -> chat_pb2.Message:
+    """A Message (a PAYMENT whose transfer was not read carries only the transfer id)."""
     proto = chat_pb2.Message(
         room_id=value.room_id,
         sequence=value.sequence,
@@ -38,7 +40,12 @@ def message(value: Message, transfer: ledger_pb2.Transfer | None = None) -> chat
     if value.transfer_id is not None:
         proto.payment.CopyFrom(
             chat_pb2.PaymentInfo(
-                transfer=transfer or ledger_pb2.Transfer(id=value.transfer_id), note=value.note or ""
+                transfer=(
+                    ledger_pb2.Transfer(id=value.transfer_id)
+                    if value.transfer is None
+                    else ledger_transfer(value.transfer)
+                ),
+                note=value.note or "",
             )
         )
     request = value.payment_request
@@ -59,9 +66,14 @@ def message(value: Message, transfer: ledger_pb2.Transfer | None = None) -> chat
     return proto
 
 
-def connect_message(value: Message, transfer: ledger_pb2.Transfer | None = None) -> chat_pb2.ConnectResponse:
+def transfer(value: Transfer) -> ledger_pb2.Transfer:
+    """A ledger Transfer (the ledger's own conversion)."""
+    return ledger_transfer(value)
+
+
+def connect_message(value: Message) -> chat_pb2.ConnectResponse:
     """A stream frame carrying a message."""
-    return chat_pb2.ConnectResponse(message=message(value, transfer))
+    return chat_pb2.ConnectResponse(message=message(value))
 
 
 def member(value: Member) -> chat_pb2.RoomMember:

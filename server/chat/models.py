@@ -8,6 +8,8 @@ from enum import StrEnum
 
 import asyncpg
 
+from server.ledger.models import Transfer
+
 
 class RoomKind(StrEnum):
     """rooms.kind."""
@@ -82,6 +84,7 @@ class Message:
     transfer_id: str | None = None
     note: str | None = None
     payment_request: PaymentRequest | None = None
+    transfer: Transfer | None = None  # the PAYMENT's transfer, once read (service.attach_transfers)
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> Message:

@@ -8,6 +8,7 @@ and in commit order; every change is announced with pg_notify in the same transa
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import TypeAlias
 
@@ -26,6 +27,7 @@ from server.chat.models import (
 )
 from server.db.pool import Connection
 from server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError
+from server.ledger.models import Transfer
 
 _ROOM_SELECT = f"""
 SELECT r.id::text AS room_key, r.kind AS room_kind, r.name AS room_name, r.created_at AS room_created_at,
@@ -127,6 +129,11 @@ _PRESENCE = """
 SELECT pg_notify('chat_events', 'p|' || room || '|' || $2::text || '|' || $3::text)
 FROM unnest($1::text[]) AS room
 """
+_TRANSFERS = """
+SELECT t.id, t.request_id, t.kind, t.state, t.from_user_id, t.to_user_id, t.from_account_id, t.to_account_id,
+       t.currency, t.amount, t.posted_amount, t.memo, t.created_at, t.expires_at, t.resolved_at
+FROM transfers t WHERE t.id = ANY($1::uuid[])
+"""
 _NOT_FOUND = "room not found"
 
 # A connection, or the pool for calls of one statement (each then borrows a connection briefly).
@@ -212,6 +219,10 @@ async def _rooms_with_members(conn: Db, rows: list[asyncpg.Record]) -> list[Room
                 joined_at=m["joined_at"],
             )
         )
+    last_messages = await attach_transfers(
+        conn, [Message.from_record(r) for r in rows if r["sequence"] is not None]
+    )
+    last = {m.room_id: m for m in last_messages}
     return [
         Room(
             id=r["room_key"],
@@ -220,7 +231,7 @@ async def _rooms_with_members(conn: Db, rows: list[asyncpg.Record]) -> list[Room
             created_at=r["room_created_at"],
             last_sequence=r["room_last_sequence"],
             members=tuple(members[r["room_key"]]),
-            last_message=None if r["sequence"] is None else Message.from_record(r),
+            last_message=last.get(r["room_key"]),
             unread_count=max(0, r["room_last_sequence"] - r["my_last_read"]),
         )
         for r in rows
@@ -405,7 +416,7 @@ async def list_messages(
         rows = await conn.fetch(_MESSAGES_AFTER, room_id, bound, last, size + 1)
     else:
         rows = await conn.fetch(_MESSAGES_BEFORE, room_id, bound or last + 1, size + 1)
-    messages = [Message.from_record(r) for r in rows[:size]]
+    messages = await attach_transfers(conn, [Message.from_record(r) for r in rows[:size]])
     token = ""
     if len(rows) > size:
         token = check.encode_token({"r": room_id, "f": forward, "s": messages[-1].sequence})
@@ -415,7 +426,26 @@ async def list_messages(
 async def messages_after(conn: Db, *, room_id: str, after: int, upto: int, limit: int) -> list[Message]:
     """Messages with after < sequence <= upto, oldest first; for callers that checked membership."""
     rows = await conn.fetch(_MESSAGES_AFTER, room_id, after, upto, limit)
-    return [Message.from_record(r) for r in rows]
+    return await attach_transfers(conn, [Message.from_record(r) for r in rows])
+
+
+async def transfers_by_id(conn: Db, transfer_ids: list[str]) -> dict[str, Transfer]:
+    """Ledger transfers by id (for the messages that show them; the room's members may see them)."""
+    if not transfer_ids:
+        return {}
+    return {str(r["id"]): Transfer.from_record(r) for r in await conn.fetch(_TRANSFERS, transfer_ids)}
+
+
+async def attach_transfers(conn: Db, messages: list[Message]) -> list[Message]:
+    """The messages with the ledger transfer of each PAYMENT message filled in (one query, if any)."""
+    wanted = [m.transfer_id for m in messages if m.transfer_id is not None and m.transfer is None]
+    if not wanted:
+        return messages
+    transfers = await transfers_by_id(conn, wanted)
+    return [
+        replace(m, transfer=transfers.get(m.transfer_id)) if m.transfer_id is not None else m
+        for m in messages
+    ]
 
 
 async def mark_read(conn: Db, *, user_id: str, room_id: str, sequence: int) -> int:

@@ -7,11 +7,22 @@ from collections.abc import AsyncIterator
 import asyncpg
 import grpc
 
-from sendinchat.v1 import chat_pb2, chat_pb2_grpc
+from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2
 from server.auth.principal import current_principal
-from server.chat import convert, service
+from server.chat import convert, payments, service
 from server.chat.hub import ChatHub
 from server.chat.stream import ConnectSession
+from server.protoconv import from_timestamp
+
+_ACTIONS = {
+    chat_pb2.PAYMENT_REQUEST_ACTION_ACCEPT: payments.RequestAction.ACCEPT,
+    chat_pb2.PAYMENT_REQUEST_ACTION_DECLINE: payments.RequestAction.DECLINE,
+    chat_pb2.PAYMENT_REQUEST_ACTION_CANCEL: payments.RequestAction.CANCEL,
+}
+
+
+def _transfer(result: payments.PaymentResult) -> ledger_pb2.Transfer | None:
+    return None if result.transfer is None else convert.transfer(result.transfer)
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -155,7 +166,19 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.SendPaymentRequest, chat_pb2.SendPaymentResponse],
     ) -> chat_pb2.SendPaymentResponse:
         """ChatService.SendPayment."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChatService.SendPayment is not built yet")
+        result = await payments.send_payment(
+            self._pool,
+            user_id=current_principal().user_id,
+            request_id=request.request_id,
+            room_id=request.room_id,
+            recipient_id=request.recipient_user_id,
+            currency=request.currency,
+            amount=request.amount_minor,
+            note=request.note,
+        )
+        return chat_pb2.SendPaymentResponse(
+            message=convert.message(result.message), transfer=_transfer(result)
+        )
 
     async def RequestPayment(
         self,
@@ -163,7 +186,18 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.RequestPaymentRequest, chat_pb2.RequestPaymentResponse],
     ) -> chat_pb2.RequestPaymentResponse:
         """ChatService.RequestPayment."""
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "ChatService.RequestPayment is not built yet")
+        result = await payments.request_payment(
+            self._pool,
+            user_id=current_principal().user_id,
+            request_id=request.request_id,
+            room_id=request.room_id,
+            payer_id=request.payer_user_id,
+            currency=request.currency,
+            amount=request.amount_minor,
+            note=request.note,
+            expire_at=from_timestamp(request.expire_time, request.HasField("expire_time")),
+        )
+        return chat_pb2.RequestPaymentResponse(message=convert.message(result.message))
 
     async def RespondToPaymentRequest(
         self,
@@ -173,8 +207,15 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         ],
     ) -> chat_pb2.RespondToPaymentRequestResponse:
         """ChatService.RespondToPaymentRequest."""
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "ChatService.RespondToPaymentRequest is not built yet"
+        result = await payments.respond_to_payment_request(
+            self._pool,
+            user_id=current_principal().user_id,
+            request_id=request.request_id,
+            payment_request_id=request.payment_request_id,
+            action=_ACTIONS.get(request.action),
+        )
+        return chat_pb2.RespondToPaymentRequestResponse(
+            message=convert.message(result.message), transfer=_transfer(result)
         )
 
     async def Connect(
