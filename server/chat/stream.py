@@ -15,7 +15,6 @@ items queued behind it are then filtered by that last sequence.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
@@ -115,9 +114,9 @@ class ConnectSession:
             self._leave_hub()
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # Ending (cancelled, shut down, or the client went away): a write to a finished call
+            # fails, and that failure is not news; whatever ended the stream is what propagates.
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _read(self, requests: AsyncIterator[chat_pb2.ConnectRequest]) -> None:
         async for request in requests:

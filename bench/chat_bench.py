@@ -1,0 +1,364 @@
+"""Chat fan-out: end-to-end latency, sustained deliveries/s, and server memory with idle streams.
+
+    python -m bench.chat_bench                       # ~1.5 minutes
+    python -m bench.chat_bench --seconds 10 --rates 50 100 200 300 400 --idle-streams 1000
+
+It starts an embedded PostgreSQL (its own data folder) and the real server as a subprocess
+(`python -m server`, uvloop, log level WARNING). This process is the load generator (uvloop,
+generated async stubs): it registers users, creates one group room with 1 sender and N
+subscribers (each subscriber its own user and its own Connect stream; the streams share a few
+HTTP/2 channels), then:
+
+1. latency: the sender posts with SendMessage at a fixed rate; each message carries its send time,
+   and every subscriber records send-to-receipt time; p50/p99 over all deliveries;
+2. throughput: the same at rising rates, until p99 passes the bound or deliveries fall behind;
+   the highest rate within the bound is the sustained figure (messages/s x subscribers);
+3. memory: VmRSS of the server process before and after opening K idle, subscribed streams.
+
+Not part of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sendinchat.v1 import chat_pb2, chat_pb2_grpc, users_pb2, users_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+JWT_SECRET = "bench-secret-" + "c" * 40
+PASSWORD = "bench-password-123"
+CHANNELS = 4
+
+
+@dataclass
+class Step:
+    """One fixed-rate run."""
+
+    rate: float
+    sent: int = 0
+    expected: int = 0
+    latencies: list[float] = field(default_factory=list)
+    server_cores: float = 0.0
+    all_in: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def record(self, seconds: float) -> None:
+        """One delivery's latency."""
+        self.latencies.append(seconds)
+        if self.expected and len(self.latencies) >= self.expected:
+            self.all_in.set()
+
+    @property
+    def delivered(self) -> int:
+        """Messages received by all subscribers together."""
+        return len(self.latencies)
+
+    def percentile(self, q: float) -> float:
+        """Latency percentile in ms (inf when nothing arrived)."""
+        if not self.latencies:
+            return float("inf")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+
+def _auth(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    raw = Path(f"/proc/{pid}/stat").read_text()
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+class Subscriber:
+    """One Connect stream that records the latency of every message it receives."""
+
+    def __init__(self, stub: Any, token: str) -> None:
+        self.call = stub.Connect(metadata=_auth(token))
+        self.sink: Step | None = None
+        self.ready = asyncio.Event()
+        self.task = asyncio.create_task(self._read())
+
+    async def subscribe(self, room_id: str) -> None:
+        await self.call.write(
+            chat_pb2.ConnectRequest(subscribe=chat_pb2.SubscribeFrame(room_id=room_id, after_sequence=-1))
+        )
+        await asyncio.wait_for(self.ready.wait(), 60)
+
+    async def _read(self) -> None:
+        try:
+            async for frame in self.call:
+                kind = frame.WhichOneof("event")
+                if kind == "message":
+                    if self.sink is not None:
+                        sent = float(frame.message.text.partition(" ")[0])
+                        self.sink.record(time.perf_counter() - sent)
+                elif kind == "subscribed":
+                    self.ready.set()
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                print(f"  subscriber stream ended: {exc.code().name} {exc.details()}", file=sys.stderr)
+
+    async def close(self) -> None:
+        self.call.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+
+async def _users(stub: Any, count: int, tag: str) -> list[users_pb2.LoginResponse]:
+    async def one(i: int) -> users_pb2.LoginResponse:
+        name = f"chat_{tag}_{i}"
+        await stub.Register(users_pb2.RegisterRequest(username=name, password=PASSWORD))
+        reply: users_pb2.LoginResponse = await stub.Login(
+            users_pb2.LoginRequest(username=name, password=PASSWORD)
+        )
+        return reply
+
+    replies: list[users_pb2.LoginResponse] = []
+    for start in range(0, count, 50):
+        replies += await asyncio.gather(*(one(i) for i in range(start, min(count, start + 50))))
+    return replies
+
+
+async def _run_step(
+    chat: Any, sender_token: str, room_id: str, subs: list[Subscriber], rate: float, seconds: float, pid: int
+) -> Step:
+    count = int(rate * seconds)
+    step = Step(rate, sent=count, expected=count * len(subs))
+    for sub in subs:
+        sub.sink = step
+    auth = _auth(sender_token)
+    pending: set[asyncio.Task[Any]] = set()
+
+    async def send(request: chat_pb2.SendMessageRequest) -> None:
+        await chat.SendMessage(request, metadata=auth)
+
+    cpu_before, started = _cpu_seconds(pid), time.perf_counter()
+    for i in range(count):
+        delay = started + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        request = chat_pb2.SendMessageRequest(room_id=room_id, text=f"{time.perf_counter():.6f} m{i}")
+        task = asyncio.create_task(send(request))
+        pending.add(task)
+        task.add_done_callback(pending.discard)
+    await asyncio.gather(*pending)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(step.all_in.wait(), 5)
+    step.server_cores = (_cpu_seconds(pid) - cpu_before) / (time.perf_counter() - started)
+    for sub in subs:
+        sub.sink = None
+    return step
+
+
+async def _measure(address: str, args: argparse.Namespace, pid: int) -> dict[str, Any]:
+    channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
+    users_stub = users_pb2_grpc.UserServiceStub(channels[0])
+    chats = [chat_pb2_grpc.ChatServiceStub(c) for c in channels]
+    tag = uuid.uuid4().hex[:6]
+    people = await _users(users_stub, args.subscribers + 1, tag)
+    sender, listeners = people[0], people[1:]
+    room = (
+        await chats[0].CreateRoom(
+            chat_pb2.CreateRoomRequest(
+                kind=chat_pb2.ROOM_KIND_GROUP, name="bench", member_user_ids=[p.user.id for p in listeners]
+            ),
+            metadata=_auth(sender.tokens.access_token),
+        )
+    ).room
+    rss_idle_server = _rss_mb(pid)
+    subs = [Subscriber(chats[i % CHANNELS], p.tokens.access_token) for i, p in enumerate(listeners)]
+    await asyncio.gather(*(s.subscribe(room.id) for s in subs))
+    await asyncio.sleep(1)
+    print(f"  {len(subs)} subscribers connected", file=sys.stderr)
+
+    latency = await _run_step(
+        chats[0], sender.tokens.access_token, room.id, subs, args.rate, args.seconds, pid
+    )
+    _print_step("latency", latency)
+    ramp: list[Step] = []
+    for rate in args.rates:
+        step = await _run_step(
+            chats[0], sender.tokens.access_token, room.id, subs, rate, args.step_seconds, pid
+        )
+        ramp.append(step)
+        _print_step("ramp", step)
+        if step.percentile(0.99) > args.bound_ms or step.delivered < step.expected:
+            break
+    for sub in subs:
+        await sub.close()
+    await asyncio.sleep(1)
+
+    rss_before = _rss_mb(pid)
+    idle: list[Subscriber] = []
+    for i in range(args.idle_streams):
+        owner = listeners[i % len(listeners)]
+        idle.append(Subscriber(chats[i % CHANNELS], owner.tokens.access_token))
+    for start in range(0, len(idle), 100):
+        await asyncio.gather(*(s.subscribe(room.id) for s in idle[start : start + 100]))
+    await asyncio.sleep(3)
+    rss_after = _rss_mb(pid)
+    print(f"  {len(idle)} idle streams: server RSS {rss_before:.0f} -> {rss_after:.0f} MB", file=sys.stderr)
+    for sub in idle:
+        await sub.close()
+    for channel in channels:
+        await channel.close(None)
+    return {
+        "latency": latency,
+        "ramp": ramp,
+        "rss_start": rss_idle_server,
+        "rss_before_idle": rss_before,
+        "rss_idle": rss_after,
+    }
+
+
+def _print_step(what: str, step: Step) -> None:
+    print(
+        f"  {what:<7} {step.rate:6.0f} msg/s -> {step.delivered:6d}/{step.expected:<6d} deliveries,"
+        f" p50 {step.percentile(0.5):7.1f} ms, p99 {step.percentile(0.99):7.1f} ms,"
+        f" server {step.server_cores:.2f} cores",
+        file=sys.stderr,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_serving(address: str) -> None:
+    async def check() -> bool:
+        async with grpc.aio.insecure_channel(address) as channel:
+            health: Any = health_pb2_grpc.HealthStub(channel)  # the stubs type it as sync
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if asyncio.run(check()):
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("the server did not become SERVING within 60 s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the figures."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--subscribers", type=int, default=100)
+    parser.add_argument("--rate", type=float, default=50.0, help="messages/s for the latency figure")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of the latency run")
+    parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 150, 200, 250, 300, 400, 500])
+    parser.add_argument("--step-seconds", type=float, default=5.0, help="duration of each ramp step")
+    parser.add_argument("--bound-ms", type=float, default=50.0, help="p99 bound for the sustained figure")
+    parser.add_argument("--idle-streams", type=int, default=1000)
+    parser.add_argument("--data-dir", type=Path, default=None, help="embedded PostgreSQL folder (temp)")
+    args = parser.parse_args(argv)
+
+    import uvloop
+
+    from server.db.embedded import EmbeddedPostgres
+
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="sendinchat-chat-bench-"))
+    pg = EmbeddedPostgres(data_dir)
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        dsn = asyncio.run(pg.ensure_database(f"chat_bench_{uuid.uuid4().hex[:6]}"))
+        address = f"127.0.0.1:{_free_port()}"
+        env = {
+            **os.environ,
+            "DATABASE_URL": dsn,
+            "SENDINCHAT_JWT_SECRET": JWT_SECRET,
+            "SENDINCHAT_ADDRESS": address,
+            "SENDINCHAT_LOG_LEVEL": "WARNING",
+            "SENDINCHAT_METRICS_ADDRESS": "off",
+            "SENDINCHAT_BCRYPT_ROUNDS": "4",
+            "SENDINCHAT_ACCESS_TOKEN_TTL_SECONDS": "86400",
+            "SENDINCHAT_LOGIN_ATTEMPTS_PER_PEER": "1000000",
+        }
+        server = subprocess.Popen([sys.executable, "-m", "server"], cwd=REPO, env=env)
+        _wait_serving(address)
+        figures = uvloop.run(_measure(address, args, server.pid))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+        pg.stop()
+        if args.data_dir is None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    _report(args, figures)
+
+
+def _report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
+    latency: Step = figures["latency"]
+    ramp: list[Step] = figures["ramp"]
+    within = [s for s in ramp if s.percentile(0.99) <= args.bound_ms and s.delivered >= s.expected]
+    best = max(within, key=lambda s: s.rate, default=None)
+    print()
+    print("SendInChat chat fan-out benchmark")
+    print(
+        f"  machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()},"
+        f" grpcio {grpc.__version__}; server, PostgreSQL and this load generator on the same machine"
+    )
+    print(
+        f"  one group room, 1 sender (SendMessage at a fixed rate), {args.subscribers} subscribers"
+        f" (one Connect stream each, over {CHANNELS} channels)"
+    )
+    print()
+    print(
+        f"  latency at {latency.rate:g} msg/s for {args.seconds:g} s ({latency.rate * args.subscribers:.0f}"
+        f" deliveries/s): p50 {latency.percentile(0.5):.1f} ms, p99 {latency.percentile(0.99):.1f} ms,"
+        f" {latency.delivered}/{latency.expected} delivered, server {latency.server_cores:.2f} cores"
+    )
+    if best is None:
+        print(f"  sustained: no ramp step kept p99 <= {args.bound_ms:g} ms")
+    else:
+        print(
+            f"  sustained: {best.rate:g} msg/s = {best.delivered / args.step_seconds:.0f} deliveries/s with"
+            f" p99 {best.percentile(0.99):.1f} ms <= {args.bound_ms:g} ms"
+            f" (steps of {args.step_seconds:g} s: {', '.join(f'{s.rate:g}' for s in ramp)} msg/s)"
+        )
+    print(
+        f"  memory: server RSS {figures['rss_before_idle']:.0f} MB -> {figures['rss_idle']:.0f} MB with"
+        f" {args.idle_streams} idle subscribed streams (fresh server: {figures['rss_start']:.0f} MB)"
+    )
+    ok_latency = latency.percentile(0.99) < 50 and latency.delivered >= latency.expected
+    print(
+        f"  targets: p99 < 50 ms at 50 msg/s x 100: {'met' if ok_latency else 'NOT met'};"
+        f" 1,000 idle streams <= 150 MB: {'met' if figures['rss_idle'] <= 150 else 'NOT met'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
