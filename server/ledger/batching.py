@@ -3,7 +3,7 @@
 While fewer than `max_in_flight` batches are running, whatever has queued in the current event-loop
 tick is sent at once (so a lone caller waits for nobody). Otherwise requests queue and leave together,
 up to `max_batch`, as soon as a running batch returns. One batch is one call of the PL/pgSQL function
-`ledger_create_transfers`: one round trip, one transaction, one row per request in request order.
+`ledger_create_transfers`: one round trip, one transaction, one row per request (by position).
 If the statement itself fails, every request of that batch is retried alone, so an unexpected error
 reaches only the request that causes it.
 """
@@ -100,8 +100,9 @@ class TransferBatcher:
                     else:
                         _settle(future, row)
                 return
-            for (_, future), row in zip(live, rows, strict=True):
-                _settle(future, row)
+            by_index = {row["idx"]: row for row in rows}
+            for index, (_, future) in enumerate(live, start=1):
+                _settle(future, by_index[index])
         finally:
             self._in_flight -= 1
             if self._queue:

@@ -132,12 +132,18 @@ CREATE TRIGGER ledger_events_refuse_change BEFORE UPDATE OR DELETE ON ledger_eve
     FOR EACH ROW EXECUTE FUNCTION ledger_refuse_change();
 
 -- Create many transfers (immediate or pending, user, deposit or withdrawal) in one statement,
--- each with its own outcome, in array order. A NULL p_from_user / p_to_user is the system
--- account; a NULL p_to_user with a p_to_username names the recipient by username.
+-- each with its own outcome. A NULL p_from_user / p_to_user is the system account; a NULL
+-- p_to_user with a p_to_username names the recipient by username. Returns one row per item,
+-- `idx` being its 1-based position (rows are not in idx order).
 --
 -- Outcomes: CREATED, REPLAYED (same initiator and request_id, same body: the first transfer is
 -- returned), IDEMPOTENCY_KEY_REUSED, INSUFFICIENT_FUNDS, RECIPIENT_NOT_FOUND, SOURCE_NOT_FOUND,
 -- SELF_TRANSFER. Decisions are checks, not exceptions, so one bad item never fails the others.
+--
+-- The items of a batch are concurrent requests, so any order of them is a valid serial order.
+-- The fast path handles, set-based in a few statements, every item that cannot fail: both
+-- accounts exist, request_id is new (and unique in the batch), and the sender holds enough for
+-- all its items of the batch together. The rest go one by one through the slow path.
 CREATE FUNCTION ledger_create_transfers(
     p_initiator   uuid[],
     p_request     uuid[],
@@ -168,17 +174,23 @@ CREATE FUNCTION ledger_create_transfers(
     created_at      timestamptz,
     expires_at      timestamptz,
     resolved_at     timestamptz
-) LANGUAGE plpgsql AS $$
+) LANGUAGE plpgsql
+-- Its statements take arrays, so custom plans would be re-planned on every call for no gain.
+SET plan_cache_mode = force_generic_plan
+AS $$
 #variable_conflict use_column
 DECLARE
     n          integer := cardinality(p_request);
     v_to_user  uuid[] := p_to_user;
+    v_from_acc uuid[];
+    v_to_acc   uuid[];
+    v_fast     boolean[];
+    v_done     integer[] := '{}';
     v_from     uuid;
     v_to       uuid;
     v_avail    bigint;
-    v_system   boolean;
     v_t        transfers;
-    v_created  uuid[] := '{}';
+    v_notify   boolean := false;
     i          integer;
 BEGIN
     -- Recipients named by username.
@@ -212,29 +224,110 @@ BEGIN
     ORDER BY k.user_id NULLS FIRST, k.currency
     ON CONFLICT ON CONSTRAINT accounts_owner_currency_key DO UPDATE SET balance = a.balance WHERE false;
 
+    -- Both accounts of every item, and whether the item can take the fast path.
+    SELECT array_agg(c.from_acc ORDER BY c.n), array_agg(c.to_acc ORDER BY c.n),
+           array_agg(c.candidate AND (c.system_source OR c.batch_total <= c.available) ORDER BY c.n)
+    INTO v_from_acc, v_to_acc, v_fast
+    FROM (
+        SELECT b.*, sum(CASE WHEN b.candidate THEN b.amt ELSE 0 END) OVER (PARTITION BY b.from_acc) AS batch_total
+        FROM (
+            SELECT x.n, x.amt, x.fu IS NULL AS system_source,
+                   coalesce(fu.id, fs.id) AS from_acc, coalesce(tu.id, ts.id) AS to_acc,
+                   coalesce(fu.balance - fu.pending_debit, 0) AS available,
+                   coalesce(fu.id, fs.id) IS NOT NULL AND coalesce(tu.id, ts.id) IS NOT NULL
+                   AND coalesce(fu.id, fs.id) <> coalesce(tu.id, ts.id)
+                   AND count(*) OVER (PARTITION BY x.ini, x.req) = 1
+                   AND NOT EXISTS (SELECT 1 FROM transfers t WHERE t.initiator_id = x.ini AND t.request_id = x.req)
+                   AS candidate
+            FROM unnest(p_initiator, p_request, p_kind, p_from_user, v_to_user, p_currency, p_amount)
+                 WITH ORDINALITY AS x(ini, req, kind, fu, tu, cur, amt, n)
+            LEFT JOIN accounts fu ON fu.user_id = x.fu AND fu.currency = x.cur
+            LEFT JOIN accounts fs ON x.fu IS NULL AND x.kind = 'deposit' AND fs.user_id IS NULL AND fs.currency = x.cur
+            LEFT JOIN accounts tu ON tu.user_id = x.tu AND tu.currency = x.cur
+            LEFT JOIN accounts ts ON x.tu IS NULL AND x.kind = 'withdrawal' AND ts.user_id IS NULL AND ts.currency = x.cur
+        ) b
+    ) c;
+
+    IF true = ANY (v_fast) THEN
+        WITH ins AS (
+            INSERT INTO transfers AS t (
+                initiator_id, request_id, kind, two_phase, state, from_account_id, to_account_id,
+                from_user_id, to_user_id, currency, amount, posted_amount, memo, expires_at, resolved_at)
+            SELECT x.ini, x.req, x.kind, x.two, CASE WHEN x.two THEN 'pending' ELSE 'posted' END,
+                   v_from_acc[x.n], v_to_acc[x.n], x.fu, x.tu, x.cur, x.amt,
+                   CASE WHEN x.two THEN 0 ELSE x.amt END, x.memo, x.exp,
+                   CASE WHEN x.two THEN NULL ELSE now() END
+            FROM unnest(p_initiator, p_request, p_kind, p_two_phase, p_from_user, v_to_user, p_currency,
+                        p_amount, p_memo, p_expires)
+                 WITH ORDINALITY AS x(ini, req, kind, two, fu, tu, cur, amt, memo, exp, n)
+            WHERE v_fast[x.n]
+            ORDER BY x.n
+            ON CONFLICT ON CONSTRAINT transfers_initiator_request_key DO NOTHING
+            RETURNING t.*
+        ), moved AS (
+            UPDATE accounts a
+            SET balance = a.balance + d.delta, pending_debit = a.pending_debit + d.reserve
+            FROM (
+                SELECT m.acc, sum(m.delta) AS delta, sum(m.reserve) AS reserve
+                FROM (
+                    SELECT ins.from_account_id AS acc, -ins.posted_amount AS delta,
+                           CASE WHEN ins.state = 'pending' THEN ins.amount ELSE 0 END AS reserve
+                    FROM ins
+                    UNION ALL
+                    SELECT ins.to_account_id, ins.posted_amount, 0 FROM ins
+                ) m GROUP BY m.acc
+            ) d
+            WHERE a.id = d.acc
+        ), logged AS (
+            INSERT INTO ledger_events (transfer_id, from_user_id, to_user_id, state, posted_amount, resolved_at)
+            SELECT ins.id, ins.from_user_id, ins.to_user_id, ins.state, ins.posted_amount, ins.resolved_at
+            FROM ins ORDER BY ins.seq
+        )
+        SELECT coalesce(array_agg(x.n), '{}') INTO v_done
+        FROM ins JOIN unnest(p_initiator, p_request) WITH ORDINALITY AS x(ini, req, n)
+             ON ins.initiator_id = x.ini AND ins.request_id = x.req;
+
+        IF cardinality(v_done) > 0 THEN
+            v_notify := true;
+            RETURN QUERY
+            SELECT x.n::integer, 'CREATED'::text, t.id, t.request_id, t.kind, t.state, t.from_user_id,
+                   t.to_user_id, t.from_account_id, t.to_account_id, t.currency, t.amount,
+                   t.posted_amount, t.memo, t.created_at, t.expires_at, t.resolved_at
+            FROM unnest(p_initiator, p_request) WITH ORDINALITY AS x(ini, req, n)
+            JOIN transfers t ON t.initiator_id = x.ini AND t.request_id = x.req
+            WHERE x.n = ANY (v_done);
+        END IF;
+    END IF;
+
+    -- The slow path, one item at a time, in order.
     FOR i IN 1 .. n LOOP
+        CONTINUE WHEN i = ANY (v_done);
         idx := i;
-        v_system := p_from_user[i] IS NULL;
-        IF v_to_user[i] IS NULL AND p_kind[i] <> 'withdrawal' THEN
-            outcome := 'RECIPIENT_NOT_FOUND';
+        v_from := v_from_acc[i];
+        v_to := v_to_acc[i];
+        v_t := NULL;
+        IF v_to IS NULL THEN
+            outcome := CASE
+                WHEN p_kind[i] = 'withdrawal' AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = p_from_user[i])
+                THEN 'SOURCE_NOT_FOUND' ELSE 'RECIPIENT_NOT_FOUND' END;
+        ELSIF p_kind[i] = 'withdrawal' AND v_from IS NULL
+              AND NOT EXISTS (SELECT 1 FROM users u WHERE u.id = p_from_user[i]) THEN
+            outcome := 'SOURCE_NOT_FOUND';
         ELSIF p_kind[i] = 'transfer' AND v_to_user[i] = p_from_user[i] THEN
             outcome := 'SELF_TRANSFER';
-        ELSIF p_kind[i] = 'withdrawal' AND NOT EXISTS (SELECT 1 FROM users WHERE users.id = p_from_user[i]) THEN
-            outcome := 'SOURCE_NOT_FOUND';
         ELSE
-            SELECT a.id, a.balance - a.pending_debit INTO v_from, v_avail
-            FROM accounts a WHERE a.user_id IS NOT DISTINCT FROM p_from_user[i] AND a.currency = p_currency[i];
-            SELECT a.id INTO v_to
-            FROM accounts a WHERE a.user_id IS NOT DISTINCT FROM v_to_user[i] AND a.currency = p_currency[i];
-            outcome := CASE WHEN v_to IS NULL THEN 'RECIPIENT_NOT_FOUND' END;
-            IF outcome IS NULL AND NOT v_system AND (v_from IS NULL OR v_avail < p_amount[i]) THEN
-                IF v_from IS NOT NULL THEN
-                    -- Overdue reservations no longer hold money back: release them, then look again.
-                    PERFORM ledger_expire_account(v_from);
-                    SELECT a.balance - a.pending_debit INTO v_avail FROM accounts a WHERE a.id = v_from;
-                END IF;
+            outcome := NULL;
+            IF p_from_user[i] IS NOT NULL THEN
+                SELECT a.balance - a.pending_debit INTO v_avail FROM accounts a WHERE a.id = v_from;
                 IF v_from IS NULL OR v_avail < p_amount[i] THEN
-                    outcome := 'INSUFFICIENT_FUNDS';
+                    IF v_from IS NOT NULL THEN
+                        -- Overdue reservations no longer hold money back: release them, look again.
+                        PERFORM ledger_expire_account(v_from);
+                        SELECT a.balance - a.pending_debit INTO v_avail FROM accounts a WHERE a.id = v_from;
+                    END IF;
+                    IF v_from IS NULL OR v_avail < p_amount[i] THEN
+                        outcome := 'INSUFFICIENT_FUNDS';
+                    END IF;
                 END IF;
             END IF;
             IF outcome IS NULL THEN
@@ -251,7 +344,7 @@ BEGIN
                 RETURNING t.* INTO v_t;
                 IF FOUND THEN
                     outcome := 'CREATED';
-                    v_created := v_created || v_t.id;
+                    v_notify := true;
                     IF p_two_phase[i] THEN
                         UPDATE accounts a SET pending_debit = a.pending_debit + p_amount[i] WHERE a.id = v_from;
                     ELSE
@@ -259,6 +352,8 @@ BEGIN
                         SET balance = a.balance + CASE WHEN a.id = v_from THEN -p_amount[i] ELSE p_amount[i] END
                         WHERE a.id IN (v_from, v_to);
                     END IF;
+                    INSERT INTO ledger_events (transfer_id, from_user_id, to_user_id, state, posted_amount, resolved_at)
+                    VALUES (v_t.id, v_t.from_user_id, v_t.to_user_id, v_t.state, v_t.posted_amount, v_t.resolved_at);
                 END IF;
             END IF;
             IF outcome IS NULL OR outcome = 'INSUFFICIENT_FUNDS' THEN
@@ -276,8 +371,8 @@ BEGIN
                     ELSE
                         outcome := 'IDEMPOTENCY_KEY_REUSED';
                     END IF;
-                ELSIF outcome IS NULL THEN
-                    outcome := 'INSUFFICIENT_FUNDS';  -- unreachable: a conflict implies a row
+                ELSE
+                    outcome := 'INSUFFICIENT_FUNDS';
                 END IF;
             END IF;
         END IF;
@@ -297,11 +392,7 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 
-    IF cardinality(v_created) > 0 THEN
-        INSERT INTO ledger_events (transfer_id, from_user_id, to_user_id, state, posted_amount, resolved_at)
-        SELECT t.id, t.from_user_id, t.to_user_id, t.state, t.posted_amount, t.resolved_at
-        FROM unnest(v_created) WITH ORDINALITY AS c(tid, n) JOIN transfers t ON t.id = c.tid
-        ORDER BY c.n;
+    IF v_notify THEN
         PERFORM pg_notify('ledger_events', '');
     END IF;
 END $$;

@@ -1,0 +1,421 @@
+"""CreateTransfer throughput and latency against PostgreSQL's pgbench and the gRPC floor, in one run.
+
+    python -m bench.ledger_bench                      # ~1.5 minutes: 1, 16, 64 callers, 6 s each
+    python -m bench.ledger_bench --seconds 20 --concurrency 1 16 64 128
+
+It starts an embedded PostgreSQL (its own data folder), the real server as a subprocess
+(`python -m server`, uvloop, log level WARNING), registers and funds users through the RPCs, and
+then for each concurrency runs, back to back on the same machine and database server:
+
+- `grpc.health.v1.Health/Check` RPCs/s (the gRPC floor: the cheapest RPC this server answers);
+- `LedgerService/CreateTransfer` RPCs/s with p50/p99 latency (each caller sends 1 minor unit to a
+  random other user, with a fresh request_id);
+- `pgbench -M prepared` built-in `tpcb-like` TPS at the same client count.
+
+Load comes from separate client processes using the generated async stubs. Not part of the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sendinchat.v1 import ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
+
+REPO = Path(__file__).resolve().parent.parent
+JWT_SECRET = "bench-secret-" + "b" * 40
+PASSWORD = "bench-password-123"
+FUNDS = 10**12
+
+
+@dataclass
+class Result:
+    """One measured run."""
+
+    what: str
+    concurrency: int
+    rate: float
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    errors: int = 0
+    server_cores: float = 0.0
+    postgres_cores: float = 0.0
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+POSTMASTER_PID: int | None = None
+
+
+def _cpu_seconds(server_pid: int | None) -> tuple[float, float]:
+    """CPU seconds used so far by the server process and by this PostgreSQL's processes (Linux /proc)."""
+    server = postgres = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            raw = stat.read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2 :].split()
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        used = (int(fields[11]) + int(fields[12])) / _TICKS
+        if POSTMASTER_PID is not None and POSTMASTER_PID in (pid, ppid):
+            postgres += used
+        elif pid == server_pid:
+            server += used
+    return server, postgres
+
+
+# --- load generator (runs in its own process) ---------------------------------------------------
+
+
+async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
+    import uvloop  # noqa: F401  # imported for its side effect in _worker below
+
+    channel = grpc.aio.insecure_channel(spec["address"])
+    health = health_pb2_grpc.HealthStub(channel)
+    ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
+    users: list[dict[str, str]] = spec["users"]
+    latencies: list[float] = []
+    errors = 0
+    start_barrier = spec["start_at"]
+    stop_at = start_barrier + spec["seconds"]
+
+    async def caller(index: int) -> None:
+        nonlocal errors
+        me = users[index % len(users)]
+        metadata = (("authorization", f"Bearer {me['token']}"),)
+        others = [u["id"] for u in users if u["id"] != me["id"]]
+        rng = random.Random(index)
+        await asyncio.sleep(max(0.0, start_barrier - time.time()))
+        while time.time() < stop_at:
+            started = time.perf_counter()
+            try:
+                if spec["kind"] == "health":
+                    await health.Check(health_pb2.HealthCheckRequest())
+                else:
+                    await ledger.CreateTransfer(
+                        ledger_pb2.CreateTransferRequest(
+                            request_id=str(uuid.uuid4()),
+                            to_user_id=rng.choice(others),
+                            currency="USD",
+                            amount_minor=1,
+                        ),
+                        metadata=metadata,
+                    )
+            except grpc.aio.AioRpcError:
+                errors += 1
+                continue
+            latencies.append(round(time.perf_counter() - started, 6))
+
+    await asyncio.gather(*(caller(i) for i in spec["callers"]))
+    await channel.close()
+    return {"latencies": latencies, "errors": errors}
+
+
+def _worker() -> None:
+    import uvloop
+
+    spec = json.loads(sys.stdin.read())
+    result = uvloop.run(_worker_main(spec))
+    Path(spec["out"]).write_text(json.dumps(result))
+
+
+def _run_load(
+    address: str,
+    kind: str,
+    concurrency: int,
+    seconds: float,
+    users: list[dict[str, str]],
+    procs: int,
+    server_pid: int | None = None,
+) -> Result:
+    procs = max(1, min(procs, concurrency))
+    start_at = time.time() + 1.5  # let every process import and connect first
+    children = []
+    for p in range(procs):
+        spec = {
+            "address": address,
+            "kind": kind,
+            "seconds": seconds,
+            "start_at": start_at,
+            "users": users,
+            "callers": list(range(p, concurrency, procs)),
+            "out": tempfile.mktemp(prefix="sendinchat-bench-", suffix=".json"),
+        }
+        child = subprocess.Popen(
+            [sys.executable, "-m", "bench.ledger_bench", "--worker"],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            text=True,
+        )
+        assert child.stdin is not None
+        child.stdin.write(json.dumps(spec))
+        child.stdin.close()
+        children.append((child, Path(spec["out"])))
+    time.sleep(max(0.0, start_at - time.time()))
+    cpu_before = _cpu_seconds(server_pid)
+    time.sleep(seconds)
+    cpu_after = _cpu_seconds(server_pid)
+    latencies: list[float] = []
+    errors = 0
+    for child, path in children:
+        child.wait()
+        out = json.loads(path.read_text())
+        path.unlink()
+        latencies.extend(out["latencies"])
+        errors += out["errors"]
+    latencies.sort()
+    name = "Health/Check" if kind == "health" else "CreateTransfer"
+    if not latencies:
+        return Result(name, concurrency, 0.0, errors=errors)
+    return Result(
+        name,
+        concurrency,
+        len(latencies) / seconds,
+        p50_ms=statistics.median(latencies) * 1000,
+        p99_ms=latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+        errors=errors,
+        server_cores=(cpu_after[0] - cpu_before[0]) / seconds,
+        postgres_cores=(cpu_after[1] - cpu_before[1]) / seconds,
+    )
+
+
+# --- orchestration --------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _prepare(address: str, dsn: str, count: int) -> list[dict[str, str]]:
+    """Register `count` users and an admin, fund every user; return ids and access tokens."""
+    channel = grpc.aio.insecure_channel(address)
+    stub_users = users_pb2_grpc.UserServiceStub(channel)
+    ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
+    tag = uuid.uuid4().hex[:6]
+
+    async def login(name: str) -> users_pb2.LoginResponse:
+        await stub_users.Register(users_pb2.RegisterRequest(username=name, password=PASSWORD))
+        return await stub_users.Login(users_pb2.LoginRequest(username=name, password=PASSWORD))
+
+    admin_name = f"admin_{tag}"
+    await login(admin_name)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("UPDATE users SET role = 'admin' WHERE username = $1", admin_name)
+    finally:
+        await conn.close()
+    admin = await stub_users.Login(users_pb2.LoginRequest(username=admin_name, password=PASSWORD))
+    admin_auth = (("authorization", f"Bearer {admin.tokens.access_token}"),)
+    replies = await asyncio.gather(*(login(f"bench_{tag}_{i}") for i in range(count)))
+    users = []
+    for reply in replies:
+        await ledger.Deposit(
+            ledger_pb2.DepositRequest(
+                request_id=str(uuid.uuid4()), to_user_id=reply.user.id, currency="USD", amount_minor=FUNDS
+            ),
+            metadata=admin_auth,
+        )
+        users.append({"id": reply.user.id, "token": reply.tokens.access_token})
+    await channel.close()
+    return users
+
+
+def _pgbench(bin_dir: Path, uri: str, clients: int, seconds: float) -> Result:
+    out = subprocess.run(
+        [
+            str(bin_dir / "pgbench"),
+            "-n",
+            "-M",
+            "prepared",
+            "-b",
+            "tpcb-like",
+            "-c",
+            str(clients),
+            "-j",
+            str(clients),
+            "-T",
+            str(max(1, round(seconds))),
+            uri,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
+    assert match is not None, out
+    latency = re.search(r"latency average = ([\d.]+) ms", out)
+    return Result("pgbench tpcb-like", clients, float(match.group(1)), latency and float(latency.group(1)))
+
+
+async def _audit(address: str, dsn: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        row = await conn.fetchrow(
+            "SELECT count(*) AS transfers, (SELECT sum(balance) FROM accounts) AS total FROM transfers"
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return f"{row['transfers']} transfers stored; sum of all balances = {row['total']}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and print the figures."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, default=6.0, help="duration of each measurement")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--users", type=int, default=64, help="funded users the callers pick from")
+    parser.add_argument("--client-procs", type=int, default=2, help="load-generator processes")
+    parser.add_argument("--pgbench-scale", type=int, default=16)
+    parser.add_argument("--pool-size", type=int, default=10, help="server's SENDINCHAT_DB_POOL_SIZE")
+    parser.add_argument("--data-dir", type=Path, default=None, help="embedded PostgreSQL folder (temp)")
+    args = parser.parse_args(argv)
+    if args.worker:
+        _worker()
+        return
+
+    from server.db.embedded import EmbeddedPostgres
+
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="sendinchat-bench-"))
+    pg = EmbeddedPostgres(data_dir)
+    server: subprocess.Popen[bytes] | None = None
+    try:
+        global POSTMASTER_PID
+        POSTMASTER_PID = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
+        dsn = asyncio.run(pg.ensure_database("ledger_bench"))
+        pgbench_uri = asyncio.run(pg.ensure_database("pgbench"))
+        subprocess.run(
+            [str(pg.bin_dir / "pgbench"), "-i", "-q", "-s", str(args.pgbench_scale), pgbench_uri],
+            check=True,
+            capture_output=True,
+        )
+        port = _free_port()
+        address = f"127.0.0.1:{port}"
+        env = {
+            **os.environ,
+            "DATABASE_URL": dsn,
+            "SENDINCHAT_JWT_SECRET": JWT_SECRET,
+            "SENDINCHAT_ADDRESS": address,
+            "SENDINCHAT_LOG_LEVEL": "WARNING",
+            "SENDINCHAT_METRICS_ADDRESS": "off",
+            "SENDINCHAT_BCRYPT_ROUNDS": "4",
+            "SENDINCHAT_DB_POOL_SIZE": str(args.pool_size),
+            "SENDINCHAT_ACCESS_TOKEN_TTL_SECONDS": "86400",
+            "SENDINCHAT_LOGIN_ATTEMPTS_PER_PEER": "1000000",
+        }
+        server = subprocess.Popen([sys.executable, "-m", "server"], cwd=REPO, env=env)
+        _wait_serving(address)
+        users = asyncio.run(_prepare(address, dsn, args.users))
+        results: list[Result] = []
+        for concurrency in args.concurrency:
+            for kind in ("health", "transfer"):
+                results.append(
+                    _run_load(address, kind, concurrency, args.seconds, users, args.client_procs, server.pid)
+                )
+            results.append(_pgbench(pg.bin_dir, pgbench_uri, concurrency, args.seconds))
+            _print_progress(results[-3:])
+        integrity = asyncio.run(_audit(address, dsn))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+        pg.stop()
+        if args.data_dir is None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    _report(args, results, integrity)
+
+
+def _wait_serving(address: str) -> None:
+    async def check() -> bool:
+        async with grpc.aio.insecure_channel(address) as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if asyncio.run(check()):
+                return
+        except grpc.aio.AioRpcError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("the server did not become SERVING within 60 s")
+
+
+def _print_progress(results: list[Result]) -> None:
+    for r in results:
+        print(
+            f"  c={r.concurrency:<3} {r.what:<18} {r.rate:9.0f}/s"
+            f"  (server {r.server_cores:.2f} cores, postgres {r.postgres_cores:.2f} cores)",
+            file=sys.stderr,
+        )
+
+
+def _report(args: argparse.Namespace, results: list[Result], integrity: str) -> None:
+    by = {(r.what, r.concurrency): r for r in results}
+    print()
+    print("SendInChat ledger benchmark")
+    print(
+        f"  machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()}, "
+        f"grpcio {grpc.__version__}, asyncpg {asyncpg.__version__}"
+    )
+    print(
+        f"  each figure: {args.seconds:g} s; {args.users} funded users; {args.client_procs} client processes;"
+        f" pgbench -M prepared tpcb-like, scale {args.pgbench_scale}; server pool {args.pool_size}"
+    )
+    print()
+    header = (
+        f"{'callers':>7} | {'CreateTransfer/s':>16} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | "
+        f"{'pgbench TPS':>11} | {'Health/s':>8} | {'÷ pgbench':>9} {'÷ Health':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for c in args.concurrency:
+        t, p, h = by[("CreateTransfer", c)], by[("pgbench tpcb-like", c)], by[("Health/Check", c)]
+        print(
+            f"{c:>7} | {t.rate:>16.0f} {t.p50_ms or 0:>7.2f} {t.p99_ms or 0:>7.2f} {t.errors:>4} | "
+            f"{p.rate:>11.0f} | {h.rate:>8.0f} | {t.rate / p.rate:>9.2f} {t.rate / h.rate:>8.2f}"
+        )
+    print()
+    print(f"  after the run: {integrity}")
+    if 16 in args.concurrency:
+        t, p, h = by[("CreateTransfer", 16)], by[("pgbench tpcb-like", 16)], by[("Health/Check", 16)]
+        ok_pg, ok_h = t.rate >= 0.5 * p.rate, t.rate >= 0.6 * h.rate
+        print(
+            f"  targets at 16 callers: >= 0.5x pgbench {'MET' if ok_pg else 'NOT MET'} "
+            f"({t.rate / p.rate:.2f}x), >= 0.6x Health/Check {'MET' if ok_h else 'NOT MET'} "
+            f"({t.rate / h.rate:.2f}x)"
+        )
+
+
+if __name__ == "__main__":
+    main()
