@@ -103,9 +103,9 @@ class Stubs:
     """Typed async stubs for every service over one channel."""
 
     channel: grpc.aio.Channel
-    users: users_pb2_grpc.UserServiceStub = field(init=False)
-    ledger: ledger_pb2_grpc.LedgerServiceStub = field(init=False)
-    chat: chat_pb2_grpc.ChatServiceStub = field(init=False)
+    users: users_pb2_grpc.UserServiceAsyncStub = field(init=False)
+    ledger: ledger_pb2_grpc.LedgerServiceAsyncStub = field(init=False)
+    chat: chat_pb2_grpc.ChatServiceAsyncStub = field(init=False)
     health: health_pb2_grpc.HealthStub = field(init=False)
 
     def __post_init__(self) -> None:

@@ -132,7 +132,9 @@ class TokenCodec:
         except jwt.InvalidTokenError as exc:
             raise UnauthenticatedError(f"token is invalid: {exc}") from None
         if claims.get("typ") != expected_type:
-            raise UnauthenticatedError(f"expected an {expected_type} token, got a {claims.get('typ')} token")
+            raise UnauthenticatedError(
+                f"expected a token of type {expected_type!r}, got {claims.get('typ')!r}"
+            )
         try:
             uuid.UUID(str(claims["sub"]))
             uuid.UUID(str(claims["sid"]))
