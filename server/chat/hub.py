@@ -61,6 +61,7 @@ class Subscriber(Protocol):
 class _Feed:
     room_id: str
     subscribers: set[Subscriber] = field(default_factory=set)
+    present: set[Subscriber] = field(default_factory=set)  # subscribers whose membership was checked
     fetched: int | None = None  # highest sequence read and offered; None until the first wake-up
     wanted: int = 0
     task: asyncio.Task[None] | None = None
@@ -100,12 +101,16 @@ class ChatHub:
                 await task
 
     def subscribe(self, room_id: str, subscriber: Subscriber) -> None:
-        """Start offering the room's events to a stream (the caller checked membership)."""
-        feed = self._feeds.setdefault(room_id, _Feed(room_id))
-        if subscriber in feed.subscribers:
+        """Start offering the room's events to a stream (membership is confirmed separately)."""
+        self._feeds.setdefault(room_id, _Feed(room_id)).subscribers.add(subscriber)
+
+    def confirm(self, room_id: str, subscriber: Subscriber) -> None:
+        """The stream's membership was checked: count the user as present in the room."""
+        feed = self._feeds.get(room_id)
+        if feed is None or subscriber not in feed.subscribers or subscriber in feed.present:
             return
-        online = not any(s.user_id == subscriber.user_id for s in feed.subscribers)
-        feed.subscribers.add(subscriber)
+        online = not any(s.user_id == subscriber.user_id for s in feed.present)
+        feed.present.add(subscriber)
         if online:
             self._announce_presence(subscriber.user_id, room_id, online=True)
 
@@ -115,8 +120,10 @@ class ChatHub:
         if feed is None or subscriber not in feed.subscribers:
             return
         feed.subscribers.discard(subscriber)
-        if not any(s.user_id == subscriber.user_id for s in feed.subscribers):
-            self._announce_presence(subscriber.user_id, room_id, online=False)
+        if subscriber in feed.present:
+            feed.present.discard(subscriber)
+            if not any(s.user_id == subscriber.user_id for s in feed.present):
+                self._announce_presence(subscriber.user_id, room_id, online=False)
         if not feed.subscribers:
             if feed.task is not None:
                 feed.task.cancel()

@@ -109,7 +109,14 @@ class ConnectSession:
                     retry_after_seconds=_OVERFLOW_RETRY_SECONDS,
                 )
             for task in done:
-                task.result()  # the reader ends when the client is done sending; errors propagate
+                task.result()  # errors propagate
+            # The client is done sending: deliver what its frames produced, then end OK.
+            drained = asyncio.create_task(self._queue.join())
+            done, _ = await asyncio.wait((drained, writer, overflow), return_when=asyncio.FIRST_COMPLETED)
+            drained.cancel()
+            for task in done:
+                if task is not drained:
+                    task.result()
         finally:
             self._leave_hub()
             for task in tasks:
@@ -163,11 +170,24 @@ class ConnectSession:
             )
             return
         room_id = parse_uuid(frame.room_id, "room_id")
-        last = await service.room_position(self._pool, user_id=self._user_id, room_id=room_id)
-        after = last if frame.after_sequence == -1 else min(frame.after_sequence, last)
-        subscription = _Subscription(room_id, last_sent=after)
+        # Register before checking membership: a removal that commits after the check then
+        # reaches this subscription through the hub, and one that committed before fails the check.
+        subscription = _Subscription(room_id, last_sent=0)
+        previous = self._subscriptions.get(room_id)
         self._subscriptions[room_id] = subscription
         self._hub.subscribe(room_id, self)
+        try:
+            last = await service.room_position(self._pool, user_id=self._user_id, room_id=room_id)
+        except SendInChatError:
+            if self._subscriptions.get(room_id) is subscription:
+                del self._subscriptions[room_id]
+                self._hub.unsubscribe(room_id, self)
+            raise
+        if self._subscriptions.get(room_id) is not subscription:
+            return  # removed (and told so) or unsubscribed meanwhile
+        if previous is None:
+            self._hub.confirm(room_id, self)
+        subscription.last_sent = last if frame.after_sequence == -1 else min(frame.after_sequence, last)
         self._put(_Replay(subscription, last))
 
     async def _send(self, frame: chat_pb2.SendFrame) -> None:
@@ -193,6 +213,7 @@ class ConnectSession:
                 await self._replay(item)
             else:
                 await self._write(item)
+            self._queue.task_done()
 
     async def _deliver(self, item: LiveMessage) -> None:
         subscription = self._subscriptions.get(item.room_id)

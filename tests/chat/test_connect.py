@@ -87,6 +87,20 @@ class TestConnect:
         assert (await stream.next_of("pong")).pong.nonce == "still-open"
         await stream.close()
 
+    async def test_sends_every_ack_then_ends_ok_when_the_client_half_closes(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        stream = Stream(stubs, alice)
+        for n in range(5):
+            await stream.write(
+                send=chat_pb2.SendFrame(client_message_id=f"c{n}", room_id=room.id, text=f"t{n}")
+            )
+        await stream.call.done_writing()
+        acks = [(await stream.next_of("ack")).ack for _ in range(5)]
+        assert [(a.client_message_id, a.sequence) for a in acks] == [(f"c{n}", n + 1) for n in range(5)]
+        assert await stream.wait_ended() is None
+        assert await stream.call.code() == grpc.StatusCode.OK
+
     async def test_stops_sending_a_room_when_unsubscribed(self, stubs):
         alice, bob = await signed_up(stubs), await signed_up(stubs)
         room = await group(stubs, alice, bob)
