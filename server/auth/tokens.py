@@ -132,8 +132,9 @@ class TokenCodec:
         except jwt.InvalidTokenError as exc:
             raise UnauthenticatedError(f"token is invalid: {exc}") from None
         if claims.get("typ") != expected_type:
+            article = "an" if expected_type == _ACCESS else "a"
             raise UnauthenticatedError(
-                f"expected a token of type {expected_type!r}, got {claims.get('typ')!r}"
+                f"{claims.get('typ')} token given where {article} {expected_type} token is needed"
             )
         try:
             uuid.UUID(str(claims["sub"]))
