@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from server.errors import UnavailableError
+
 # What service functions accept: a bare connection or one checked out of the pool.
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+
+
+async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    # Whatever stops a new connection (refused, reset, "database does not allow connections",
+    # too many clients) means the database is unavailable, not that the request was bad.
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        raise UnavailableError(f"cannot connect to the database: {exc}") from exc
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -31,6 +42,7 @@ async def create_pool(dsn: str, *, size: int) -> asyncpg.Pool:
         dsn,
         min_size=min(2, size),
         max_size=size,
+        connect=_connect,
         init=_init_connection,
         reset=_skip_reset,
         command_timeout=30,

@@ -63,6 +63,11 @@ class TestHealth:
                 await _status(server, "sendinchat.v1.UserService")
                 == health_pb2.HealthCheckResponse.NOT_SERVING
             )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await server.stubs.users.Register(
+                    users_pb2.RegisterRequest(username="while_down", password=PASSWORD)
+                )
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             await _set_allow_connections(server, postgres.admin_url, True)
         assert await _probe_until(server, health_pb2.HealthCheckResponse.SERVING) == (
