@@ -234,6 +234,9 @@ class ChatServiceServicer:
         with the last sequence it has seen and gets the missed messages replayed
         from the database, then live ones, in order, without gaps or duplicates.
         Per-frame problems come back as ConnectResponse.error; the stream stays.
+        A member removed from (or leaving) a subscribed room gets an ErrorEvent
+        NOT_FOUND for it and nothing more of the room. After the client
+        half-closes, the answers to its frames are sent and the stream ends OK.
         The stream ends with RESOURCE_EXHAUSTED when the client reads too slowly,
         UNAUTHENTICATED when the access token expires, UNAVAILABLE when the server
         shuts down; in each case reconnect and resubscribe from the last sequence.
