@@ -232,6 +232,23 @@ class TestConnect:
             assert [(m.sequence, m.text) for m in got] == [(1, "from first"), (2, "from second")]
             await stream.close()
 
+    async def test_loses_nothing_when_the_listener_connection_drops(self, server):
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        stream = Stream(server.stubs, bob)
+        await stream.subscribe(room.id, 0)
+        await say(server.stubs, alice, room.id, "before")
+        assert _sequences(await stream.messages(1)) == [1]
+        killed = await server.pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%' AND pid <> pg_backend_pid()"
+        )
+        assert killed == 1
+        for i in range(3):
+            await say(server.stubs, alice, room.id, f"during {i}")
+        assert _sequences(await stream.messages(3)) == [2, 3, 4]
+        await stream.close()
+
 
 class TestConnectAccess:
     async def test_is_error_not_found_when_subscribing_to_a_room_of_others(self, stubs):

@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from sendinchat.v1 import chat_pb2, ledger_pb2
+from server.chat import payments
 from tests.chat.support import Stream, group
 from tests.helpers import Account, error_info, field_violations, request_id, signed_up, signed_up_admin
 from tests.ledger.support import balance, deposit
@@ -109,6 +110,9 @@ class TestSendPayment:
         assert [m.sequence for m in history] == list(range(1, 11))
         assert {m.payment.transfer.id for m in history} == {r.transfer.id for r in paid}
         assert await balance(server.stubs, alice) == 0 and await balance(server.stubs, bob) == 1000
+        admin = await signed_up_admin(server)
+        audit = await server.stubs.ledger.AuditLedger(ledger_pb2.AuditLedgerRequest(), metadata=admin.auth)
+        assert audit.ok, audit.violations
 
     async def test_returns_the_first_payment_and_moves_money_once_when_retried(self, server):
         alice, bob, room = await _parties(server)
@@ -275,3 +279,17 @@ class TestRespondToPaymentRequest:
             chat_pb2.PAYMENT_REQUEST_STATE_EXPIRED,
         ]
         assert await balance(server.stubs, alice) == 10_000
+
+    async def test_sweeper_records_expired_and_accepting_is_refused_afterwards(self, server):
+        alice, bob, room = await _parties(server)
+        soon = timestamp_pb2.Timestamp()
+        soon.FromDatetime(datetime.now(UTC) + timedelta(milliseconds=300))
+        asked = await _ask(server.stubs, bob, room, alice, 700, expire_time=soon)
+        await asyncio.sleep(0.4)
+        assert await payments.expire_due_requests(server.pool) == 1
+        assert await payments.expire_due_requests(server.pool) == 0
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _respond(server.stubs, alice, asked, ACCEPT)
+        assert error_info(caught.value).reason == "PAYMENT_REQUEST_EXPIRED"
+        states = [m.payment_request.state for m in await _history(server.stubs, bob, room)]
+        assert states == [chat_pb2.PAYMENT_REQUEST_STATE_OPEN, chat_pb2.PAYMENT_REQUEST_STATE_EXPIRED]
