@@ -241,7 +241,8 @@ class TestConnect:
         assert _sequences(await stream.messages(1)) == [1]
         killed = await server.pool.fetchval(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%' AND pid <> pg_backend_pid()"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%'"
+            " AND pid <> pg_backend_pid()"
         )
         assert killed == 1
         for i in range(3):
