@@ -93,7 +93,7 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
     import uvloop  # noqa: F401  # imported for its side effect in _worker below
 
     channel = grpc.aio.insecure_channel(spec["address"])
-    health = health_pb2_grpc.HealthStub(channel)
+    health: Any = health_pb2_grpc.HealthStub(channel)  # the stubs type it without its methods
     ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
     users: list[dict[str, str]] = spec["users"]
     latencies: list[float] = []
@@ -129,7 +129,7 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
             latencies.append(round(time.perf_counter() - started, 6))
 
     await asyncio.gather(*(caller(i) for i in spec["callers"]))
-    await channel.close()
+    await channel.close(None)
     return {"latencies": latencies, "errors": errors}
 
 
@@ -172,7 +172,7 @@ def _run_load(
         assert child.stdin is not None
         child.stdin.write(json.dumps(spec))
         child.stdin.close()
-        children.append((child, Path(spec["out"])))
+        children.append((child, Path(str(spec["out"]))))
     time.sleep(max(0.0, start_at - time.time()))
     cpu_before = _cpu_seconds(server_pid)
     time.sleep(seconds)
@@ -240,7 +240,7 @@ async def _prepare(address: str, dsn: str, count: int) -> list[dict[str, str]]:
             metadata=admin_auth,
         )
         users.append({"id": reply.user.id, "token": reply.tokens.access_token})
-    await channel.close()
+    await channel.close(None)
     return users
 
 
@@ -355,9 +355,8 @@ def main(argv: list[str] | None = None) -> None:
 def _wait_serving(address: str) -> None:
     async def check() -> bool:
         async with grpc.aio.insecure_channel(address) as channel:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=1
-            )
+            stub: Any = health_pb2_grpc.HealthStub(channel)
+            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
             return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
     deadline = time.time() + 60

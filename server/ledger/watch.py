@@ -30,6 +30,7 @@ BUFFER = 1024
 _PAGE = 500
 
 _HORIZON = "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+_SNAPSHOT = "SELECT pg_current_snapshot()::text"
 _EVENT_COLUMNS = """
 e.xid, e.seq, t.id, t.request_id, t.kind, e.state, t.from_user_id, t.to_user_id, t.from_account_id,
 t.to_account_id, t.currency, t.amount, e.posted_amount, t.memo, t.created_at,
@@ -58,6 +59,23 @@ class TransferEvent:
 
 def _event(row: asyncpg.Record) -> TransferEvent:
     return TransferEvent(EventKey(row["xid"], row["seq"]), Transfer.from_record(row))
+
+
+@dataclass(frozen=True, slots=True)
+class _Snapshot:
+    """Which transactions had committed when a cursor-less watch began: their events are past."""
+
+    xmin: int
+    xmax: int
+    running: frozenset[int]
+
+    @classmethod
+    def parse(cls, text: str) -> _Snapshot:
+        xmin, xmax, running = text.split(":")
+        return cls(int(xmin), int(xmax), frozenset(int(x) for x in running.split(",") if x))
+
+    def is_future(self, xid: int) -> bool:
+        return xid >= self.xmax or xid in self.running
 
 
 class _Watcher:
@@ -151,8 +169,12 @@ class WatchHub:
             self._wake.set()
             await self._ready.wait()
             last = after
+            start: _Snapshot | None = None
             if last is None:
-                last = EventKey(int(await self._pool.fetchval(_HORIZON)), 0)
+                # Events of transactions committed before now are history; those still running
+                # (or not yet begun) are what this watch must deliver.
+                start = _Snapshot.parse(str(await self._pool.fetchval(_SNAPSHOT)))
+                last = EventKey(start.xmin, 0)
             yield None
             yield_from_table = after is not None
             while True:
@@ -161,13 +183,15 @@ class WatchHub:
                     watcher.events.clear()
                     async for event in self._catch_up(user_id, last):
                         last = event.key
-                        yield event
+                        if start is None or start.is_future(event.key.xid):
+                            yield event
                     yield_from_table = False
                 while watcher.events:
                     event = watcher.events.popleft()
                     if event.key > last:
                         last = event.key
-                        yield event
+                        if start is None or start.is_future(event.key.xid):
+                            yield event
                 if watcher.overflowed:
                     yield_from_table = True
                     continue

@@ -21,7 +21,8 @@ async def deposit(server: Any, admin: Account, user: Account, amount: int, curre
 async def account(stubs: Any, user: Account, currency: str = "USD") -> ledger_pb2.Account:
     """The user's account in `currency`, as GetAccount returns it."""
     reply = await stubs.ledger.GetAccount(ledger_pb2.GetAccountRequest(currency=currency), metadata=user.auth)
-    return reply.account
+    found: ledger_pb2.Account = reply.account
+    return found
 
 
 async def balance(stubs: Any, user: Account, currency: str = "USD") -> int:
