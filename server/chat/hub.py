@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import asyncpg
 
 from sendinchat.v1 import chat_pb2
-from server.chat import convert, service
+from server.chat import convert, messages
 
 CHANNEL = "chat_events"
 _FETCH_LIMIT = 100
@@ -132,7 +132,9 @@ class ChatHub:
     def _announce_presence(self, user_id: str, room_id: str, *, online: bool) -> None:
         # Best effort, off the caller's path: presence is ephemeral and a stream ending must
         # not wait for the database (it may be ending because the server is shutting down).
-        self._spawn(service.announce_presence(self._pool, user_id=user_id, room_ids=[room_id], online=online))
+        self._spawn(
+            messages.announce_presence(self._pool, user_id=user_id, room_ids=[room_id], online=online)
+        )
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(_logged(work))
@@ -209,17 +211,17 @@ class ChatHub:
         # One reader per room: wake-ups that arrive while it reads only raise `wanted`.
         try:
             while feed.fetched is not None and feed.wanted > feed.fetched and feed.subscribers:
-                messages = await service.messages_after(
+                batch = await messages.messages_after(
                     self._pool, room_id=feed.room_id, after=feed.fetched, upto=feed.wanted, limit=_FETCH_LIMIT
                 )
-                if not messages:
+                if not batch:
                     feed.wanted = feed.fetched
                     break
-                for message in messages:
+                for message in batch:
                     item = LiveMessage(message.room_id, message.sequence, convert.connect_message(message))
                     for subscriber in tuple(feed.subscribers):
                         subscriber.offer(item)
-                feed.fetched = messages[-1].sequence
+                feed.fetched = batch[-1].sequence
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
             # Subscribers notice the gap on the next message and read it themselves.
             log.warning("chat hub could not read room %s", feed.room_id, exc_info=True)

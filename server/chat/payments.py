@@ -16,8 +16,8 @@ from enum import StrEnum
 
 import asyncpg
 
+from server.chat.messages import attach_transfers, transfers_by_id
 from server.chat.models import MESSAGE_COLUMNS, Message
-from server.chat.service import attach_transfers, transfers_by_id
 from server.chat.validation import parse_uuid
 from server.errors import (
     FailedPreconditionError,

@@ -9,7 +9,7 @@ import grpc
 
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2
 from server.auth.principal import current_principal
-from server.chat import convert, payments, service
+from server.chat import convert, messages, payments, service
 from server.chat.hub import ChatHub
 from server.chat.stream import ConnectSession
 from server.protoconv import from_timestamp
@@ -118,7 +118,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.SendMessageRequest, chat_pb2.SendMessageResponse],
     ) -> chat_pb2.SendMessageResponse:
         """ChatService.SendMessage."""
-        message = await service.send_message(
+        message = await messages.send_message(
             self._pool,
             user_id=current_principal().user_id,
             room_id=request.room_id,
@@ -133,7 +133,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.ListMessagesRequest, chat_pb2.ListMessagesResponse],
     ) -> chat_pb2.ListMessagesResponse:
         """ChatService.ListMessages."""
-        page = await service.list_messages(
+        page = await messages.list_messages(
             self._pool,
             user_id=current_principal().user_id,
             room_id=request.room_id,
@@ -152,7 +152,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.MarkReadRequest, chat_pb2.MarkReadResponse],
     ) -> chat_pb2.MarkReadResponse:
         """ChatService.MarkRead."""
-        mark = await service.mark_read(
+        mark = await messages.mark_read(
             self._pool,
             user_id=current_principal().user_id,
             room_id=request.room_id,

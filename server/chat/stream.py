@@ -23,7 +23,7 @@ from google.rpc import code_pb2
 
 from sendinchat.v1 import chat_pb2
 from server import status
-from server.chat import convert, service
+from server.chat import convert, messages
 from server.chat.hub import ChatHub, LiveMessage
 from server.chat.validation import parse_uuid
 from server.errors import RateLimitedError, SendInChatError
@@ -139,11 +139,11 @@ class ConnectSession:
                 elif frame == "send":
                     await self._send(request.send)
                 elif frame == "typing":
-                    await service.announce_typing(
+                    await messages.announce_typing(
                         self._pool, user_id=self._user_id, room_id=request.typing.room_id
                     )
                 elif frame == "read":
-                    await service.mark_read(
+                    await messages.mark_read(
                         self._pool,
                         user_id=self._user_id,
                         room_id=request.read.room_id,
@@ -177,7 +177,7 @@ class ConnectSession:
         self._subscriptions[room_id] = subscription
         self._hub.subscribe(room_id, self)
         try:
-            last = await service.room_position(self._pool, user_id=self._user_id, room_id=room_id)
+            last = await messages.room_position(self._pool, user_id=self._user_id, room_id=room_id)
         except SendInChatError:
             if self._subscriptions.get(room_id) is subscription:
                 del self._subscriptions[room_id]
@@ -191,7 +191,7 @@ class ConnectSession:
         self._put(_Replay(subscription, last))
 
     async def _send(self, frame: chat_pb2.SendFrame) -> None:
-        message = await service.send_message(
+        message = await messages.send_message(
             self._pool,
             user_id=self._user_id,
             room_id=frame.room_id,
@@ -239,7 +239,7 @@ class ConnectSession:
 
     async def _catch_up(self, subscription: _Subscription, *, upto: int) -> None:
         while True:
-            page = await service.messages_after(
+            page = await messages.messages_after(
                 self._pool,
                 room_id=subscription.room_id,
                 after=subscription.last_sent,
