@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 from google.rpc import code_pb2
@@ -62,6 +63,7 @@ class ConnectSession:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=buffer)
         self._subscriptions: dict[str, _Subscription] = {}
         self._overflowed = asyncio.Event()
+        self._reader_done = asyncio.Event()
 
     @property
     def user_id(self) -> str:
@@ -100,23 +102,15 @@ class ConnectSession:
         reader = asyncio.create_task(self._read(requests))
         writer = asyncio.create_task(self._write_loop())
         overflow = asyncio.create_task(self._overflowed.wait())
-        tasks = (reader, writer, overflow)
+        drained = asyncio.create_task(self._drained())
+        tasks = (reader, writer, overflow, drained)
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if overflow in done:
-                raise RateLimitedError(
-                    "the stream fell too far behind; reconnect and resubscribe from the last sequence",
-                    retry_after_seconds=_OVERFLOW_RETRY_SECONDS,
-                )
-            for task in done:
-                task.result()  # errors propagate
-            # The client is done sending: deliver what its frames produced, then end OK.
-            drained = asyncio.create_task(self._queue.join())
-            done, _ = await asyncio.wait((drained, writer, overflow), return_when=asyncio.FIRST_COMPLETED)
-            drained.cancel()
-            for task in done:
-                if task is not drained:
-                    task.result()
+            await self._first_of(reader, writer, overflow)
+            # The client is done sending: no new live events; deliver what is queued, then end OK.
+            for room_id in self._subscriptions:
+                self._hub.unsubscribe(room_id, self)
+            self._reader_done.set()
+            await self._first_of(drained, writer, overflow)
         finally:
             self._leave_hub()
             for task in tasks:
@@ -124,6 +118,20 @@ class ConnectSession:
             # Ending (cancelled, shut down, or the client went away): a write to a finished call
             # fails, and that failure is not news; whatever ended the stream is what propagates.
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _first_of(self, *tasks: asyncio.Task[Any]) -> None:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if self._overflowed.is_set():
+            raise RateLimitedError(
+                "the stream fell too far behind; reconnect and resubscribe from the last sequence",
+                retry_after_seconds=_OVERFLOW_RETRY_SECONDS,
+            )
+        for task in done:
+            task.result()  # errors propagate
+
+    async def _drained(self) -> None:
+        await self._reader_done.wait()
+        await self._queue.join()
 
     async def _read(self, requests: AsyncIterator[chat_pb2.ConnectRequest]) -> None:
         async for request in requests:
