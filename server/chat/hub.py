@@ -104,11 +104,17 @@ class ChatHub:
         """Start offering the room's events to a stream (membership is confirmed separately)."""
         self._feeds.setdefault(room_id, _Feed(room_id)).subscribers.add(subscriber)
 
-    def confirm(self, room_id: str, subscriber: Subscriber) -> None:
-        """The stream's membership was checked: count the user as present in the room."""
+    def confirm(self, room_id: str, subscriber: Subscriber, last_sequence: int) -> None:
+        """The stream's membership was checked and the room was at `last_sequence` then.
+
+        The user counts as present in the room, and the feed follows the room from there on
+        (what came before is the stream's replay), also across a listener reconnect.
+        """
         feed = self._feeds.get(room_id)
         if feed is None or subscriber not in feed.subscribers or subscriber in feed.present:
             return
+        if feed.fetched is None:
+            feed.fetched = last_sequence
         online = not any(s.user_id == subscriber.user_id for s in feed.present)
         feed.present.add(subscriber)
         if online:
@@ -176,7 +182,7 @@ class ChatHub:
         if kind == "m":
             sequence = int(fields[1])
             if feed.fetched is None:
-                # Everything before the first wake-up is the subscribers' replay's business.
+                # No subscriber is confirmed yet: what came before is their replay's business.
                 feed.fetched = sequence - 1
             self._want(feed, sequence)
         elif kind == "x":
@@ -195,7 +201,7 @@ class ChatHub:
 
     @staticmethod
     def _offer_all(feed: _Feed, item: chat_pb2.ConnectResponse, *, skip_user: str | None) -> None:
-        for subscriber in tuple(feed.subscribers):
+        for subscriber in tuple(feed.present):
             if subscriber.user_id != skip_user:
                 subscriber.offer(item)
 

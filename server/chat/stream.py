@@ -181,7 +181,6 @@ class ConnectSession:
         # Register before checking membership: a removal that commits after the check then
         # reaches this subscription through the hub, and one that committed before fails the check.
         subscription = _Subscription(room_id, last_sent=0)
-        previous = self._subscriptions.get(room_id)
         self._subscriptions[room_id] = subscription
         self._hub.subscribe(room_id, self)
         try:
@@ -193,8 +192,7 @@ class ConnectSession:
             raise
         if self._subscriptions.get(room_id) is not subscription:
             return  # removed (and told so) or unsubscribed meanwhile
-        if previous is None:
-            self._hub.confirm(room_id, self)
+        self._hub.confirm(room_id, self, last)
         subscription.last_sent = last if frame.after_sequence == -1 else min(frame.after_sequence, last)
         self._put(_Replay(subscription, last))
 
