@@ -191,6 +191,7 @@ DECLARE
     v_avail    bigint;
     v_t        transfers;
     v_notify   boolean := false;
+    v_count    bigint;
     i          integer;
 BEGIN
     -- Recipients named by username.
@@ -200,29 +201,50 @@ BEGIN
         LEFT JOIN users u ON u.username = r.name;
     END IF;
 
-    -- Ensure and lock every account in one ordered pass: a missing credit-side account is opened,
-    -- an existing account is locked (ON CONFLICT DO UPDATE ... WHERE false locks without writing).
+    -- Lock every account of the batch, in one ordered pass. Usually they all exist: then a plain
+    -- SELECT ... FOR UPDATE does it. Otherwise a missing credit-side account is opened in the same
+    -- ordered pass (ON CONFLICT DO UPDATE ... WHERE false locks an existing row without writing).
     -- A debit-side user account that does not exist is left alone: that item has no funds. The
     -- system account takes part only as the source of a deposit or the sink of a withdrawal.
-    INSERT INTO accounts AS a (user_id, currency)
-    SELECT k.user_id, k.currency
-    FROM (
-        SELECT DISTINCT x.user_id, x.currency
+    IF NOT EXISTS (
+        SELECT 1 FROM unnest(v_to_user, p_currency) AS c(user_id, currency)
+        WHERE c.user_id IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM accounts e WHERE e.user_id = c.user_id AND e.currency = c.currency)
+    ) THEN
+        -- System accounts sort first, so locking them in a statement of their own keeps the order.
+        IF 'transfer' <> ANY (p_kind) THEN
+            PERFORM 1 FROM accounts a
+            WHERE a.user_id IS NULL AND a.currency IN (
+                SELECT x.cur FROM unnest(p_kind, p_currency) AS x(kind, cur) WHERE x.kind <> 'transfer')
+            ORDER BY a.currency
+            FOR UPDATE;
+        END IF;
+        PERFORM 1 FROM accounts a
+        WHERE (a.user_id, a.currency) IN (
+            SELECT * FROM unnest(v_to_user, p_currency) UNION SELECT * FROM unnest(p_from_user, p_currency))
+        ORDER BY a.user_id, a.currency
+        FOR UPDATE;
+    ELSE
+        INSERT INTO accounts AS a (user_id, currency)
+        SELECT k.user_id, k.currency
         FROM (
-            SELECT c.user_id, c.currency, c.kind, true AS credit
-            FROM unnest(v_to_user, p_currency, p_kind) AS c(user_id, currency, kind)
-            UNION ALL
-            SELECT d.user_id, d.currency, d.kind, false
-            FROM unnest(p_from_user, p_currency, p_kind) AS d(user_id, currency, kind)
-        ) x
-        WHERE CASE
-            WHEN x.user_id IS NULL THEN x.kind = CASE WHEN x.credit THEN 'withdrawal' ELSE 'deposit' END
-            WHEN x.credit THEN EXISTS (SELECT 1 FROM users u WHERE u.id = x.user_id)
-            ELSE EXISTS (SELECT 1 FROM accounts e WHERE e.user_id = x.user_id AND e.currency = x.currency)
-        END
-    ) k
-    ORDER BY k.user_id NULLS FIRST, k.currency
-    ON CONFLICT ON CONSTRAINT accounts_owner_currency_key DO UPDATE SET balance = a.balance WHERE false;
+            SELECT DISTINCT x.user_id, x.currency
+            FROM (
+                SELECT c.user_id, c.currency, c.kind, true AS credit
+                FROM unnest(v_to_user, p_currency, p_kind) AS c(user_id, currency, kind)
+                UNION ALL
+                SELECT d.user_id, d.currency, d.kind, false
+                FROM unnest(p_from_user, p_currency, p_kind) AS d(user_id, currency, kind)
+            ) x
+            WHERE CASE
+                WHEN x.user_id IS NULL THEN x.kind = CASE WHEN x.credit THEN 'withdrawal' ELSE 'deposit' END
+                WHEN x.credit THEN EXISTS (SELECT 1 FROM users u WHERE u.id = x.user_id)
+                ELSE EXISTS (SELECT 1 FROM accounts e WHERE e.user_id = x.user_id AND e.currency = x.currency)
+            END
+        ) k
+        ORDER BY k.user_id NULLS FIRST, k.currency
+        ON CONFLICT ON CONSTRAINT accounts_owner_currency_key DO UPDATE SET balance = a.balance WHERE false;
+    END IF;
 
     -- Both accounts of every item, and whether the item can take the fast path.
     SELECT array_agg(c.from_acc ORDER BY c.n), array_agg(c.to_acc ORDER BY c.n),
@@ -249,6 +271,7 @@ BEGIN
     ) c;
 
     IF true = ANY (v_fast) THEN
+        RETURN QUERY
         WITH ins AS (
             INSERT INTO transfers AS t (
                 initiator_id, request_id, kind, two_phase, state, from_account_id, to_account_id,
@@ -283,19 +306,22 @@ BEGIN
             SELECT ins.id, ins.from_user_id, ins.to_user_id, ins.state, ins.posted_amount, ins.resolved_at
             FROM ins ORDER BY ins.seq
         )
-        SELECT coalesce(array_agg(x.n), '{}') INTO v_done
+        SELECT x.n::integer, 'CREATED'::text, ins.id, ins.request_id, ins.kind, ins.state, ins.from_user_id,
+               ins.to_user_id, ins.from_account_id, ins.to_account_id, ins.currency, ins.amount,
+               ins.posted_amount, ins.memo, ins.created_at, ins.expires_at, ins.resolved_at
         FROM ins JOIN unnest(p_initiator, p_request) WITH ORDINALITY AS x(ini, req, n)
              ON ins.initiator_id = x.ini AND ins.request_id = x.req;
-
-        IF cardinality(v_done) > 0 THEN
-            v_notify := true;
-            RETURN QUERY
-            SELECT x.n::integer, 'CREATED'::text, t.id, t.request_id, t.kind, t.state, t.from_user_id,
-                   t.to_user_id, t.from_account_id, t.to_account_id, t.currency, t.amount,
-                   t.posted_amount, t.memo, t.created_at, t.expires_at, t.resolved_at
+        GET DIAGNOSTICS v_count = ROW_COUNT;
+        v_notify := v_count > 0;
+        IF v_count = (SELECT count(*) FROM unnest(v_fast) AS f(fast) WHERE f.fast) THEN
+            SELECT coalesce(array_agg(f.n), '{}') INTO v_done
+            FROM unnest(v_fast) WITH ORDINALITY AS f(fast, n) WHERE f.fast;
+        ELSE
+            -- A concurrent request took some request_id first: those items go the slow way.
+            SELECT coalesce(array_agg(x.n), '{}') INTO v_done
             FROM unnest(p_initiator, p_request) WITH ORDINALITY AS x(ini, req, n)
             JOIN transfers t ON t.initiator_id = x.ini AND t.request_id = x.req
-            WHERE x.n = ANY (v_done);
+            WHERE v_fast[x.n] AND t.xmin = pg_current_xact_id()::xid;
         END IF;
     END IF;
 
