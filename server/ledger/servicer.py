@@ -59,7 +59,8 @@ def _account(account: Account) -> ledger_pb2.Account:
     )
 
 
-def _transfer(transfer: Transfer) -> ledger_pb2.Transfer:
+def transfer_proto(transfer: Transfer) -> ledger_pb2.Transfer:
+    """The wire form of a ledger Transfer (also used by chat for payment messages)."""
     return ledger_pb2.Transfer(
         id=transfer.id,
         request_id=transfer.request_id,
@@ -211,7 +212,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             amount=request.amount_minor,
             memo=request.memo,
         )
-        return ledger_pb2.CreateTransferResponse(transfer=_transfer(transfer))
+        return ledger_pb2.CreateTransferResponse(transfer=transfer_proto(transfer))
 
     async def CreatePendingTransfer(
         self,
@@ -234,7 +235,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             pending=True,
             expires_at=from_timestamp(request.expire_time, request.HasField("expire_time")),
         )
-        return ledger_pb2.CreatePendingTransferResponse(transfer=_transfer(transfer))
+        return ledger_pb2.CreatePendingTransferResponse(transfer=transfer_proto(transfer))
 
     async def PostPendingTransfer(
         self,
@@ -251,7 +252,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             transfer_id=request.transfer_id,
             amount=request.amount_minor,
         )
-        return ledger_pb2.PostPendingTransferResponse(transfer=_transfer(transfer))
+        return ledger_pb2.PostPendingTransferResponse(transfer=transfer_proto(transfer))
 
     async def VoidPendingTransfer(
         self,
@@ -267,7 +268,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             request_id=request.request_id,
             transfer_id=request.transfer_id,
         )
-        return ledger_pb2.VoidPendingTransferResponse(transfer=_transfer(transfer))
+        return ledger_pb2.VoidPendingTransferResponse(transfer=transfer_proto(transfer))
 
     async def GetTransfer(
         self,
@@ -278,7 +279,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         transfer = await service.get_transfer(
             self._pool, principal=current_principal(), transfer_id=request.transfer_id
         )
-        return ledger_pb2.GetTransferResponse(transfer=_transfer(transfer))
+        return ledger_pb2.GetTransferResponse(transfer=transfer_proto(transfer))
 
     async def ListTransfers(
         self,
@@ -295,7 +296,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             currency=request.currency,
         )
         return ledger_pb2.ListTransfersResponse(
-            transfers=[_transfer(t) for t in transfers], next_page_token=token
+            transfers=[transfer_proto(t) for t in transfers], next_page_token=token
         )
 
     async def WatchTransfers(
@@ -315,7 +316,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                     await context.send_initial_metadata(())
                     continue
                 yield ledger_pb2.WatchTransfersResponse(
-                    transfer=_transfer(event.transfer), cursor=event.key.encode()
+                    transfer=transfer_proto(event.transfer), cursor=event.key.encode()
                 )
         finally:
             # Cancelled by token expiry, shutdown or the client: unregister at once.
@@ -339,7 +340,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             amount=request.amount_minor,
             memo=request.memo,
         )
-        return ledger_pb2.DepositResponse(transfer=_transfer(transfer))
+        return ledger_pb2.DepositResponse(transfer=transfer_proto(transfer))
 
     async def Withdraw(
         self,
@@ -359,7 +360,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
             amount=request.amount_minor,
             memo=request.memo,
         )
-        return ledger_pb2.WithdrawResponse(transfer=_transfer(transfer))
+        return ledger_pb2.WithdrawResponse(transfer=transfer_proto(transfer))
 
     async def AuditLedger(
         self,
@@ -368,3 +369,6 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.AuditLedgerResponse:
         """LedgerService.AuditLedger."""
         return _audit(await service.audit(self._pool, principal=current_principal()))
+
+
+_transfer = transfer_proto  # the name server/chat/convert.py imports today
