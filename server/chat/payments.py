@@ -19,6 +19,7 @@ import asyncpg
 from server.chat.messages import attach_transfers, transfers_by_id
 from server.chat.models import MESSAGE_COLUMNS, Message
 from server.chat.validation import parse_uuid
+from server.db.pool import Connection
 from server.errors import (
     FailedPreconditionError,
     IdempotencyKeyReusedError,
@@ -118,20 +119,22 @@ async def _run(pool: asyncpg.Pool, sql: str, *args: object) -> PaymentResult:
         async with conn.transaction():
             row = await conn.fetchrow(sql, *args)
             assert row is not None
-            if row["outcome"] not in ("CREATED", "REPLAYED"):
-                outcome, state = str(row["outcome"]), row.get("state")
-            else:
-                outcome, state = "", None
-                message_row = await conn.fetchrow(_MESSAGE, row["room_id"], row["sequence"])
-                assert message_row is not None
-                message = (await attach_transfers(conn, [Message.from_record(message_row)]))[0]
-        # Raised after commit: an expired request's EXPIRED state must be kept.
-        if outcome:
-            _raise_for(outcome, None if state is None else str(state))
+            outcome = str(row["outcome"])
+            if outcome in ("CREATED", "REPLAYED"):
+                return await _result(conn, row["room_id"], row["sequence"])
+        # Raised after the commit: an expired request's EXPIRED state must be kept.
+        _raise_for(outcome, None if row.get("state") is None else str(row["state"]))
+    raise AssertionError("unreachable: _raise_for raises for every other outcome")
+
+
+async def _result(conn: Connection, room_id: object, sequence: object) -> PaymentResult:
+    row = await conn.fetchrow(_MESSAGE, room_id, sequence)
+    assert row is not None
+    message = (await attach_transfers(conn, [Message.from_record(row)]))[0]
     transfer = message.transfer
     request = message.payment_request
     if transfer is None and request is not None and request.transfer_id:
-        transfer = (await transfers_by_id(pool, [request.transfer_id])).get(request.transfer_id)
+        transfer = (await transfers_by_id(conn, [request.transfer_id])).get(request.transfer_id)
     return PaymentResult(message, transfer)
 
 
