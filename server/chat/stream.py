@@ -15,6 +15,7 @@ items queued behind it are then filtered by that last sequence.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +33,8 @@ from server.errors import RateLimitedError, SendInChatError
 _REPLAY_PAGE = 100
 _EVERYTHING = 2**62
 _OVERFLOW_RETRY_SECONDS = 1.0
+
+log = logging.getLogger(__name__)
 
 Write = Callable[[chat_pb2.ConnectResponse], Awaitable[None]]
 
@@ -85,6 +88,7 @@ class ConnectSession:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
+            log.info("chat stream of user %s overflowed its buffer of %d", self._user_id, self._queue.maxsize)
             self._overflowed.set()
             self._leave_hub()  # stop accepting work at once; the queue is released with the session
 
