@@ -5,7 +5,7 @@ from __future__ import annotations
 from sendinchat.v1 import chat_pb2, ledger_pb2
 from server.chat.models import Member, MemberRole, Message, MessageKind, RequestState, Room, RoomKind
 from server.ledger.models import Transfer
-from server.ledger.servicer import _transfer as ledger_transfer  # shared, not copied; asked to make public
+from server.ledger.servicer import transfer_proto
 from server.protoconv import timestamp
 
 ROOM_KINDS = {RoomKind.DIRECT: chat_pb2.ROOM_KIND_DIRECT, RoomKind.GROUP: chat_pb2.ROOM_KIND_GROUP}
@@ -43,7 +43,7 @@ def message(value: Message) -> chat_pb2.Message:
                 transfer=(
                     ledger_pb2.Transfer(id=value.transfer_id)
                     if value.transfer is None
-                    else ledger_transfer(value.transfer)
+                    else transfer_proto(value.transfer)
                 ),
                 note=value.note or "",
             )
@@ -68,7 +68,7 @@ def message(value: Message) -> chat_pb2.Message:
 
 def transfer(value: Transfer) -> ledger_pb2.Transfer:
     """A ledger Transfer (the ledger's own conversion)."""
-    return ledger_transfer(value)
+    return transfer_proto(value)
 
 
 def connect_message(value: Message) -> chat_pb2.ConnectResponse:
