@@ -18,9 +18,11 @@ WITH flows AS (
     SELECT account_id, sum(posted)::bigint AS posted, sum(reserved)::bigint AS reserved
     FROM flows GROUP BY account_id
 )
-SELECT a.id::text AS id, a.user_id IS NULL AS system, a.currency, a.balance, a.pending_debit,
+SELECT coalesce(a.id, s.account_id)::text AS id, a.id IS NULL AS missing, a.user_id IS NULL AS system,
+       coalesce(a.currency, '') AS currency, coalesce(a.balance, 0) AS balance,
+       coalesce(a.pending_debit, 0) AS pending_debit,
        coalesce(s.posted, 0) AS expected_balance, coalesce(s.reserved, 0) AS expected_pending
-FROM accounts a LEFT JOIN sums s ON s.account_id = a.id
+FROM accounts a FULL JOIN sums s ON s.account_id = a.id
 ORDER BY a.currency, a.user_id NULLS FIRST
 """
 _TRANSFERS = "SELECT count(*) FROM transfers"
@@ -75,6 +77,16 @@ async def audit_ledger(pool: asyncpg.Pool) -> AuditReport:
     issued: dict[str, int] = {}
     for row in rows:
         account_id, currency, balance = row["id"], row["currency"], row["balance"]
+        if row["missing"]:
+            violations.append(
+                Violation(
+                    "BALANCE_MISMATCH",
+                    currency,
+                    f"transfers move {row['expected_balance']} through an account that does not exist",
+                    account_id,
+                )
+            )
+            continue
         sums[currency] = sums.get(currency, 0) + balance
         if row["system"]:
             issued[currency] = -balance

@@ -167,6 +167,22 @@ class TestAuditLedger:
         healthy = await stubs.health.Check(health_pb2.HealthCheckRequest())
         assert healthy.status == health_pb2.HealthCheckResponse.SERVING  # audited before the tampering
 
+    async def test_reports_a_transfer_whose_account_does_not_exist(self, server, stubs, admin, alice):
+        ghost = request_id()
+        await server.pool.execute(
+            """
+            INSERT INTO transfers (initiator_id, request_id, kind, two_phase, state, from_account_id,
+                                   to_account_id, from_user_id, currency, amount, posted_amount, resolved_at)
+            SELECT $1, $2, 'transfer', false, 'posted', a.id, $3, $1, 'USD', 1, 1, now()
+            FROM accounts a WHERE a.user_id = $1 AND a.currency = 'USD'
+            """,
+            alice.id,
+            request_id(),
+            ghost,
+        )
+        audit = await stubs.ledger.AuditLedger(ledger_pb2.AuditLedgerRequest(), metadata=admin.auth)
+        assert ("BALANCE_MISMATCH", ghost) in {(v.kind, v.account_id) for v in audit.violations}
+
     async def test_ledger_rows_refuse_updates_and_deletes(self, server, stubs, alice, bob):
         import asyncpg
 
@@ -180,6 +196,7 @@ class TestAuditLedger:
             "UPDATE transfers SET amount = 1 WHERE id = $1",
             "DELETE FROM transfers WHERE id = $1",
             "UPDATE ledger_events SET state = 'voided' WHERE transfer_id = $1",
+            "DELETE FROM accounts WHERE id = (SELECT from_account_id FROM transfers WHERE id = $1)",
         ):
             with pytest.raises(asyncpg.IntegrityConstraintViolationError):
                 await server.pool.execute(statement, sent.transfer.id)
