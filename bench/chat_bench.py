@@ -1,6 +1,6 @@
 """Chat fan-out: end-to-end latency, sustained deliveries/s, and server memory with idle streams.
 
-    python -m bench.chat_bench                       # ~1.5 minutes
+    python -m bench.chat_bench                       # about 1.5 minutes
     python -m bench.chat_bench --seconds 10 --rates 50 100 200 300 400 --idle-streams 1000
 
 It starts an embedded PostgreSQL (its own data folder) and the real server as a subprocess
@@ -10,9 +10,11 @@ subscribers (each subscriber its own user and its own Connect stream; the stream
 HTTP/2 channels), then:
 
 1. latency: the sender posts with SendMessage at a fixed rate; each message carries its send time,
-   and every subscriber records send-to-receipt time; p50/p99 over all deliveries;
-2. throughput: the same at rising rates, until p99 passes the bound or deliveries fall behind;
-   the highest rate within the bound is the sustained figure (messages/s x subscribers);
+   and every subscriber records send-to-receipt time; p50/p99 over all deliveries (after a 2 s
+   warm-up, the median of 3 runs: the machine is shared);
+2. throughput: the same at rising rates, until p99 passes the bound or deliveries fall behind
+   (twice in a row at one rate); the highest rate within the bound is the sustained figure
+   (messages/s x subscribers);
 3. memory: VmRSS of the server process before and after opening K idle, subscribed streams.
 
 Not part of the tests.
@@ -192,24 +194,34 @@ async def _measure(address: str, args: argparse.Namespace, pid: int) -> dict[str
             metadata=_auth(sender.tokens.access_token),
         )
     ).room
+    load_start = os.getloadavg()[0]
     rss_idle_server = _rss_mb(pid)
     subs = [Subscriber(chats[i % CHANNELS], p.tokens.access_token) for i, p in enumerate(listeners)]
     await asyncio.gather(*(s.subscribe(room.id) for s in subs))
     await asyncio.sleep(1)
     print(f"  {len(subs)} subscribers connected", file=sys.stderr)
 
-    latency = await _run_step(
-        chats[0], sender.tokens.access_token, room.id, subs, args.rate, args.seconds, pid
-    )
-    _print_step("latency", latency)
+    await _run_step(chats[0], sender.tokens.access_token, room.id, subs, args.rate, 2.0, pid)  # warm-up
+    runs = []
+    for _ in range(args.repeats):
+        runs.append(
+            await _run_step(chats[0], sender.tokens.access_token, room.id, subs, args.rate, args.seconds, pid)
+        )
+        _print_step("latency", runs[-1])
+    # The machine is shared (tests, other benchmarks): report the median run by p99, as PERFORMANCE.md does.
+    latency = sorted(runs, key=lambda r: r.percentile(0.99))[len(runs) // 2]
     ramp: list[Step] = []
     for rate in args.rates:
-        step = await _run_step(
-            chats[0], sender.tokens.access_token, room.id, subs, rate, args.step_seconds, pid
-        )
-        ramp.append(step)
-        _print_step("ramp", step)
-        if step.percentile(0.99) > args.bound_ms or step.delivered < step.expected:
+        # Two tries per rate: one noisy neighbour (the machine is shared) should not end the ramp.
+        for _ in range(2):
+            step = await _run_step(
+                chats[0], sender.tokens.access_token, room.id, subs, rate, args.step_seconds, pid
+            )
+            ramp.append(step)
+            _print_step("ramp", step)
+            if _within(step, args.bound_ms):
+                break
+        if not _within(step, args.bound_ms):
             break
     for sub in subs:
         await sub.close()
@@ -231,11 +243,17 @@ async def _measure(address: str, args: argparse.Namespace, pid: int) -> dict[str
         await channel.close(None)
     return {
         "latency": latency,
+        "latency_runs": runs,
         "ramp": ramp,
         "rss_start": rss_idle_server,
+        "load_start": load_start,
         "rss_before_idle": rss_before,
         "rss_idle": rss_after,
     }
+
+
+def _within(step: Step, bound_ms: float) -> bool:
+    return step.delivered >= step.expected and step.percentile(0.99) <= bound_ms
 
 
 def _print_step(what: str, step: Step) -> None:
@@ -278,7 +296,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--rate", type=float, default=50.0, help="messages/s for the latency figure")
-    parser.add_argument("--seconds", type=float, default=10.0, help="duration of the latency run")
+    parser.add_argument("--seconds", type=float, default=10.0, help="duration of each latency run")
+    parser.add_argument("--repeats", type=int, default=3, help="latency runs (the median one is reported)")
     parser.add_argument("--rates", type=float, nargs="+", default=[50, 100, 150, 200, 250, 300, 400, 500])
     parser.add_argument("--step-seconds", type=float, default=5.0, help="duration of each ramp step")
     parser.add_argument("--bound-ms", type=float, default=50.0, help="p99 bound for the sustained figure")
@@ -323,10 +342,14 @@ def main(argv: list[str] | None = None) -> None:
 def _report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     latency: Step = figures["latency"]
     ramp: list[Step] = figures["ramp"]
-    within = [s for s in ramp if s.percentile(0.99) <= args.bound_ms and s.delivered >= s.expected]
+    within = [s for s in ramp if _within(s, args.bound_ms)]
     best = max(within, key=lambda s: s.rate, default=None)
     print()
     print("SendInChat chat fan-out benchmark")
+    print(
+        f"  load average (1 min) at start {figures['load_start']:.2f}, at end {os.getloadavg()[0]:.2f}"
+        " (the machine may be shared: above ~1.5 the figures are pessimistic)"
+    )
     print(
         f"  machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()},"
         f" grpcio {grpc.__version__}; server, PostgreSQL and this load generator on the same machine"
@@ -337,9 +360,11 @@ def _report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     )
     print()
     print(
-        f"  latency at {latency.rate:g} msg/s for {args.seconds:g} s ({latency.rate * args.subscribers:.0f}"
-        f" deliveries/s): p50 {latency.percentile(0.5):.1f} ms, p99 {latency.percentile(0.99):.1f} ms,"
-        f" {latency.delivered}/{latency.expected} delivered, server {latency.server_cores:.2f} cores"
+        f"  latency at {latency.rate:g} msg/s ({latency.rate * args.subscribers:.0f} deliveries/s), median of"
+        f" {args.repeats} runs of {args.seconds:g} s: p50 {latency.percentile(0.5):.1f} ms,"
+        f" p99 {latency.percentile(0.99):.1f} ms, {latency.delivered}/{latency.expected} delivered,"
+        f" server {latency.server_cores:.2f} cores"
+        f" (all p99: {', '.join(f'{r.percentile(0.99):.1f}' for r in figures['latency_runs'])} ms)"
     )
     if best is None:
         print(f"  sustained: no ramp step kept p99 <= {args.bound_ms:g} ms")
@@ -347,7 +372,8 @@ def _report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
         print(
             f"  sustained: {best.rate:g} msg/s = {best.delivered / args.step_seconds:.0f} deliveries/s with"
             f" p99 {best.percentile(0.99):.1f} ms <= {args.bound_ms:g} ms"
-            f" (steps of {args.step_seconds:g} s: {', '.join(f'{s.rate:g}' for s in ramp)} msg/s)"
+            f" (steps of {args.step_seconds:g} s, up to 2 tries each:"
+            f" {', '.join(f'{s.rate:g}' for s in ramp)} msg/s)"
         )
     print(
         f"  memory: server RSS {figures['rss_before_idle']:.0f} MB -> {figures['rss_idle']:.0f} MB with"
