@@ -24,6 +24,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -60,6 +61,7 @@ class Result:
     errors: int = 0
     server_cores: float = 0.0
     postgres_cores: float = 0.0
+    client_cores: float = 0.0
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -151,6 +153,7 @@ def _run_load(
     server_pid: int | None = None,
 ) -> Result:
     procs = max(1, min(procs, concurrency))
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start_at = time.time() + 1.5  # let every process import and connect first
     children = []
     for p in range(procs):
@@ -185,6 +188,10 @@ def _run_load(
         path.unlink()
         latencies.extend(out["latencies"])
         errors += out["errors"]
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    client_cpu = (children_after.ru_utime + children_after.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
     latencies.sort()
     name = "Health/Check" if kind == "health" else "CreateTransfer"
     if not latencies:
@@ -198,6 +205,7 @@ def _run_load(
         errors=errors,
         server_cores=(cpu_after[0] - cpu_before[0]) / seconds,
         postgres_cores=(cpu_after[1] - cpu_before[1]) / seconds,
+        client_cores=client_cpu / seconds,  # includes start-up and connecting
     )
 
 
@@ -374,7 +382,8 @@ def _print_progress(results: list[Result]) -> None:
     for r in results:
         print(
             f"  c={r.concurrency:<3} {r.what:<18} {r.rate:9.0f}/s"
-            f"  (server {r.server_cores:.2f} cores, postgres {r.postgres_cores:.2f} cores)",
+            f"  (server {r.server_cores:.2f} cores, postgres {r.postgres_cores:.2f} cores,"
+            f" clients {r.client_cores:.2f} cores)",
             file=sys.stderr,
         )
 

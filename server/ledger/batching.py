@@ -2,7 +2,9 @@
 
 While fewer than `max_in_flight` batches are running, whatever has queued in the current event-loop
 tick is sent at once (so a lone caller waits for nobody). Otherwise requests queue and leave together,
-up to `max_batch`, as soon as a running batch returns. One batch is one call of the PL/pgSQL function
+up to `max_batch`, as soon as a running batch returns. One batch in flight per process measured best
+(bench/README.md): a second one mostly waits for the first one's account locks, and halves both
+batches, so the database does more work per transfer. One batch is one call of the PL/pgSQL function
 `ledger_create_transfers`: one round trip, one transaction, one row per request (by position).
 If the statement itself fails, every request of that batch is retried alone, so an unexpected error
 reaches only the request that causes it.
@@ -49,7 +51,7 @@ _Pending = tuple[TransferOrder, "asyncio.Future[asyncpg.Record]"]
 class TransferBatcher:
     """Coalesces concurrent TransferOrders into batched calls of `ledger_create_transfers`."""
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 256, max_in_flight: int = 2) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 256, max_in_flight: int = 1) -> None:
         self._pool = pool
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
