@@ -114,7 +114,7 @@ class WatchHub:
             await self._wanted.wait()
             try:
                 await self._listen()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            except Exception:  # the listener must outlive any one failure; watchers resume from the log
                 log.warning("ledger event listener failed; retrying", exc_info=True)
                 await asyncio.sleep(1.0)
             if self._count == 0:
