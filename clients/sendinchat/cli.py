@@ -15,13 +15,10 @@ from decimal import Decimal, InvalidOperation
 
 from sendinchat.client import Client
 from sendinchat.errors import SendInChatError
-from sendinchat.v1 import chat_pb2, users_pb2
-
-_EXPONENTS = {"JPY": 0}
+from sendinchat.v1 import users_pb2
 
 
-def _minor_units(amount: str, currency: str) -> int:
-    exponent = _EXPONENTS.get(currency.upper(), 2)
+def _minor_units(amount: str, currency: str, exponent: int) -> int:
     try:
         value = Decimal(amount) * (10**exponent)
     except InvalidOperation:
@@ -77,13 +74,15 @@ async def _run(args: argparse.Namespace) -> None:
             print(f"{account.currency}: {account.available_minor} available ({account.balance_minor} posted)")
         elif args.command == "pay":
             currency = args.currency.upper()
+            # The server knows each currency's minor unit (2 for USD, 0 for JPY, ...).
+            exponent = (await client.account(currency)).minor_unit_exponent
+            amount_minor = _minor_units(args.amount, currency, exponent)
             transfer = await client.transfer(
-                to_username=args.username, currency=currency, amount_minor=_minor_units(args.amount, currency)
+                to_username=args.username, currency=currency, amount_minor=amount_minor
             )
             print(f"sent: transfer {transfer.id}")
         elif args.command == "rooms":
-            reply = await client.chat.ListRooms(chat_pb2.ListRoomsRequest(), metadata=client.metadata)
-            for room in reply.rooms:
+            for room in await client.rooms():
                 print(f"{room.id}  {room.name or '(direct)'}  unread={room.unread_count}")
         elif args.command == "chat":
             await _chat(client, args.room_id)

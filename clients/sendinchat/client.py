@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -25,6 +26,7 @@ T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
 
 _RETRYABLE = (ConflictError, UnavailableError)
+_EXPIRY_MARGIN_SECONDS = 5
 
 
 class Client:
@@ -51,6 +53,7 @@ class Client:
         self.chat = chat_pb2_grpc.ChatServiceStub(self._channel)
         self.tokens: users_pb2.TokenPair | None = None
         self._money_retries = money_retries
+        self._refresh_lock = asyncio.Lock()
 
     async def __aenter__(self) -> Client:
         return self
@@ -84,6 +87,19 @@ class Client:
         )
         self.tokens = reply.tokens
         return reply.user
+
+    @property
+    def access_token_expiring(self) -> bool:
+        """True when the access token expires within the next few seconds."""
+        if self.tokens is None or not self.tokens.HasField("access_token_expire_time"):
+            return False
+        return self.tokens.access_token_expire_time.ToSeconds() < time.time() + _EXPIRY_MARGIN_SECONDS
+
+    async def refresh_if_stale(self, stale: users_pb2.TokenPair | None) -> None:
+        """Refresh unless another task already replaced `stale` (refresh tokens work once)."""
+        async with self._refresh_lock:
+            if self.tokens is stale:
+                await self.refresh()
 
     async def refresh(self) -> None:
         """Rotate the token pair."""
@@ -137,6 +153,12 @@ class Client:
         reply = await self._money(lambda md: self.chat.SendMessage(request, metadata=md))
         return reply.message
 
+    async def rooms(self) -> list[chat_pb2.Room]:
+        """The caller's rooms (first page, most recently active first)."""
+        request = chat_pb2.ListRoomsRequest(page_size=100)
+        reply = await self._authorized(lambda md: self.chat.ListRooms(request, metadata=md))
+        return list(reply.rooms)
+
     def connect(self) -> ChatConnection:
         """A chat stream that remembers the last sequence of each room, for resuming."""
         return ChatConnection(self)
@@ -145,12 +167,13 @@ class Client:
 
     async def _authorized(self, call: Callable[[Metadata], Awaitable[T]]) -> T:
         """Run a call with the access token, refreshing it once if it has expired."""
+        tokens = self.tokens
         try:
             return await _translated(call(self.metadata))
         except UnauthenticatedError as exc:
-            if self.tokens is None or "expired" not in exc.message:
+            if tokens is None or "expired" not in exc.message:
                 raise
-        await self.refresh()
+        await self.refresh_if_stale(tokens)
         return await _translated(call(self.metadata))
 
     async def _money(self, call: Callable[[Metadata], Awaitable[T]]) -> T:
@@ -181,14 +204,12 @@ class ChatConnection:
             await self.subscribe(room_id, after_sequence=sequence)
 
     async def resume(self) -> None:
-        """Reopen after a disconnect (refreshing the token first if it expired)."""
+        """Reopen after a disconnect, refreshing the access token first if it is (nearly) expired."""
         if self._call is not None:
             self._call.cancel()
-        try:
-            await self.open()
-        except UnauthenticatedError:
-            await self._client.refresh()
-            await self.open()
+        if self._client.access_token_expiring:
+            await self._client.refresh_if_stale(self._client.tokens)
+        await self.open()
 
     async def close(self) -> None:
         """Half-close and drop the stream."""
@@ -197,8 +218,13 @@ class ChatConnection:
             self._call.cancel()
 
     async def subscribe(self, room_id: str, *, after_sequence: int = -1) -> None:
-        """Receive a room: everything after after_sequence is replayed, then live messages."""
-        self.last_sequence.setdefault(room_id, max(after_sequence, 0))
+        """Receive a room: everything after after_sequence is replayed, then live messages.
+
+        -1 means only new messages; the SubscribedEvent's last_sequence then becomes the point
+        to resume from.
+        """
+        known = self.last_sequence.get(room_id, -1)
+        self.last_sequence[room_id] = max(known, after_sequence)
         frame = chat_pb2.SubscribeFrame(room_id=room_id, after_sequence=after_sequence)
         await self._write(chat_pb2.ConnectRequest(subscribe=frame))
 
@@ -229,6 +255,8 @@ class ChatConnection:
                 if event.HasField("message"):
                     room = event.message.room_id
                     self.last_sequence[room] = max(self.last_sequence.get(room, 0), event.message.sequence)
+                elif event.HasField("subscribed") and self.last_sequence.get(event.subscribed.room_id) == -1:
+                    self.last_sequence[event.subscribed.room_id] = event.subscribed.last_sequence
                 yield event
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from sendinchat import Client, InvalidArgumentError, UnauthenticatedError
@@ -47,4 +49,18 @@ class TestClientUsers:
             first_refresh = client.tokens.refresh_token
             await client.refresh()
             assert client.tokens.refresh_token != first_refresh
+            assert (await client.me()).username == name
+
+
+class TestClientRefresh:
+    async def test_refreshes_once_when_many_tasks_find_the_same_stale_tokens(self, server):
+        name = random_name()
+        async with Client(server.address) as client:
+            await client.register(name, PASSWORD)
+            await client.login(name, PASSWORD)
+            stale = client.tokens
+            await asyncio.gather(*(client.refresh_if_stale(stale) for _ in range(5)))
+            assert client.tokens is not stale
+            # A second refresh with the old token would have revoked the session; it still works:
+            await client.refresh()
             assert (await client.me()).username == name
