@@ -11,7 +11,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from server.config import Config, ConfigError
-from server.errors import UnavailableError
+from server.errors import PermissionDeniedError, UnavailableError
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"sendinchat: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    except UnavailableError as exc:
+    except (UnavailableError, PermissionDeniedError) as exc:
         print(f"sendinchat: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     except KeyboardInterrupt:

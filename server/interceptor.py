@@ -10,11 +10,12 @@ opens a stream and waits is still refused before anything is read.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar, cast
 
 import asyncpg
@@ -39,8 +40,10 @@ PUBLIC_METHODS = frozenset(
 )
 PUBLIC_SERVICE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
+# A connection that dies mid-call; failures to open one are UnavailableError already (db/pool.py).
 _UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
+    ConnectionError,
+    TimeoutError,
     asyncpg.CannotConnectNowError,
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.TooManyConnectionsError,
@@ -231,9 +234,10 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # g
 async def _drive(inner: Callable[..., Any], request: Any, context: Context) -> None:
     """Run a response-streaming handler of either shape (async generator, or read/write coroutine)."""
     if inspect.isasyncgenfunction(inner):
-        responses: AsyncIterator[Any] = inner(request, context)
-        async for response in responses:
-            await context.write(response)
+        # aclosing: the generator's finally blocks run now, not whenever it is collected.
+        async with contextlib.aclosing(inner(request, context)) as responses:
+            async for response in responses:
+                await context.write(response)
     else:
         await inner(request, context)
 

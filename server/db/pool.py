@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -9,8 +10,12 @@ from asyncpg.pool import PoolConnectionProxy
 
 from server.errors import UnavailableError
 
+log = logging.getLogger(__name__)
+
 # What service functions accept: a bare connection or one checked out of the pool.
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
+# What servicers hold and pass on, without depending on asyncpg themselves.
+Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 
 
 async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
@@ -19,7 +24,9 @@ async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(*args, **kwargs)
     except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise UnavailableError(f"cannot connect to the database: {exc}") from exc
+        # The cause (host, port, database or role names) goes to the log, never to the client.
+        log.warning("cannot connect to the database: %s", exc)
+        raise UnavailableError("the database is unavailable; retry later") from exc
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

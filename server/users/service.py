@@ -105,12 +105,14 @@ async def register(
     password: str,
     display_name: str,
     role: Role = Role.USER,
+    peer_host: str | None = None,
 ) -> User:
-    """Create a user.
+    """Create a user; with peer_host, registrations from that address are throttled.
 
     Raises:
         InvalidArgumentError: a field breaks its rule.
         AlreadyExistsError: the username is taken (case-insensitively).
+        RateLimitedError: too many registrations from this peer.
     """
     violations: dict[str, str] = {}
     for check in (
@@ -125,6 +127,9 @@ async def register(
     if violations:
         raise InvalidArgumentError(violations)
     name = normalize_username(username)
+    if peer_host is not None:
+        async with pool.acquire() as conn:
+            await throttle.count_registration(conn, deps.login_limits, peer_host=peer_host)
     password_hash = await deps.hasher.hash(password)
     try:
         row = await pool.fetchrow(
@@ -277,12 +282,23 @@ async def change_password(
 
 
 async def ensure_admin(pool: asyncpg.Pool, deps: UserDeps, *, username: str, password: str) -> User:
-    """Create `username` as an admin, or promote the existing user of that name."""
+    """Create `username` as an admin, or promote the existing user of that name.
+
+    Raises:
+        PermissionDeniedError: the user exists and `password` is not theirs (promoting someone
+            who merely registered the name first would hand them the admin role).
+    """
     try:
         return await register(
             pool, deps, username=username, password=password, display_name="", role=Role.ADMIN
         )
     except AlreadyExistsError:
-        row = await pool.fetchrow(_PROMOTE, normalize_username(username))
-        assert row is not None
-        return User.from_record(row)
+        name = normalize_username(username)
+        row = await pool.fetchrow(_CREDENTIALS_BY_NAME, name)
+        if row is None or not await deps.hasher.verify(password, str(row["password_hash"])):
+            raise PermissionDeniedError(
+                f"user {name!r} exists and the password given is not theirs; not promoted"
+            ) from None
+        promoted = await pool.fetchrow(_PROMOTE, name)
+        assert promoted is not None
+        return User.from_record(promoted)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncpg
 import grpc
 
 from sendinchat.v1 import users_pb2, users_pb2_grpc
 from server.auth.principal import Role, current_principal
+from server.db.pool import Pool
 from server.protoconv import timestamp
 from server.users import service
 from server.users.throttle import peer_host
@@ -46,7 +46,7 @@ def _tokens(pair: service.TokenPair) -> users_pb2.TokenPair:
 class UserServicer(users_pb2_grpc.UserServiceServicer):
     """Registration, login, tokens and profiles."""
 
-    def __init__(self, pool: asyncpg.Pool, deps: service.UserDeps) -> None:
+    def __init__(self, pool: Pool, deps: service.UserDeps) -> None:
         self._pool = pool
         self._deps = deps
 
@@ -62,6 +62,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
             username=request.username,
             password=request.password,
             display_name=request.display_name,
+            peer_host=peer_host(context.peer()),
         )
         return users_pb2.RegisterResponse(user=_user(user))
 

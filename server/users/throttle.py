@@ -49,6 +49,16 @@ async def count_login_attempt(
             )
 
 
+async def count_registration(conn: Connection, limits: LoginLimits, *, peer_host: str) -> None:
+    """Count one registration from a peer (each costs a bcrypt hash); RateLimitedError over the limit."""
+    rows = await conn.fetch(_COUNT_ATTEMPT, [f"register:{peer_host}"], limits.window_seconds)
+    if int(rows[0]["attempts"]) > limits.per_peer:
+        raise RateLimitedError(
+            "too many registrations from this address; retry later",
+            retry_after_seconds=max(1.0, float(rows[0]["retry_after"])),
+        )
+
+
 async def forget_username_attempts(conn: Connection, *, username: str) -> None:
     """After a successful login the username's counter starts over."""
     await conn.execute(_FORGET, f"user:{username}")

@@ -51,12 +51,24 @@ class TestCreateAdmin:
         assert reply.user.role == users_pb2.ROLE_ADMIN
         assert ADMIN_PASSWORD not in stdout + stderr
 
-    async def test_existing_user_is_promoted_and_keeps_password_when_created_again(self, servers):
+    async def test_existing_user_is_promoted_when_the_operator_gives_their_password(self, servers):
         server = await servers.start()
-        account = await signed_up(server.stubs)
+        account = await signed_up(server.stubs, password=ADMIN_PASSWORD)
         code, _stdout, stderr = await _create_admin(server.database_url, account.username)
         assert code == 0, stderr
         reply = await server.stubs.users.Login(
-            users_pb2.LoginRequest(username=account.username, password=PASSWORD)
+            users_pb2.LoginRequest(username=account.username, password=ADMIN_PASSWORD)
         )
         assert reply.user.role == users_pb2.ROLE_ADMIN
+
+    async def test_existing_user_is_not_promoted_when_the_password_is_not_theirs(self, servers):
+        server = await servers.start()
+        account = await signed_up(server.stubs)
+        code, _stdout, stderr = await _create_admin(server.database_url, account.username)
+        assert code != 0
+        assert "not promoted" in stderr
+        assert "Traceback" not in stderr
+        reply = await server.stubs.users.Login(
+            users_pb2.LoginRequest(username=account.username, password=PASSWORD)
+        )
+        assert reply.user.role == users_pb2.ROLE_USER

@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from sendinchat.v1 import users_pb2
-from tests.helpers import PASSWORD, error_info, field_violations, random_name
+from tests.helpers import PASSWORD, error_info, field_violations, random_name, retry_delay_seconds
 
 
 class TestRegister:
@@ -80,3 +80,16 @@ class TestRegister:
         assert len(winners) == 1
         assert len(losers) == 9
         assert {e.code() for e in losers} == {grpc.StatusCode.ALREADY_EXISTS}
+
+    async def test_is_resource_exhausted_with_retry_info_when_one_peer_registers_too_often(self, servers):
+        server = await servers.start(login_attempts_per_peer=2)
+        for _ in range(2):
+            await server.stubs.users.Register(
+                users_pb2.RegisterRequest(username=random_name(), password=PASSWORD)
+            )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await server.stubs.users.Register(
+                users_pb2.RegisterRequest(username=random_name(), password=PASSWORD)
+            )
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert retry_delay_seconds(caught.value) > 0
