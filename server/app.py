@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import signal
+import tempfile
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -21,10 +22,11 @@ from server.auth.tokens import TokenCodec
 from server.chat import payments
 from server.chat.hub import ChatHub
 from server.chat.servicer import ChatServicer
-from server.config import Config, ConfigError
+from server.config import MIN_JWT_SECRET_BYTES, Config, ConfigError
 from server.db.embedded import EmbeddedPostgres
 from server.db.migrate import migrate
 from server.db.pool import create_pool
+from server.errors import UnavailableError
 from server.health import HealthState
 from server.interceptor import RpcInterceptor, StreamLifetimes
 from server.ledger.servicer import LedgerServicer
@@ -122,7 +124,9 @@ async def create_server(
 
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    health_state = HealthState(health_servicer, SERVICE_NAMES, metrics)
+    # Every gate starts closed: NOT_SERVING until the database answered and the audit passed.
+    health_state = HealthState(health_servicer, SERVICE_NAMES, metrics, gates=("database", "ledger_audit"))
+    await health_state.publish()
     enable_reflection([*SERVICE_NAMES, health.SERVICE_NAME], server)
 
     port = _bind(server, config)
@@ -130,6 +134,7 @@ async def create_server(
     await server.start()
     await health_state.probe_database(pool)
     await ledger.audit_into(health_state)
+    await health_state.publish()
     running = RunningServer(server, port, health_state, streams, config.shutdown_grace_seconds)
     running.tasks.append(asyncio.create_task(health_state.watch_database(pool)))
     running.tasks.append(asyncio.create_task(ledger.run_background(health_state)))
@@ -161,12 +166,22 @@ def load_jwt_secret(config: Config) -> str:
     path = config.data_dir / _JWT_SECRET_FILE
     if not path.exists():
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: when two replicas start at once, one writes and both read the same secret.
-        with contextlib.suppress(FileExistsError):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written whole to a private temporary file, then linked into place: link() fails if
+        # another replica got there first, and nobody ever reads a half-written secret.
+        fd, temporary = tempfile.mkstemp(dir=config.data_dir, prefix=".jwt_secret.")
+        try:
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(48))
-    return path.read_text().strip()
+            with contextlib.suppress(FileExistsError):
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
+    secret = path.read_text().strip()
+    if len(secret.encode()) < MIN_JWT_SECRET_BYTES:
+        raise ConfigError(
+            f"SENDINCHAT_DATA_DIR: {path} holds a JWT secret under {MIN_JWT_SECRET_BYTES} bytes"
+        )
+    return secret
 
 
 async def open_database(config: Config) -> tuple[str, EmbeddedPostgres | None]:
@@ -179,7 +194,10 @@ async def open_database(config: Config) -> tuple[str, EmbeddedPostgres | None]:
 
 async def run_migrations(dsn: str) -> list[str]:
     """Apply pending migrations on a dedicated connection."""
-    conn = await asyncpg.connect(dsn)
+    try:
+        conn = await asyncpg.connect(dsn)
+    except (OSError, asyncpg.PostgresError) as exc:
+        raise UnavailableError(f"cannot reach the database to migrate it: {exc}") from None
     try:
         return await migrate(conn)
     finally:
@@ -188,7 +206,14 @@ async def run_migrations(dsn: str) -> list[str]:
 
 async def serve(config: Config) -> None:
     """Run the server until SIGTERM or SIGINT, then shut down gracefully."""
-    configure_logging(config.log_level)
+    log_writer = configure_logging(config.log_level)
+    try:
+        await _serve(config)
+    finally:
+        log_writer.stop()
+
+
+async def _serve(config: Config) -> None:
     jwt_secret = load_jwt_secret(config)
     dsn, embedded = await open_database(config)
     try:
@@ -214,7 +239,12 @@ async def _serve_with_pool(config: Config, pool: asyncpg.Pool, jwt_secret: str, 
         log.info("admin user %s is ready", admin.username)
     metrics = Metrics()
     if config.metrics_address:
-        metrics_port = metrics.serve(config.metrics_address)
+        try:
+            metrics_port = metrics.serve(config.metrics_address)
+        except OSError as exc:
+            raise ConfigError(
+                f"SENDINCHAT_METRICS_ADDRESS: cannot listen on {config.metrics_address}: {exc}"
+            ) from None
         log.info("metrics on http://%s:%d/metrics", config.metrics_address.rpartition(":")[0], metrics_port)
     running = await create_server(config, pool, jwt_secret=jwt_secret, metrics=metrics, dsn=dsn)
     log.info("serving gRPC on %s (port %d)", config.address, running.port)

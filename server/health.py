@@ -21,11 +21,14 @@ PROBE_TIMEOUT_SECONDS = 2.0
 class HealthState:
     """Combines named gates (database, ledger audit, shutdown) into the served health status."""
 
-    def __init__(self, servicer: HealthServicer, service_names: list[str], metrics: Metrics) -> None:
+    def __init__(
+        self, servicer: HealthServicer, service_names: list[str], metrics: Metrics, *, gates: tuple[str, ...]
+    ) -> None:
         self.servicer = servicer
         self._service_names = ["", *service_names]
         self._metrics = metrics
-        self._gates: dict[str, bool] = {"database": False}
+        self._gates: dict[str, bool] = dict.fromkeys(gates, False)
+        self._published: bool | None = None
 
     def set_gate(self, name: str, ok: bool) -> None:
         """Open or close one gate; the status is SERVING when every gate is open."""
@@ -43,7 +46,10 @@ class HealthState:
         return all(self._gates.values())
 
     async def publish(self) -> None:
-        """Push the current status to every service name (and to Watch streams)."""
+        """Push the current status to every service name (and to Watch streams) when it changed."""
+        if self._published is self.serving:
+            return
+        self._published = self.serving
         value = (
             health_pb2.HealthCheckResponse.SERVING
             if self.serving
@@ -53,11 +59,27 @@ class HealthState:
             await self.servicer.set(name, value)
 
     async def probe_database(self, pool: asyncpg.Pool) -> None:
-        """Check the database once and publish the result."""
-        ok = False
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
-                ok = await pool.fetchval("SELECT 1") == 1
+        """Check the database once and publish the result.
+
+        A pool with every connection busy is a loaded replica, not a broken one: when no
+        connection frees up within the timeout, the previous verdict stands.
+        """
+        try:
+            connection = await pool.acquire(timeout=PROBE_TIMEOUT_SECONDS)
+        except TimeoutError:
+            return
+        except Exception:
+            ok = False
+        else:
+            ok = False
+            try:
+                async with asyncio.timeout(PROBE_TIMEOUT_SECONDS):
+                    ok = await connection.fetchval("SELECT 1") == 1
+            except Exception:
+                ok = False
+            finally:
+                with contextlib.suppress(Exception):
+                    await pool.release(connection)
         self.set_gate("database", ok)
         await self.publish()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
+import queue
 import sys
 
 import grpc
@@ -30,13 +32,20 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str) -> None:
-    """JSON lines on stderr for the whole process."""
+def configure_logging(level: str) -> logging.handlers.QueueListener:
+    """JSON lines on stderr for the whole process; stop the returned listener at exit to flush.
+
+    A thread writes them, so a slow log sink never blocks the event loop.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(records, handler)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(level)
+    listener.start()
+    return listener
 
 
 class Metrics:

@@ -16,6 +16,7 @@ async def postgres() -> AsyncIterator[Postgres]:
     pg = Postgres()
     await pg.create_template()
     yield pg
+    await pg.drop_database(pg.url_for(pg.template))
 
 
 @pytest_asyncio.fixture(loop_scope="session")
