@@ -30,11 +30,10 @@ RUN groupadd --system --gid 10001 sendinchat \
     && mkdir -p /data \
     && chown sendinchat:sendinchat /data
 
+# The venv holds the installed server and stubs (migrations and the descriptor set are package
+# data); no source is copied, so there is exactly one copy of the code in the image.
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
-COPY --chown=sendinchat:sendinchat server ./server
-COPY --chown=sendinchat:sendinchat clients ./clients
-COPY --chown=sendinchat:sendinchat protos ./protos
 
 USER 10001:10001
 VOLUME ["/data"]
