@@ -51,7 +51,14 @@ _Pending = tuple[TransferOrder, "asyncio.Future[asyncpg.Record]"]
 class TransferBatcher:
     """Coalesces concurrent TransferOrders into batched calls of `ledger_create_transfers`."""
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 256, max_in_flight: int = 1) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_batch: int = 256,
+        max_in_flight: int = 1,
+        linger_seconds: float = 0.0005,
+    ) -> None:
         self._pool = pool
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
@@ -59,6 +66,11 @@ class TransferBatcher:
         self._in_flight = 0
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        # A batch leaves as soon as about as many requests wait as left last time, or after a
+        # short linger: at steady load that keeps batches large (less database work per transfer).
+        self._expected = 1
+        self._linger: asyncio.TimerHandle | None = None
+        self._linger_seconds = linger_seconds
         self.batches = 0
         self.orders = 0
 
@@ -67,14 +79,24 @@ class TransferBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[asyncpg.Record] = loop.create_future()
         self._queue.append((order, future))
-        if not self._flush_scheduled and self._in_flight < self._max_in_flight:
-            self._flush_scheduled = True
-            loop.call_soon(self._flush)
+        if self._in_flight < self._max_in_flight and not self._flush_scheduled:
+            if len(self._queue) >= self._expected:
+                self._flush_scheduled = True
+                if self._linger is not None:
+                    self._linger.cancel()
+                    self._linger = None
+                loop.call_soon(self._flush)
+            elif self._linger is None:
+                self._linger = loop.call_later(self._linger_seconds, self._flush)
         return await future
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
         while self._queue and self._in_flight < self._max_in_flight:
+            self._expected = max(1, len(self._queue[: self._max_batch]) - 1)
             batch = self._queue[: self._max_batch]
             del self._queue[: self._max_batch]
             self._in_flight += 1
@@ -107,8 +129,10 @@ class TransferBatcher:
                 _settle(future, by_index[index])
         finally:
             self._in_flight -= 1
-            if self._queue:
+            if self._queue and len(self._queue) >= self._expected:
                 self._flush()
+            elif self._queue and self._linger is None:
+                self._linger = asyncio.get_running_loop().call_later(self._linger_seconds, self._flush)
 
     async def _execute(self, orders: list[TransferOrder]) -> list[asyncpg.Record]:
         self.batches += 1
