@@ -255,3 +255,19 @@ class TestVoidPendingTransfer:
             await _void(stubs, alice, other.id, rid=rid)
         assert error_info(caught.value).reason == "IDEMPOTENCY_KEY_REUSED"
         assert (await account(stubs, alice)).pending_debit_minor == 100
+
+    async def test_is_idempotency_key_reused_when_a_void_request_id_is_used_to_transfer(
+        self, stubs, alice, bob
+    ):
+        held = await _hold(stubs, alice, bob, 100)
+        rid = request_id()
+        await _void(stubs, alice, held.id, rid=rid)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stubs.ledger.CreateTransfer(
+                ledger_pb2.CreateTransferRequest(
+                    request_id=rid, to_user_id=bob.id, currency="USD", amount_minor=1
+                ),
+                metadata=alice.auth,
+            )
+        assert error_info(caught.value).reason == "IDEMPOTENCY_KEY_REUSED"
+        assert await balance(stubs, bob) == 0

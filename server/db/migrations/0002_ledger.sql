@@ -265,6 +265,8 @@ BEGIN
                    AND coalesce(fu.id, fs.id) <> coalesce(tu.id, ts.id)
                    AND count(*) OVER (PARTITION BY x.ini, x.req) = 1
                    AND NOT EXISTS (SELECT 1 FROM transfers t WHERE t.initiator_id = x.ini AND t.request_id = x.req)
+                   AND NOT EXISTS (SELECT 1 FROM transfer_resolutions r
+                                   WHERE r.initiator_id = x.ini AND r.request_id = x.req)
                    AS candidate
             FROM unnest(p_initiator, p_request, p_kind, p_from_user, v_to_user, p_currency, p_amount)
                  WITH ORDINALITY AS x(ini, req, kind, fu, tu, cur, amt, n)
@@ -346,6 +348,9 @@ BEGIN
             outcome := 'SOURCE_NOT_FOUND';
         ELSIF p_kind[i] = 'transfer' AND v_to_user[i] = p_from_user[i] THEN
             outcome := 'SELF_TRANSFER';
+        ELSIF EXISTS (SELECT 1 FROM transfer_resolutions r
+                      WHERE r.initiator_id = p_initiator[i] AND r.request_id = p_request[i]) THEN
+            outcome := 'IDEMPOTENCY_KEY_REUSED';  -- the request_id of a post or void
         ELSE
             outcome := NULL;
             IF p_from_user[i] IS NOT NULL THEN
