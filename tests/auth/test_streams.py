@@ -36,7 +36,13 @@ class TestWatchTransfers:
         call = stubs.ledger.WatchTransfers(ledger_pb2.WatchTransfersRequest(), metadata=bearer("x.y.z"))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await asyncio.wait_for(call.read(), READ_TIMEOUT)
-        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        error = caught.value
+        if error.code() == grpc.StatusCode.INTERNAL:
+            # grpc-core's client, not the server: when our frame goes out after the server has
+            # already ended the call, the client's failed send replaces the server's status.
+            assert "SendMessageOperation" in (error.debug_error_string() or ""), error
+        else:
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 class TestConnect:
@@ -57,7 +63,13 @@ class TestConnect:
             await call.write(chat_pb2.ConnectRequest(ping=chat_pb2.PingFrame()))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await asyncio.wait_for(call.read(), READ_TIMEOUT)
-        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        error = caught.value
+        if error.code() == grpc.StatusCode.INTERNAL:
+            # grpc-core's client, not the server: when our frame goes out after the server has
+            # already ended the call, the client's failed send replaces the server's status.
+            assert "SendMessageOperation" in (error.debug_error_string() or ""), error
+        else:
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 _COLLECT = "/test.Probe/Collect"
