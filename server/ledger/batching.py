@@ -6,8 +6,11 @@ up to `max_batch`, as soon as a running batch returns. One batch in flight per p
 (bench/README.md): a second one mostly waits for the first one's account locks, and halves both
 batches, so the database does more work per transfer. One batch is one call of the PL/pgSQL function
 `ledger_create_transfers`: one round trip, one transaction, one row per request (by position).
-If the statement itself fails, every request of that batch is retried alone, so an unexpected error
-reaches only the request that causes it.
+Plain immediate user-to-user transfers (the bulk of the traffic) go instead through the leaner
+`ledger_transfer_batch`, which creates every one that cannot fail in one statement; the rare rest
+(a retry, short funds, a recipient without an account...) then goes through `ledger_create_transfers`
+for its outcome, in a second round trip. If a statement itself fails, every request of that batch is
+retried alone, so an unexpected error reaches only the request that causes it.
 """
 
 from __future__ import annotations
@@ -19,12 +22,17 @@ from datetime import datetime
 
 import asyncpg
 
+from server.ledger.models import Transfer
+
 log = logging.getLogger(__name__)
 
 _CREATE_TRANSFERS = """
 SELECT * FROM ledger_create_transfers(
     $1::uuid[], $2::uuid[], $3::text[], $4::boolean[], $5::uuid[], $6::uuid[], $7::text[], $8::text[],
     $9::bigint[], $10::text[], $11::timestamptz[])
+"""
+_TRANSFER_BATCH = """
+SELECT * FROM ledger_transfer_batch($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[], $6::text[])
 """
 
 
@@ -44,8 +52,20 @@ class TransferOrder:
     memo: str
     expires_at: datetime | None = None
 
+    @property
+    def plain(self) -> bool:
+        """An immediate transfer from the initiator to a user named by id: the lean function's case."""
+        return (
+            self.kind == "transfer"
+            and not self.two_phase
+            and self.to_user_id is not None
+            and self.from_user_id == self.initiator_id
+        )
 
-_Pending = tuple[TransferOrder, "asyncio.Future[asyncpg.Record]"]
+
+# The outcome word and, for CREATED and REPLAYED, the transfer.
+Result = tuple[str, Transfer | None]
+_Pending = tuple[TransferOrder, "asyncio.Future[Result]"]
 
 
 class TransferBatcher:
@@ -74,10 +94,10 @@ class TransferBatcher:
         self.batches = 0
         self.orders = 0
 
-    async def submit(self, order: TransferOrder) -> asyncpg.Record:
-        """The function's row for this order (its outcome and, when there is one, the transfer)."""
+    async def submit(self, order: TransferOrder) -> Result:
+        """This order's outcome and, when there is one, its transfer."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[asyncpg.Record] = loop.create_future()
+        future: asyncio.Future[Result] = loop.create_future()
         self._queue.append((order, future))
         if self._in_flight < self._max_in_flight and not self._flush_scheduled:
             if len(self._queue) >= self._expected:
@@ -110,29 +130,81 @@ class TransferBatcher:
             if not live:
                 return
             try:
-                rows = await self._execute([order for order, _ in live])
+                await self._create(live)
             except Exception as exc:
                 if len(live) == 1:
                     _settle_error(live[0][1], exc)
                     return
                 log.warning("a batch of %d transfers failed (%r); retrying each alone", len(live), exc)
                 for order, future in live:
+                    if future.done():
+                        continue
                     try:
                         (row,) = await self._execute([order])
                     except Exception as single_exc:
                         _settle_error(future, single_exc)
                     else:
-                        _settle(future, row)
-                return
-            by_index = {row["idx"]: row for row in rows}
-            for index, (_, future) in enumerate(live, start=1):
-                _settle(future, by_index[index])
+                        _settle(future, _result(row))
         finally:
             self._in_flight -= 1
             if self._queue and len(self._queue) >= self._expected:
                 self._flush()
             elif self._queue and self._linger is None:
                 self._linger = asyncio.get_running_loop().call_later(self._linger_seconds, self._flush)
+
+    async def _create(self, live: list[_Pending]) -> None:
+        rest: list[_Pending] = []
+        plain: list[_Pending] = []
+        keys: set[tuple[str, str]] = set()
+        for item in live:
+            order = item[0]
+            key = (order.initiator_id, order.request_id)
+            if order.plain and key not in keys:
+                keys.add(key)
+                plain.append(item)
+            else:
+                rest.append(item)
+        if plain:
+            orders = [order for order, _ in plain]
+            self.batches += 1
+            self.orders += len(orders)
+            rows = await self._pool.fetch(
+                _TRANSFER_BATCH,
+                [o.initiator_id for o in orders],
+                [o.request_id for o in orders],
+                [o.to_user_id for o in orders],
+                [o.currency for o in orders],
+                [o.amount for o in orders],
+                [o.memo for o in orders],
+            )
+            for row in rows:
+                order, future = plain[row[0] - 1]
+                created_at = row[4]
+                transfer = Transfer(
+                    id=str(row[1]),
+                    request_id=order.request_id,
+                    kind="transfer",
+                    state="posted",
+                    from_user_id=order.from_user_id,
+                    to_user_id=order.to_user_id,
+                    from_account_id=str(row[2]),
+                    to_account_id=str(row[3]),
+                    currency=order.currency,
+                    amount=order.amount,
+                    posted_amount=order.amount,
+                    memo=order.memo,
+                    created_at=created_at,
+                    expires_at=None,
+                    resolved_at=created_at,
+                )
+                _settle(future, ("CREATED", transfer))
+            if len(rows) < len(plain):
+                rest.extend(item for item in plain if not item[1].done())
+        if rest:
+            rows = await self._execute([order for order, _ in rest])
+            by_index = {row["idx"]: row for row in rows}
+            for index, (_, future) in enumerate(rest, start=1):
+                _settle(future, _result(by_index[index]))
 
     async def _execute(self, orders: list[TransferOrder]) -> list[asyncpg.Record]:
         self.batches += 1
@@ -153,11 +225,16 @@ class TransferBatcher:
         )
 
 
-def _settle(future: asyncio.Future[asyncpg.Record], row: asyncpg.Record) -> None:
+def _result(row: asyncpg.Record) -> Result:
+    outcome: str = row["outcome"]
+    return outcome, Transfer.from_record(row) if outcome in ("CREATED", "REPLAYED") else None
+
+
+def _settle(future: asyncio.Future[Result], result: Result) -> None:
     if not future.done():
-        future.set_result(row)
+        future.set_result(result)
 
 
-def _settle_error(future: asyncio.Future[asyncpg.Record], exc: BaseException) -> None:
+def _settle_error(future: asyncio.Future[Result], exc: BaseException) -> None:
     if not future.done():
         future.set_exception(exc)

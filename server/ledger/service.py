@@ -265,9 +265,10 @@ async def create_transfer(
         memo=memo,
         expires_at=expires_at if pending else None,
     )
-    row = await batcher.submit(order)
-    _raise_for(row["outcome"], recipient_field="to_username" if to_name else "to_user_id")
-    return Transfer.from_record(row)
+    outcome, transfer = await batcher.submit(order)
+    _raise_for(outcome, recipient_field="to_username" if to_name else "to_user_id")
+    assert transfer is not None
+    return transfer
 
 
 async def post_pending_transfer(
@@ -417,9 +418,10 @@ async def deposit(
         amount=amount,
         memo=memo,
     )
-    row = await batcher.submit(order)
-    _raise_for(row["outcome"])
-    return Transfer.from_record(row)
+    outcome, transfer = await batcher.submit(order)
+    _raise_for(outcome)
+    assert transfer is not None
+    return transfer
 
 
 async def withdraw(
@@ -468,9 +470,10 @@ async def withdraw(
         amount=amount,
         memo=memo,
     )
-    row = await batcher.submit(order)
-    _raise_for(row["outcome"])
-    return Transfer.from_record(row)
+    outcome, transfer = await batcher.submit(order)
+    _raise_for(outcome)
+    assert transfer is not None
+    return transfer
 
 
 async def audit(pool: asyncpg.Pool, *, principal: Principal) -> AuditReport:

@@ -180,8 +180,14 @@ CREATE FUNCTION ledger_create_transfers(
     expires_at      timestamptz,
     resolved_at     timestamptz
 ) LANGUAGE plpgsql
--- Its statements take arrays, so custom plans would be re-planned on every call for no gain.
+-- Its statements take arrays, so custom plans would be re-planned on every call for no gain. A
+-- generic plan is made once per connection, often while the tables are small; the enable_*
+-- settings keep it reading by key (see ledger_transfer_batch below).
 SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_bitmapscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
@@ -264,12 +270,13 @@ BEGIN
                    coalesce(fu.id, fs.id) IS NOT NULL AND coalesce(tu.id, ts.id) IS NOT NULL
                    AND coalesce(fu.id, fs.id) <> coalesce(tu.id, ts.id)
                    AND count(*) OVER (PARTITION BY x.ini, x.req) = 1
-                   AND NOT EXISTS (SELECT 1 FROM transfers t WHERE t.initiator_id = x.ini AND t.request_id = x.req)
-                   AND NOT EXISTS (SELECT 1 FROM transfer_resolutions r
-                                   WHERE r.initiator_id = x.ini AND r.request_id = x.req)
+                   AND dup.id IS NULL AND res.transfer_id IS NULL
                    AS candidate
             FROM unnest(p_initiator, p_request, p_kind, p_from_user, v_to_user, p_currency, p_amount)
                  WITH ORDINALITY AS x(ini, req, kind, fu, tu, cur, amt, n)
+            -- Joins, not NOT EXISTS: a generic plan may turn those into a hash of the whole table.
+            LEFT JOIN transfers dup ON dup.initiator_id = x.ini AND dup.request_id = x.req
+            LEFT JOIN transfer_resolutions res ON res.initiator_id = x.ini AND res.request_id = x.req
             LEFT JOIN accounts fu ON fu.user_id = x.fu AND fu.currency = x.cur
             LEFT JOIN accounts fs ON x.fu IS NULL AND x.kind = 'deposit' AND fs.user_id IS NULL AND fs.currency = x.cur
             LEFT JOIN accounts tu ON tu.user_id = x.tu AND tu.currency = x.cur
@@ -429,6 +436,85 @@ BEGIN
     END LOOP;
 
     IF v_notify THEN
+        PERFORM pg_notify('ledger_events', '');
+    END IF;
+END $$;
+
+-- The hot path of ledger_create_transfers: immediate user-to-user transfers, each sent by its
+-- initiator to a user named by id, with distinct (initiator, request_id) within the batch (the
+-- server checks all that before choosing this function). One statement locks both accounts of every
+-- item (ordered, as everywhere), and inserts, posts and logs every item that cannot fail: both
+-- accounts exist, the sender's available balance covers all its items of the batch, request_id is
+-- new. It returns one row per transfer it CREATED, `idx` being the item's 1-based position; it
+-- writes nothing for any other item, which the caller then sends through ledger_create_transfers
+-- (so the outcomes stay that function's). The reply needs only what the database chose: the
+-- transfer id, both account ids and the time (the transfer is posted at creation: resolved then).
+--
+-- Every statement reads a handful of rows by key, and plans are generic (planned once per
+-- connection): the enable_* settings keep a plan made while the tables were small from scanning or
+-- hashing whole tables forever after (measured: the NOT EXISTS on transfers in
+-- ledger_create_transfers became a hash of the whole table, a cost growing with every transfer).
+CREATE FUNCTION ledger_transfer_batch(
+    p_from     uuid[],
+    p_request  uuid[],
+    p_to       uuid[],
+    p_currency text[],
+    p_amount   bigint[],
+    p_memo     text[]
+) RETURNS TABLE (idx integer, id uuid, from_account_id uuid, to_account_id uuid, created_at timestamptz)
+LANGUAGE plpgsql
+SET plan_cache_mode = force_generic_plan
+SET enable_seqscan = off
+SET enable_hashjoin = off
+SET enable_mergejoin = off
+SET enable_bitmapscan = off
+AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH locked AS (
+        SELECT a.id, a.user_id, a.currency, a.balance - a.pending_debit AS available
+        FROM accounts a
+        WHERE (a.user_id, a.currency) IN (
+            SELECT * FROM unnest(p_to, p_currency) UNION SELECT * FROM unnest(p_from, p_currency))
+        ORDER BY a.user_id, a.currency
+        FOR UPDATE
+    ), item AS (
+        SELECT x.n, x.fu, x.req, x.tu, x.cur, x.amt, x.memo, f.id AS fa, t.id AS ta,
+               sum(x.amt) OVER (PARTITION BY f.id) <= f.available AS covered
+        FROM unnest(p_from, p_request, p_to, p_currency, p_amount, p_memo)
+             WITH ORDINALITY AS x(fu, req, tu, cur, amt, memo, n)
+        JOIN locked f ON f.user_id = x.fu AND f.currency = x.cur
+        JOIN locked t ON t.user_id = x.tu AND t.currency = x.cur
+        WHERE x.fu <> x.tu
+          AND NOT EXISTS (SELECT 1 FROM transfer_resolutions r WHERE r.initiator_id = x.fu AND r.request_id = x.req)
+    ), ins AS (
+        INSERT INTO transfers AS t (
+            initiator_id, request_id, kind, two_phase, state, from_account_id, to_account_id,
+            from_user_id, to_user_id, currency, amount, posted_amount, memo, resolved_at)
+        SELECT i.fu, i.req, 'transfer', false, 'posted', i.fa, i.ta, i.fu, i.tu, i.cur, i.amt, i.amt, i.memo, now()
+        FROM item i WHERE i.covered
+        ORDER BY i.n
+        ON CONFLICT ON CONSTRAINT transfers_initiator_request_key DO NOTHING
+        RETURNING t.id, t.seq, t.request_id, t.from_user_id, t.to_user_id, t.from_account_id, t.to_account_id,
+                  t.amount, t.created_at
+    ), moved AS (
+        UPDATE accounts a SET balance = a.balance + d.delta
+        FROM (
+            SELECT m.acc, sum(m.delta) AS delta
+            FROM (SELECT ins.from_account_id AS acc, -ins.amount AS delta FROM ins
+                  UNION ALL SELECT ins.to_account_id, ins.amount FROM ins) m
+            GROUP BY m.acc
+        ) d
+        WHERE a.id = d.acc
+    ), logged AS (
+        INSERT INTO ledger_events (transfer_id, from_user_id, to_user_id, state, posted_amount, resolved_at)
+        SELECT ins.id, ins.from_user_id, ins.to_user_id, 'posted', ins.amount, ins.created_at
+        FROM ins ORDER BY ins.seq
+    )
+    SELECT i.n::integer, ins.id, ins.from_account_id, ins.to_account_id, ins.created_at
+    FROM ins JOIN item i ON i.fu = ins.from_user_id AND i.req = ins.request_id;
+    IF FOUND THEN
         PERFORM pg_notify('ledger_events', '');
     END IF;
 END $$;
