@@ -77,7 +77,7 @@ class TransferBatcher:
         *,
         max_batch: int = 256,
         max_in_flight: int = 1,
-        linger_seconds: float = 0.0005,
+        linger_seconds: float = 0.0015,
     ) -> None:
         self._pool = pool
         self._max_batch = max_batch
@@ -87,7 +87,8 @@ class TransferBatcher:
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
         # A batch leaves as soon as about as many requests wait as left last time, or after a
-        # short linger: at steady load that keeps batches large (less database work per transfer).
+        # short linger (1.5 ms: at 16 callers it measured slightly ahead of 0.5 ms, level with 3 ms):
+        # at steady load that keeps batches large (less database work per transfer).
         self._expected = 1
         self._linger: asyncio.TimerHandle | None = None
         self._linger_seconds = linger_seconds
