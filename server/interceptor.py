@@ -92,7 +92,7 @@ class StreamLifetimes:
             scope.reschedule(now)
 
 
-class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # generic only in the stubs
+class RpcInterceptor(grpc.aio.ServerInterceptor):
     """Authentication, error mapping, stream lifetimes and observation for every RPC."""
 
     def __init__(self, *, tokens: TokenCodec, observer: RpcObserver, streams: StreamLifetimes) -> None:
@@ -103,9 +103,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]  # g
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> Handler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None:  # no such method: let grpc answer UNIMPLEMENTED
             return handler

@@ -199,7 +199,7 @@ class ChatConnection:
     async def open(self) -> None:
         """Open the stream and resubscribe to every room seen so far, from its last sequence."""
         # No request iterator: grpc.aio then lets us write() frames as they come.
-        self._call = self._client.chat.Connect(metadata=self._client.metadata)  # type: ignore[call-arg]
+        self._call = self._client.chat.Connect(metadata=self._client.metadata)
         for room_id, sequence in self.last_sequence.items():
             await self.subscribe(room_id, after_sequence=sequence)
 
