@@ -28,7 +28,6 @@ import contextlib
 import os
 import platform
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.common import free_port, wait_serving
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, users_pb2, users_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -277,30 +276,6 @@ def _print_step(what: str, step: Step) -> None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_serving(address: str) -> None:
-    async def check() -> bool:
-        async with grpc.aio.insecure_channel(address) as channel:
-            health: Any = health_pb2_grpc.HealthStub(channel)  # the stubs type it as sync
-            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if asyncio.run(check()):
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit("the server did not become SERVING within 60 s")
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(
@@ -326,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
     server: subprocess.Popen[bytes] | None = None
     try:
         dsn = asyncio.run(pg.ensure_database(f"chat_bench_{uuid.uuid4().hex[:6]}"))
-        address = f"127.0.0.1:{_free_port()}"
+        address = f"127.0.0.1:{free_port()}"
         env = {
             **os.environ,
             "DATABASE_URL": dsn,
@@ -339,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
             "SENDINCHAT_LOGIN_ATTEMPTS_PER_PEER": "1000000",
         }
         server = subprocess.Popen([sys.executable, "-m", "server"], cwd=REPO, env=env)
-        _wait_serving(address)
+        wait_serving(address)
         figures = uvloop.run(_measure(address, args, server.pid))
     finally:
         if server is not None:

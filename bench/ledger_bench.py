@@ -26,7 +26,6 @@ import random
 import re
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.common import free_port, wait_serving
 from sendinchat.v1 import ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -212,12 +212,6 @@ def _run_load(
 # --- orchestration --------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _prepare(address: str, dsn: str, count: int) -> list[dict[str, str]]:
     """Register `count` users and an admin, fund every user; return ids and access tokens."""
     channel = grpc.aio.insecure_channel(address)
@@ -324,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
             check=True,
             capture_output=True,
         )
-        port = _free_port()
+        port = free_port()
         address = f"127.0.0.1:{port}"
         env = {
             **os.environ,
@@ -339,7 +333,7 @@ def main(argv: list[str] | None = None) -> None:
             "SENDINCHAT_LOGIN_ATTEMPTS_PER_PEER": "1000000",
         }
         server = subprocess.Popen([sys.executable, "-m", "server"], cwd=REPO, env=env)
-        _wait_serving(address)
+        wait_serving(address)
         users = asyncio.run(_prepare(address, dsn, args.users))
         results: list[Result] = []
         for concurrency in args.concurrency:
@@ -358,24 +352,6 @@ def main(argv: list[str] | None = None) -> None:
         if args.data_dir is None:
             shutil.rmtree(data_dir, ignore_errors=True)
     _report(args, results, integrity)
-
-
-def _wait_serving(address: str) -> None:
-    async def check() -> bool:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub: Any = health_pb2_grpc.HealthStub(channel)
-            reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if asyncio.run(check()):
-                return
-        except grpc.aio.AioRpcError:
-            pass
-        time.sleep(0.3)
-    raise SystemExit("the server did not become SERVING within 60 s")
 
 
 def _print_progress(results: list[Result]) -> None:
