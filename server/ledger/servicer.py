@@ -386,4 +386,3 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         return _audit(await service.audit(self._pool, principal=current_principal()))
 
 
-_transfer = transfer_proto  # the name server/chat/convert.py imports today
