@@ -384,5 +384,3 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.AuditLedgerResponse:
         """LedgerService.AuditLedger."""
         return _audit(await service.audit(self._pool, principal=current_principal()))
-
-
