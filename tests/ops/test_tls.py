@@ -1,0 +1,62 @@
+"""Optional TLS: SENDINCHAT_TLS_CERT_FILE / _KEY_FILE make the server speak TLS only."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="needs the openssl CLI for a test cert"
+)
+
+
+@pytest.fixture
+def certificate(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+class TestTls:
+    async def test_serves_health_over_tls_when_cert_and_key_are_set(self, servers, certificate):
+        cert, key = certificate
+        server = await servers.start(tls_cert_file=cert, tls_key_file=key)
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        async with grpc.aio.secure_channel(server.address, credentials) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=10)  # type: ignore[attr-defined]  # typeshed's HealthStub declares no methods
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def test_refuses_plaintext_when_tls_is_on(self, servers, certificate):
+        cert, key = certificate
+        server = await servers.start(tls_cert_file=cert, tls_key_file=key)
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await health.Check(health_pb2.HealthCheckRequest(), timeout=5)  # type: ignore[attr-defined]  # as above
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
