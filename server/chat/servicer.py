@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import asyncpg
 import grpc
 
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2
@@ -12,6 +11,7 @@ from server.auth.principal import current_principal
 from server.chat import convert, messages, payments, service
 from server.chat.hub import ChatHub
 from server.chat.stream import ConnectSession
+from server.db.pool import Pool
 from server.protoconv import from_timestamp
 
 _ACTIONS = {
@@ -28,7 +28,7 @@ def _transfer(result: payments.PaymentResult) -> ledger_pb2.Transfer | None:
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     """Rooms, messages, the Connect stream and payments in chat."""
 
-    def __init__(self, pool: asyncpg.Pool, hub: ChatHub, *, stream_buffer: int) -> None:
+    def __init__(self, pool: Pool, hub: ChatHub, *, stream_buffer: int) -> None:
         self._pool = pool
         self._hub = hub
         self._stream_buffer = stream_buffer

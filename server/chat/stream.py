@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 from google.rpc import code_pb2
 
 from sendinchat.v1 import chat_pb2
@@ -28,6 +27,7 @@ from server import status
 from server.chat import convert, messages
 from server.chat.hub import ChatHub, LiveMessage
 from server.chat.validation import parse_uuid
+from server.db.pool import Pool
 from server.errors import RateLimitedError, SendInChatError
 
 _REPLAY_PAGE = 100
@@ -58,7 +58,7 @@ _Item = LiveMessage | chat_pb2.ConnectResponse | _Replay
 class ConnectSession:
     """The server side of one Connect stream for one authenticated user."""
 
-    def __init__(self, *, pool: asyncpg.Pool, hub: ChatHub, user_id: str, buffer: int, write: Write) -> None:
+    def __init__(self, *, pool: Pool, hub: ChatHub, user_id: str, buffer: int, write: Write) -> None:
         self._pool = pool
         self._hub = hub
         self._user_id = user_id

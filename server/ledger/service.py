@@ -22,6 +22,7 @@ from server.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
+    UnavailableError,
 )
 from server.ledger import pagination
 from server.ledger.audit import AuditReport, audit_ledger
@@ -80,6 +81,10 @@ SELECT * FROM (
 ) page ORDER BY seq DESC LIMIT $4
 """
 _USER_ID_BY_NAME = "SELECT id FROM users WHERE username = $1"
+_EXPIRE_DUE = "SELECT ledger_expire_due()"
+
+# What a background job may meet when the database is away; it retries later.
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError)
 
 
 def _raise_for(outcome: str, *, recipient_field: str = "recipient", state: str | None = None) -> None:
@@ -490,3 +495,8 @@ async def audit(pool: asyncpg.Pool, *, principal: Principal) -> AuditReport:
 def _require_admin(principal: Principal) -> None:
     if not principal.is_admin:
         raise PermissionDeniedError("only an admin may mint or burn money")
+
+
+async def expire_due(pool: asyncpg.Pool) -> int:
+    """Record every pending transfer past its expiry as expired (its funds are free already)."""
+    return int(await pool.fetchval(_EXPIRE_DUE))

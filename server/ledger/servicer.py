@@ -8,12 +8,12 @@ import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import asyncpg
 import grpc
 from google.protobuf import timestamp_pb2
 
 from sendinchat.v1 import ledger_pb2, ledger_pb2_grpc
 from server.auth.principal import current_principal
+from server.db.pool import Pool
 from server.health import HealthState
 from server.ledger import service
 from server.ledger.audit import AuditReport, audit_ledger
@@ -26,7 +26,6 @@ from server.protoconv import from_timestamp, timestamp
 log = logging.getLogger(__name__)
 
 EXPIRY_SWEEP_SECONDS = 1.0
-_DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 _KINDS = {
     "transfer": ledger_pb2.TRANSFER_KIND_TRANSFER,
@@ -123,7 +122,7 @@ def _oneof(request: object, group: str, first: str, second: str) -> tuple[str | 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     """Accounts, transfers, two-phase holds, the live feed, minting and the audit."""
 
-    def __init__(self, pool: asyncpg.Pool, *, batcher: TransferBatcher | None = None) -> None:
+    def __init__(self, pool: Pool, *, batcher: TransferBatcher | None = None) -> None:
         self._pool = pool
         self._batcher = batcher or TransferBatcher(pool)
         self._hub = WatchHub(pool)
@@ -137,7 +136,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         """
         try:
             report = await audit_ledger(self._pool)
-        except _DATABASE_ERRORS:
+        except service.DATABASE_ERRORS:
             log.warning("ledger audit could not run; will retry", exc_info=True)
             return
         self._audited = True
@@ -165,7 +164,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 with contextlib.suppress(Exception):  # audit_into logs; retried next round
                     await self.audit_into(health)
             try:
-                await self._pool.fetchval("SELECT ledger_expire_due()")
+                await service.expire_due(self._pool)
             except Exception:  # keep sweeping; the next round retries
                 log.warning("expiring pending transfers failed; will retry", exc_info=True)
 
