@@ -117,8 +117,25 @@ def _raise_for(outcome: str, *, recipient_field: str = "recipient", state: str |
     raise RuntimeError(f"unknown ledger outcome {outcome!r}")
 
 
+async def _submit(
+    batcher: TransferBatcher, order: TransferOrder, recipient_field: str = "to_user_id"
+) -> Transfer:
+    outcome, transfer = await batcher.submit(order)
+    _raise_for(outcome, recipient_field=recipient_field)
+    assert transfer is not None
+    return transfer
+
+
 class _Checks:
     """Collects every field violation of a request, so the caller learns them all at once."""
+
+    def money(self, request_id: str, currency: str, amount: int, memo: str) -> tuple[str, str]:
+        """The fields every money-moving request has: the canonical request_id and currency code."""
+        rid = self.uuid(request_id, "request_id")
+        code = self.currency(currency)
+        self.amount(amount)
+        self.memo(memo)
+        return rid, code
 
     def __init__(self) -> None:
         self.violations: dict[str, str] = {}
@@ -247,13 +264,10 @@ async def create_transfer(
         IdempotencyKeyReusedError: request_id was used for a different request.
     """
     checks = _Checks()
-    rid = checks.uuid(request_id, "request_id")
+    rid, code = checks.money(request_id, currency, amount, memo)
     to_id, to_name = checks.user(to_user_id, to_username, "to")
     if to_id is not None and to_id == principal.user_id:
         checks.violations["to_user_id"] = "must not be the caller"
-    code = checks.currency(currency)
-    checks.amount(amount)
-    checks.memo(memo)
     if pending and expires_at is not None and expires_at <= datetime.now(UTC):
         checks.violations["expire_time"] = "must be in the future"
     checks.done()
@@ -270,10 +284,7 @@ async def create_transfer(
         memo=memo,
         expires_at=expires_at if pending else None,
     )
-    outcome, transfer = await batcher.submit(order)
-    _raise_for(outcome, recipient_field="to_username" if to_name else "to_user_id")
-    assert transfer is not None
-    return transfer
+    return await _submit(batcher, order, recipient_field="to_username" if to_name else "to_user_id")
 
 
 async def post_pending_transfer(
@@ -405,11 +416,8 @@ async def deposit(
     """
     _require_admin(principal)
     checks = _Checks()
-    rid = checks.uuid(request_id, "request_id")
+    rid, code = checks.money(request_id, currency, amount, memo)
     to_id, to_name = checks.user(to_user_id, to_username, "to")
-    code = checks.currency(currency)
-    checks.amount(amount)
-    checks.memo(memo)
     checks.done()
     order = TransferOrder(
         initiator_id=principal.user_id,
@@ -423,10 +431,7 @@ async def deposit(
         amount=amount,
         memo=memo,
     )
-    outcome, transfer = await batcher.submit(order)
-    _raise_for(outcome)
-    assert transfer is not None
-    return transfer
+    return await _submit(batcher, order)
 
 
 async def withdraw(
@@ -452,11 +457,8 @@ async def withdraw(
     """
     _require_admin(principal)
     checks = _Checks()
-    rid = checks.uuid(request_id, "request_id")
+    rid, code = checks.money(request_id, currency, amount, memo)
     from_id, from_name = checks.user(from_user_id, from_username, "from")
-    code = checks.currency(currency)
-    checks.amount(amount)
-    checks.memo(memo)
     checks.done()
     if from_name is not None:
         found = await pool.fetchval(_USER_ID_BY_NAME, from_name)
@@ -475,10 +477,7 @@ async def withdraw(
         amount=amount,
         memo=memo,
     )
-    outcome, transfer = await batcher.submit(order)
-    _raise_for(outcome)
-    assert transfer is not None
-    return transfer
+    return await _submit(batcher, order)
 
 
 async def audit(pool: asyncpg.Pool, *, principal: Principal) -> AuditReport:
