@@ -1,11 +1,13 @@
 """CreateTransfer throughput and latency against PostgreSQL's pgbench and the gRPC floor, in one run.
 
-    python -m bench.ledger_bench                      # ~1.5 minutes: 1, 16, 64 callers, 6 s each
-    python -m bench.ledger_bench --seconds 20 --concurrency 1 16 64 128
+    python -m bench.ledger_bench                      # ~4 minutes: 1, 16, 64 callers, 3 rounds of 5 s
+    python -m bench.ledger_bench --seconds 20 --rounds 1 --concurrency 1 16 64 128
 
 It starts an embedded PostgreSQL (its own data folder), the real server as a subprocess
 (`python -m server`, uvloop, log level WARNING), registers and funds users through the RPCs, and
-then for each concurrency runs, back to back on the same machine and database server:
+then for each concurrency runs `--rounds` rounds, each of them back to back on the same machine
+and database server (the figures are the medians over the rounds; a shared machine drifts by
+10-20 % from one minute to the next, and interleaving keeps the three comparable):
 
 - `grpc.health.v1.Health/Check` RPCs/s (the gRPC floor: the cheapest RPC this server answers);
 - `LedgerService/CreateTransfer` RPCs/s with p50/p99 latency (each caller sends 1 minor unit to a
@@ -291,7 +293,8 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--seconds", type=float, default=6.0, help="duration of each measurement")
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per concurrency (medians)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--users", type=int, default=64, help="funded users the callers pick from")
     parser.add_argument("--client-procs", type=int, default=2, help="load-generator processes")
@@ -337,12 +340,15 @@ def main(argv: list[str] | None = None) -> None:
         users = asyncio.run(_prepare(address, dsn, args.users))
         results: list[Result] = []
         for concurrency in args.concurrency:
-            for kind in ("health", "transfer"):
-                results.append(
-                    _run_load(address, kind, concurrency, args.seconds, users, args.client_procs, server.pid)
-                )
-            results.append(_pgbench(pg.bin_dir, pgbench_uri, concurrency, args.seconds))
-            _print_progress(results[-3:])
+            for _ in range(args.rounds):
+                for kind in ("health", "transfer"):
+                    results.append(
+                        _run_load(
+                            address, kind, concurrency, args.seconds, users, args.client_procs, server.pid
+                        )
+                    )
+                results.append(_pgbench(pg.bin_dir, pgbench_uri, concurrency, args.seconds))
+                _print_progress(results[-3:])
         integrity = asyncio.run(_audit(address, dsn))
     finally:
         if server is not None:
@@ -364,8 +370,26 @@ def _print_progress(results: list[Result]) -> None:
         )
 
 
+def _median_of(results: list[Result], what: str, concurrency: int) -> Result:
+    """The round with the median rate (its latencies and CPU figures come with it)."""
+    runs = sorted(
+        (r for r in results if r.what == what and r.concurrency == concurrency), key=lambda r: r.rate
+    )
+    return runs[(len(runs) - 1) // 2]
+
+
+def _ratios(results: list[Result], concurrency: int) -> tuple[list[float], list[float]]:
+    """Per round: CreateTransfer ÷ pgbench and CreateTransfer ÷ Health (rounds are consecutive triples)."""
+    runs = [r for r in results if r.concurrency == concurrency]
+    by_pg, by_health = [], []
+    for i in range(0, len(runs), 3):
+        health, transfer, pgbench = runs[i : i + 3]
+        by_pg.append(transfer.rate / pgbench.rate)
+        by_health.append(transfer.rate / health.rate)
+    return by_pg, by_health
+
+
 def _report(args: argparse.Namespace, results: list[Result], integrity: str) -> None:
-    by = {(r.what, r.concurrency): r for r in results}
     print()
     print("SendInChat ledger benchmark")
     print(
@@ -373,29 +397,36 @@ def _report(args: argparse.Namespace, results: list[Result], integrity: str) -> 
         f"grpcio {grpc.__version__}, asyncpg {asyncpg.__version__}"
     )
     print(
-        f"  each figure: {args.seconds:g} s; {args.users} funded users; {args.client_procs} client processes;"
+        f"  each figure: median of {args.rounds} interleaved rounds of {args.seconds:g} s;"
+        f" {args.users} funded users; {args.client_procs} client processes;"
         f" pgbench -M prepared tpcb-like, scale {args.pgbench_scale}; server pool {args.pool_size}"
     )
     print()
     header = (
         f"{'callers':>7} | {'CreateTransfer/s':>16} {'p50 ms':>7} {'p99 ms':>7} {'err':>4} | "
-        f"{'pgbench TPS':>11} | {'Health/s':>8} | {'÷ pgbench':>9} {'÷ Health':>8}"
+        f"{'pgbench TPS':>11} | {'Health/s':>8} | {'÷ pgbench':>9} {'÷ Health':>8} | per-round ratios"
     )
     print(header)
     print("-" * len(header))
     for c in args.concurrency:
-        t, p, h = by[("CreateTransfer", c)], by[("pgbench tpcb-like", c)], by[("Health/Check", c)]
+        t = _median_of(results, "CreateTransfer", c)
+        p = _median_of(results, "pgbench tpcb-like", c)
+        h = _median_of(results, "Health/Check", c)
+        by_pg, by_health = _ratios(results, c)
+        rounds = " ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(by_pg, by_health, strict=True))
         print(
             f"{c:>7} | {t.rate:>16.0f} {t.p50_ms or 0:>7.2f} {t.p99_ms or 0:>7.2f} {t.errors:>4} | "
-            f"{p.rate:>11.0f} | {h.rate:>8.0f} | {t.rate / p.rate:>9.2f} {t.rate / h.rate:>8.2f}"
+            f"{p.rate:>11.0f} | {h.rate:>8.0f} | {t.rate / p.rate:>9.2f} {t.rate / h.rate:>8.2f} | {rounds}"
         )
     print()
     print(f"  after the run: {integrity}")
     if 16 in args.concurrency:
-        t, p, h = by[("CreateTransfer", 16)], by[("pgbench tpcb-like", 16)], by[("Health/Check", 16)]
+        t = _median_of(results, "CreateTransfer", 16)
+        p = _median_of(results, "pgbench tpcb-like", 16)
+        h = _median_of(results, "Health/Check", 16)
         ok_pg, ok_h = t.rate >= 0.5 * p.rate, t.rate >= 0.6 * h.rate
         print(
-            f"  targets at 16 callers: >= 0.5x pgbench {'MET' if ok_pg else 'NOT MET'} "
+            f"  targets at 16 callers (medians): >= 0.5x pgbench {'MET' if ok_pg else 'NOT MET'} "
             f"({t.rate / p.rate:.2f}x), >= 0.6x Health/Check {'MET' if ok_h else 'NOT MET'} "
             f"({t.rate / h.rate:.2f}x)"
         )
