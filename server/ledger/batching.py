@@ -3,9 +3,10 @@
 While fewer than `max_in_flight` batches are running, whatever has queued in the current event-loop
 tick is sent at once (so a lone caller waits for nobody). Otherwise requests queue and leave together,
 up to `max_batch`, as soon as a running batch returns. One batch in flight per process measured best
-(bench/README.md): a second one mostly waits for the first one's account locks, and halves both
-batches, so the database does more work per transfer. One batch is one call of the PL/pgSQL function
-`ledger_create_transfers`: one round trip, one transaction, one row per request (by position).
+(bench/README.md): a second one halves both batches, so the database and the server do more work
+per transfer; it lost even when it took only orders whose accounts the first did not lock.
+One batch is one call of the PL/pgSQL function `ledger_create_transfers`: one round trip, one
+transaction, one row per request (by position).
 Plain immediate user-to-user transfers (the bulk of the traffic) go instead through the leaner
 `ledger_transfer_batch`, which creates every one that cannot fail in one statement; the rare rest
 (a retry, short funds, a recipient without an account...) then goes through `ledger_create_transfers`
