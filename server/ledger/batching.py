@@ -78,7 +78,7 @@ class TransferBatcher:
         *,
         max_batch: int = 256,
         max_in_flight: int = 1,
-        linger_seconds: float = 0.0015,
+        linger_seconds: float = 0.005,
     ) -> None:
         self._pool = pool
         self._max_batch = max_batch
@@ -87,12 +87,13 @@ class TransferBatcher:
         self._in_flight = 0
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
-        # A batch leaves as soon as as many requests wait as left last time, or after a short
-        # linger (1.5 ms: at 16 callers it measured slightly ahead of 0.5 ms, level with 3 ms). At
-        # steady load that keeps batches as large as the load makes them (less database and server
-        # work per transfer); a lone caller waits for nobody; when load falls, one batch leaves on
-        # the timer and sets the smaller size. Waiting for one fewer, as before, let batches shrink
-        # by one a round: 5 % fewer transfers/s at 4 and 16 callers (bench/README.md).
+        # A batch leaves as soon as as many requests wait as left last time, or after the linger.
+        # At steady load that keeps batches as large as the load makes them (less database, server
+        # and client work per transfer); a lone caller waits for nobody; when load falls, one batch
+        # leaves on the timer and sets the smaller size, so a request waits at most one linger.
+        # Measured (bench/README.md): waiting for one fewer let batches shrink by one a round (5 %
+        # fewer transfers/s at 4 and 16 callers); a 5 ms linger beat 1.5 ms by 10-16 % at 16 and
+        # 64 callers, level at 1 and 2, 7 % behind at 4.
         self._expected = 1
         self._linger: asyncio.TimerHandle | None = None
         self._linger_seconds = linger_seconds
