@@ -1,0 +1,86 @@
+"""Group commit: when the TransferBatcher sends a batch, against the real database.
+
+Each test drives its own batcher over the test server's pool, so its counters see only its orders.
+The long lingers make "waited for the timer" a hang (caught by wait_for), never a timing guess.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest_asyncio
+
+from sendinchat.v1 import ledger_pb2
+from server.ledger.batching import Result, TransferBatcher, TransferOrder
+from tests import harness
+from tests.helpers import Account
+from tests.ledger.support import balance
+
+HANG_GUARD_SECONDS = 10
+
+
+def _order(sender: Account, recipient: Account) -> TransferOrder:
+    return TransferOrder(
+        initiator_id=sender.id,
+        request_id=str(uuid.uuid4()),
+        kind="transfer",
+        two_phase=False,
+        from_user_id=sender.id,
+        to_user_id=recipient.id,
+        to_username=None,
+        currency="USD",
+        amount=1,
+        memo="",
+    )
+
+
+async def _together(
+    batcher: TransferBatcher, sender: Account, recipient: Account, count: int
+) -> list[Result]:
+    orders = (batcher.submit(_order(sender, recipient)) for _ in range(count))
+    return await asyncio.wait_for(asyncio.gather(*orders), HANG_GUARD_SECONDS)
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def payee(server: harness.TestServer, bob: Account) -> Account:
+    """Bob with an open USD account: plain transfers to him take the lean one-statement path."""
+    await server.stubs.ledger.OpenAccount(ledger_pb2.OpenAccountRequest(currency="USD"), metadata=bob.auth)
+    return bob
+
+
+class TestTransferBatcher:
+    async def test_concurrent_orders_share_one_statement(self, server, alice, payee):
+        batcher = TransferBatcher(server.pool)
+        results = await _together(batcher, alice, payee, 8)
+        assert [outcome for outcome, _ in results] == ["CREATED"] * 8
+        assert len({transfer.id for _, transfer in results if transfer is not None}) == 8
+        assert (batcher.batches, batcher.orders) == (1, 8)
+        assert await balance(server.stubs, payee) == 8
+
+    async def test_a_lone_caller_waits_for_nobody(self, server, alice, payee):
+        batcher = TransferBatcher(server.pool, linger_seconds=3600)
+        for _ in range(3):
+            outcome, _ = await asyncio.wait_for(batcher.submit(_order(alice, payee)), HANG_GUARD_SECONDS)
+            assert outcome == "CREATED"
+        assert (batcher.batches, batcher.orders) == (3, 3)
+
+    async def test_a_batch_waits_for_as_many_requests_as_left_last_time(self, server, alice, payee):
+        batcher = TransferBatcher(server.pool, linger_seconds=3600)
+        await _together(batcher, alice, payee, 4)
+        waiting = [asyncio.ensure_future(batcher.submit(_order(alice, payee))) for _ in range(3)]
+        await asyncio.sleep(0.2)
+        assert not any(w.done() for w in waiting)
+        assert batcher.batches == 1
+        fourth = await asyncio.wait_for(batcher.submit(_order(alice, payee)), HANG_GUARD_SECONDS)
+        rest = await asyncio.wait_for(asyncio.gather(*waiting), HANG_GUARD_SECONDS)
+        assert [outcome for outcome, _ in [*rest, fourth]] == ["CREATED"] * 4
+        assert (batcher.batches, batcher.orders) == (2, 8)
+        assert await balance(server.stubs, payee) == 8
+
+    async def test_fewer_requests_leave_when_the_linger_ends(self, server, alice, payee):
+        batcher = TransferBatcher(server.pool, linger_seconds=0.05)
+        await _together(batcher, alice, payee, 4)
+        results = await _together(batcher, alice, payee, 2)
+        assert [outcome for outcome, _ in results] == ["CREATED"] * 2
+        assert (batcher.batches, batcher.orders) == (2, 6)
