@@ -122,8 +122,8 @@ class TransferBatcher:
             self._linger.cancel()
             self._linger = None
         while self._queue and self._in_flight < self._max_in_flight:
-            self._expected = len(self._queue[: self._max_batch])
             batch = self._queue[: self._max_batch]
+            self._expected = len(batch)
             del self._queue[: self._max_batch]
             self._in_flight += 1
             task = asyncio.get_running_loop().create_task(self._run(batch))
