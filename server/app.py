@@ -29,9 +29,11 @@ from server.db.pool import create_pool
 from server.errors import UnavailableError
 from server.health import HealthState
 from server.interceptor import RpcInterceptor, StreamLifetimes
+from server.ledger.batching import TransferBatcher
 from server.ledger.servicer import LedgerServicer
 from server.observability import Metrics, RpcObserver, configure_logging
 from server.reflection import enable_reflection
+from server.scheduling import use_batch_scheduling
 from server.users import service as users
 from server.users.servicer import UserServicer
 from server.users.throttle import LoginLimits
@@ -112,7 +114,8 @@ async def create_server(
     interceptor = RpcInterceptor(tokens=deps.tokens, observer=RpcObserver(metrics), streams=streams)
     server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
     users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(pool, deps), server)
-    ledger = LedgerServicer(pool)
+    batcher = TransferBatcher(pool, linger_seconds=config.transfer_batch_linger_ms / 1000)
+    ledger = LedgerServicer(pool, batcher=batcher)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(ledger, server)
     chat_dsn = dsn or config.database_url
     if chat_dsn is None:
@@ -216,6 +219,9 @@ async def serve(config: Config) -> None:
 async def _serve(config: Config) -> None:
     jwt_secret = load_jwt_secret(config)
     dsn, embedded = await open_database(config)
+    if config.sched_batch and use_batch_scheduling():
+        # After the embedded PostgreSQL has started (it keeps the default policy), before any gRPC thread.
+        log.info("threads started from here on run under SCHED_BATCH")
     try:
         await run_migrations(dsn)
         pool = await create_pool(dsn, size=config.db_pool_size)

@@ -42,6 +42,8 @@ class Config:
     admin_password: str | None = None
     log_level: str = "INFO"
     chat_stream_buffer: int = 256
+    transfer_batch_linger_ms: float = 5.0
+    sched_batch: bool = True
 
     @property
     def embedded(self) -> bool:
@@ -93,6 +95,10 @@ class Config:
             chat_stream_buffer=reader.get(
                 "SENDINCHAT_CHAT_STREAM_BUFFER", cls.chat_stream_buffer, _int_between(8, 100_000)
             ),
+            transfer_batch_linger_ms=reader.get(
+                "SENDINCHAT_TRANSFER_BATCH_LINGER_MS", cls.transfer_batch_linger_ms, _float_between(0, 1000)
+            ),
+            sched_batch=reader.get("SENDINCHAT_SCHED_BATCH", cls.sched_batch, _switch),
         )
         if config.database_url is not None and config.jwt_secret is None:
             raise ConfigError("SENDINCHAT_JWT_SECRET: required when DATABASE_URL is set (32+ bytes)")
@@ -181,6 +187,15 @@ def _existing_file(raw: str) -> Path:
     if not path.is_file():
         raise ValueError(f"no such file: {raw}")
     return path
+
+
+def _switch(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("on", "true", "yes", "1"):
+        return True
+    if value in ("off", "false", "no", "0"):
+        return False
+    raise ValueError(f"expected on or off, got {raw!r}")
 
 
 def _log_level(raw: str) -> str:

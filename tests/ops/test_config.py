@@ -67,6 +67,8 @@ class TestConfigFromEnv:
                 "SENDINCHAT_METRICS_ADDRESS": "off",
                 "SENDINCHAT_DATA_DIR": str(tmp_path),
                 "SENDINCHAT_LOG_LEVEL": "debug",
+                "SENDINCHAT_TRANSFER_BATCH_LINGER_MS": "0.5",
+                "SENDINCHAT_SCHED_BATCH": "off",
             }
         )
         assert config.address == "0.0.0.0:6000"
@@ -77,6 +79,8 @@ class TestConfigFromEnv:
         assert config.metrics_address == ""
         assert config.data_dir == tmp_path
         assert config.log_level == "DEBUG"
+        assert config.transfer_batch_linger_ms == 0.5
+        assert config.sched_batch is False
 
     def test_treats_empty_values_as_unset(self):
         assert Config.from_env({"SENDINCHAT_BCRYPT_ROUNDS": "", "DATABASE_URL": ""}) == Config()
@@ -88,6 +92,8 @@ class TestConfigFromEnv:
             ({"SENDINCHAT_BCRYPT_ROUNDS": "3"}, "SENDINCHAT_BCRYPT_ROUNDS"),
             ({"SENDINCHAT_DB_POOL_SIZE": "0"}, "SENDINCHAT_DB_POOL_SIZE"),
             ({"SENDINCHAT_SHUTDOWN_GRACE_SECONDS": "-1"}, "SENDINCHAT_SHUTDOWN_GRACE_SECONDS"),
+            ({"SENDINCHAT_TRANSFER_BATCH_LINGER_MS": "1001"}, "SENDINCHAT_TRANSFER_BATCH_LINGER_MS"),
+            ({"SENDINCHAT_SCHED_BATCH": "maybe"}, "SENDINCHAT_SCHED_BATCH"),
             ({"SENDINCHAT_TLS_CERT_FILE": "/no/such/cert.pem"}, "SENDINCHAT_TLS_CERT_FILE"),
             ({"DATABASE_URL": "postgresql://u@h/db"}, "SENDINCHAT_JWT_SECRET"),
             ({"SENDINCHAT_JWT_SECRET": "x" * 31}, "SENDINCHAT_JWT_SECRET"),
