@@ -4,7 +4,7 @@
     python -m bench.ledger_bench --seconds 20 --rounds 1 --concurrency 1 16 64 128
 
 It starts an embedded PostgreSQL (its own data folder), the real server as a subprocess
-(`python -m server`, uvloop, log level WARNING), registers and funds users through the RPCs, and
+(`python -m server`, uvloop, log level WARNING, SCHED_BATCH unless `--sched-batch off`), registers and funds users through the RPCs, and
 then for each concurrency runs `--rounds` rounds, each of them back to back on the same machine
 and database server (the figures are the medians over the rounds; a shared machine drifts by
 10-20 % from one minute to the next, and interleaving keeps the three comparable):
@@ -300,6 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--client-procs", type=int, default=2, help="load-generator processes")
     parser.add_argument("--pgbench-scale", type=int, default=16)
     parser.add_argument("--pool-size", type=int, default=10, help="server's SENDINCHAT_DB_POOL_SIZE")
+    parser.add_argument(
+        "--sched-batch", choices=("on", "off"), default="on", help="server's SENDINCHAT_SCHED_BATCH"
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="embedded PostgreSQL folder (temp)")
     args = parser.parse_args(argv)
     if args.worker:
@@ -332,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
             "SENDINCHAT_METRICS_ADDRESS": "off",
             "SENDINCHAT_BCRYPT_ROUNDS": "4",
             "SENDINCHAT_DB_POOL_SIZE": str(args.pool_size),
+            "SENDINCHAT_SCHED_BATCH": args.sched_batch,
             "SENDINCHAT_ACCESS_TOKEN_TTL_SECONDS": "86400",
             "SENDINCHAT_LOGIN_ATTEMPTS_PER_PEER": "1000000",
         }
@@ -399,7 +403,8 @@ def _report(args: argparse.Namespace, results: list[Result], integrity: str) -> 
     print(
         f"  each figure: median of {args.rounds} interleaved rounds of {args.seconds:g} s;"
         f" {args.users} funded users; {args.client_procs} client processes;"
-        f" pgbench -M prepared tpcb-like, scale {args.pgbench_scale}; server pool {args.pool_size}"
+        f" pgbench -M prepared tpcb-like, scale {args.pgbench_scale}; server pool {args.pool_size},"
+        f" SCHED_BATCH {args.sched_batch}"
     )
     print()
     header = (
