@@ -4,7 +4,8 @@ grpc.aio hands every completion from its core threads to the event loop thread t
 socket, so the threads of one process wake each other several times per RPC. Under the default
 policy each of those wake-ups preempts whichever thread is running; under SCHED_BATCH a woken
 thread waits for the running one's time slice instead. Measured on 2 cores (bench/README.md):
-server CPU per call -15 to -19 %, Health/Check +18 %, CreateTransfer +5 to +11 % at 1-64 callers.
+server CPU per Health/Check -15 to -19 %, Health/Check +15 %, CreateTransfer +4 to +11 % at
+1-64 callers.
 """
 
 from __future__ import annotations
