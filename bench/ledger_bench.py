@@ -4,10 +4,11 @@
     python -m bench.ledger_bench --seconds 20 --rounds 1 --concurrency 1 16 64 128
 
 It starts an embedded PostgreSQL (its own data folder), the real server as a subprocess
-(`python -m server`, uvloop, log level WARNING, SCHED_BATCH unless `--sched-batch off`), registers and funds users through the RPCs, and
-then for each concurrency runs `--rounds` rounds, each of them back to back on the same machine
-and database server (the figures are the medians over the rounds; a shared machine drifts by
-10-20 % from one minute to the next, and interleaving keeps the three comparable):
+(`python -m server`, uvloop, log level WARNING, SCHED_BATCH unless `--sched-batch off`),
+registers and funds users through the RPCs, and then for each concurrency runs `--rounds`
+rounds, each of them back to back on the same machine and database server (the figures are the
+medians over the rounds; a shared machine drifts by 10-20 % from one minute to the next, and
+interleaving keeps the three comparable):
 
 - `grpc.health.v1.Health/Check` RPCs/s (the gRPC floor: the cheapest RPC this server answers);
 - `LedgerService/CreateTransfer` RPCs/s with p50/p99 latency (each caller sends 1 minor unit to a
