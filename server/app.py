@@ -115,7 +115,7 @@ async def create_server(
     server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
     users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(pool, deps), server)
     batcher = TransferBatcher(pool, linger_seconds=config.transfer_batch_linger_ms / 1000)
-    ledger = LedgerServicer(pool, batcher=batcher)
+    ledger = LedgerServicer(pool, batcher)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(ledger, server)
     chat_dsn = dsn or config.database_url
     if chat_dsn is None:

@@ -122,9 +122,9 @@ def _oneof(request: object, group: str, first: str, second: str) -> tuple[str | 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     """Accounts, transfers, two-phase holds, the live feed, minting and the audit."""
 
-    def __init__(self, pool: Pool, *, batcher: TransferBatcher | None = None) -> None:
+    def __init__(self, pool: Pool, batcher: TransferBatcher) -> None:
         self._pool = pool
-        self._batcher = batcher or TransferBatcher(pool)
+        self._batcher = batcher
         self._hub = WatchHub(pool)
         self._audited = False
 
