@@ -18,7 +18,8 @@ from grpc_health.v1._async import HealthServicer
 
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 from server.auth.passwords import PasswordHasher
-from server.auth.tokens import TokenCodec
+from server.auth.sessions import EndedSessions
+from server.auth.tokens import LEEWAY_SECONDS, TokenCodec
 from server.chat import payments
 from server.chat.hub import ChatHub
 from server.chat.servicer import ChatServicer
@@ -82,6 +83,7 @@ def user_deps(config: Config, jwt_secret: str) -> users.UserDeps:
             per_peer=config.login_attempts_per_peer,
             window_seconds=config.login_window_seconds,
         ),
+        ended_sessions=EndedSessions(token_lifetime_seconds=config.access_token_ttl_seconds + LEEWAY_SECONDS),
     )
 
 
@@ -111,7 +113,10 @@ async def create_server(
     metrics = metrics or Metrics()
     deps = user_deps(config, jwt_secret)
     streams = StreamLifetimes()
-    interceptor = RpcInterceptor(tokens=deps.tokens, observer=RpcObserver(metrics), streams=streams)
+    deps.ended_sessions.subscribe(streams.end_session)
+    interceptor = RpcInterceptor(
+        tokens=deps.tokens, ended_sessions=deps.ended_sessions, observer=RpcObserver(metrics), streams=streams
+    )
     server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
     users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(pool, deps), server)
     batcher = TransferBatcher(pool, linger_seconds=config.transfer_batch_linger_ms / 1000)
@@ -133,6 +138,7 @@ async def create_server(
     enable_reflection([*SERVICE_NAMES, health.SERVICE_NAME], server)
 
     port = _bind(server, config)
+    await deps.ended_sessions.try_poll(pool)
     await hub.start()
     await server.start()
     await health_state.probe_database(pool)
@@ -143,6 +149,7 @@ async def create_server(
     running.tasks.append(asyncio.create_task(ledger.run_background(health_state)))
     running.tasks.append(asyncio.create_task(hub.run_until_cancelled()))
     running.tasks.append(asyncio.create_task(payments.sweep_expired_requests(pool)))
+    running.tasks.append(asyncio.create_task(deps.ended_sessions.poll_forever(pool)))
     return running
 
 

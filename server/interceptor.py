@@ -1,10 +1,11 @@
 """The one server interceptor: authentication, error mapping, stream lifetimes, observation.
 
 Each method's wrapped handler is built once and cached; per call it authenticates from the
-`authorization` metadata, binds the principal, runs the real handler, turns domain errors into
-statuses (server/status.py) and unexpected ones into INTERNAL with a correlation id, and records
-one log line and metrics. Wrapped handlers keep the kind of the real one, so a bidi client that
-opens a stream and waits is still refused before anything is read.
+`authorization` metadata (a valid access token of a session that has not ended), binds the
+principal, runs the real handler, turns domain errors into statuses (server/status.py) and
+unexpected ones into INTERNAL with a correlation id, and records one log line and metrics.
+Wrapped handlers keep the kind of the real one, so a bidi client that opens a stream and waits is
+still refused before anything is read; a stream ends when its token expires or its session ends.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import grpc
 
 from server import errors, status
 from server.auth.principal import Principal, set_principal
+from server.auth.sessions import EndedSessions
 from server.auth.tokens import TokenCodec
 from server.observability import RpcObserver
 
@@ -54,35 +56,65 @@ _RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
 )
+_SESSION_ENDED = "the session of this access token has ended (logout or password change); log in again"
 
 
 class StreamLifetimes:
-    """Ends streaming RPCs when the caller's token expires or the server shuts down."""
+    """Ends streaming RPCs when the caller's token expires or session ends, or the server shuts down."""
 
     def __init__(self) -> None:
         self._scopes: set[asyncio.Timeout] = set()
+        self._by_session: dict[str, set[asyncio.Timeout]] = {}
+        self._session_ended: set[asyncio.Timeout] = set()
         self.closing = False
 
     async def run(self, call: Callable[[], Awaitable[T]], principal: Principal | None) -> T:
-        """Run a streaming handler until it returns, its token expires, or close_all()."""
+        """Run a streaming handler until it returns, its token expires, end_session() or close_all()."""
         if self.closing:
             raise errors.UnavailableError("server is shutting down; reconnect to another replica")
         loop = asyncio.get_running_loop()
         deadline = None if principal is None else loop.time() + (principal.expires_at - time.time())
         scope = asyncio.timeout_at(deadline)
+        session_id = None if principal is None else principal.session_id
         try:
             async with scope:
-                self._scopes.add(scope)
+                self._track(scope, session_id)
                 try:
                     return await call()
                 finally:
-                    self._scopes.discard(scope)
+                    self._untrack(scope, session_id)
         except TimeoutError:
             if not scope.expired():
                 raise
             if self.closing:
                 raise errors.UnavailableError("server is shutting down; reconnect and resume") from None
+            if scope in self._session_ended:
+                raise errors.UnauthenticatedError(_SESSION_ENDED) from None
             raise errors.UnauthenticatedError("access token expired; reconnect with a fresh token") from None
+        finally:
+            self._session_ended.discard(scope)
+
+    def _track(self, scope: asyncio.Timeout, session_id: str | None) -> None:
+        self._scopes.add(scope)
+        if session_id is not None:
+            self._by_session.setdefault(session_id, set()).add(scope)
+
+    def _untrack(self, scope: asyncio.Timeout, session_id: str | None) -> None:
+        self._scopes.discard(scope)
+        session = None if session_id is None else self._by_session.get(session_id)
+        if session_id is not None and session is not None:
+            session.discard(scope)
+            if not session:
+                del self._by_session[session_id]
+
+    def end_session(self, session_id: str) -> None:
+        """End the open streams of a session that ended (they finish with UNAUTHENTICATED)."""
+        scopes = self._by_session.pop(session_id, set())
+        if scopes:
+            now = asyncio.get_running_loop().time()
+            for scope in scopes:
+                self._session_ended.add(scope)
+                scope.reschedule(now)
 
     def close_all(self) -> None:
         """End every open stream now (they finish with UNAVAILABLE)."""
@@ -95,8 +127,16 @@ class StreamLifetimes:
 class RpcInterceptor(grpc.aio.ServerInterceptor):
     """Authentication, error mapping, stream lifetimes and observation for every RPC."""
 
-    def __init__(self, *, tokens: TokenCodec, observer: RpcObserver, streams: StreamLifetimes) -> None:
+    def __init__(
+        self,
+        *,
+        tokens: TokenCodec,
+        ended_sessions: EndedSessions,
+        observer: RpcObserver,
+        streams: StreamLifetimes,
+    ) -> None:
         self._tokens = tokens
+        self._ended_sessions = ended_sessions
         self._observer = observer
         self._streams = streams
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
@@ -227,7 +267,10 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                     raise errors.UnauthenticatedError(
                         "authorization metadata must be 'Bearer <access token>'"
                     )
-                return self._tokens.verify_access(token.strip())
+                principal = self._tokens.verify_access(token.strip())
+                if principal.session_id in self._ended_sessions:
+                    raise errors.UnauthenticatedError(_SESSION_ENDED)
+                return principal
         raise errors.UnauthenticatedError("missing 'authorization: Bearer <access token>' metadata")
 
 

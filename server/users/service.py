@@ -10,6 +10,7 @@ import asyncpg
 
 from server.auth.passwords import PasswordHasher
 from server.auth.principal import Principal, Role
+from server.auth.sessions import EndedSessions
 from server.auth.tokens import TokenCodec
 from server.db.pool import Connection
 from server.errors import (
@@ -47,11 +48,15 @@ _REVOKE_FAMILY_OF_USED = """
 UPDATE sessions SET revoked_at = now()
 WHERE revoked_at IS NULL
   AND id = (SELECT session_id FROM refresh_tokens WHERE jti = $1 AND used_at IS NOT NULL)
+RETURNING id::text
 """
 _REVOKE_SESSION = (
-    "UPDATE sessions SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL"
+    "UPDATE sessions SET revoked_at = now() WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL "
+    "RETURNING id::text"
 )
-_REVOKE_ALL = "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL"
+_REVOKE_ALL = (
+    "UPDATE sessions SET revoked_at = now() WHERE user_id = $1 AND revoked_at IS NULL RETURNING id::text"
+)
 _SET_PASSWORD = "UPDATE users SET password_hash = $2 WHERE id = $1"
 _PROMOTE = "UPDATE users SET role = 'admin' WHERE username = $1 RETURNING " + _USER_COLUMNS
 
@@ -90,11 +95,12 @@ class TokenPair:
 
 @dataclass(frozen=True)
 class UserDeps:
-    """What the user service needs besides a database: hashing, tokens, throttling limits."""
+    """What the user service needs besides a database: hashing, tokens, throttling, ended sessions."""
 
     hasher: PasswordHasher
     tokens: TokenCodec
     login_limits: throttle.LoginLimits
+    ended_sessions: EndedSessions
 
 
 async def register(
@@ -191,8 +197,9 @@ async def refresh(pool: asyncpg.Pool, deps: UserDeps, *, refresh_token: str) -> 
                 return await _issue_pair(
                     conn, deps.tokens, user_id=claims.user_id, role=Role(role), session_id=claims.session_id
                 )
-        revoked = await conn.execute(_REVOKE_FAMILY_OF_USED, claims.jti)
-    if revoked.endswith(" 1"):
+        revoked = [row[0] for row in await conn.fetch(_REVOKE_FAMILY_OF_USED, claims.jti)]
+    deps.ended_sessions.end(revoked)
+    if revoked:
         raise UnauthenticatedError("refresh token was already used; its session has been revoked")
     raise UnauthenticatedError("refresh token is revoked or unknown")
 
@@ -222,13 +229,14 @@ async def _issue_pair(
     )
 
 
-async def logout(pool: asyncpg.Pool, *, principal: Principal, all_sessions: bool) -> int:
-    """End the caller's session (or all of them); return how many were ended."""
+async def logout(pool: asyncpg.Pool, deps: UserDeps, *, principal: Principal, all_sessions: bool) -> int:
+    """End the caller's session (or all of them), access tokens included; return how many ended."""
     if all_sessions:
-        result = await pool.execute(_REVOKE_ALL, principal.user_id)
+        rows = await pool.fetch(_REVOKE_ALL, principal.user_id)
     else:
-        result = await pool.execute(_REVOKE_SESSION, principal.session_id, principal.user_id)
-    return int(result.rsplit(" ", 1)[1])
+        rows = await pool.fetch(_REVOKE_SESSION, principal.session_id, principal.user_id)
+    deps.ended_sessions.end(row[0] for row in rows)
+    return len(rows)
 
 
 async def get_user(pool: asyncpg.Pool, *, user_id: str | None = None, username: str | None = None) -> User:
@@ -258,7 +266,7 @@ async def change_password(
     new_password: str,
     peer_host: str,
 ) -> None:
-    """Replace the caller's password and revoke every refresh token.
+    """Replace the caller's password and end every session of the caller (this one included).
 
     Raises:
         InvalidArgumentError: the new password breaks the rules.
@@ -278,7 +286,8 @@ async def change_password(
     new_hash = await deps.hasher.hash(new_password)
     async with pool.acquire() as conn, conn.transaction():
         await conn.execute(_SET_PASSWORD, principal.user_id, new_hash)
-        await conn.execute(_REVOKE_ALL, principal.user_id)
+        ended = await conn.fetch(_REVOKE_ALL, principal.user_id)
+    deps.ended_sessions.end(row[0] for row in ended)
 
 
 async def ensure_admin(pool: asyncpg.Pool, deps: UserDeps, *, username: str, password: str) -> User:

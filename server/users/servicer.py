@@ -97,7 +97,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
     ) -> users_pb2.LogoutResponse:
         """UserService.Logout."""
         ended = await service.logout(
-            self._pool, principal=current_principal(), all_sessions=request.all_sessions
+            self._pool, self._deps, principal=current_principal(), all_sessions=request.all_sessions
         )
         return users_pb2.LogoutResponse(ended_sessions=ended)
 

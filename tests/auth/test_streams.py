@@ -15,6 +15,7 @@ import pytest
 
 from sendinchat.v1 import chat_pb2, ledger_pb2
 from server.auth.principal import Role
+from server.auth.sessions import EndedSessions
 from server.auth.tokens import TokenCodec
 from server.interceptor import RpcInterceptor, StreamLifetimes
 from server.observability import Metrics, RpcObserver
@@ -95,7 +96,12 @@ async def probe_server() -> AsyncIterator[tuple[grpc.aio.Channel, list[bytes]]]:
             received.append(request)
         return b"done"
 
-    interceptor = RpcInterceptor(tokens=_codec(), observer=RpcObserver(Metrics()), streams=StreamLifetimes())
+    interceptor = RpcInterceptor(
+        tokens=_codec(),
+        ended_sessions=EndedSessions(token_lifetime_seconds=60),
+        observer=RpcObserver(Metrics()),
+        streams=StreamLifetimes(),
+    )
     server = grpc.aio.server(interceptors=[interceptor])
     server.add_generic_rpc_handlers(
         [

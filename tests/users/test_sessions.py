@@ -95,12 +95,12 @@ class TestLogout:
         for token in (account.tokens.refresh_token, rotated.refresh_token, others[1].refresh_token):
             assert (await _refresh_error(stubs, token)).code() == grpc.StatusCode.UNAUTHENTICATED
 
-    async def test_ends_nothing_when_the_session_is_already_ended(self, stubs):
+    async def test_counts_only_the_sessions_still_open_when_all_sessions_is_true(self, stubs):
         account = await signed_up(stubs)
-        await stubs.users.Logout(users_pb2.LogoutRequest(), metadata=account.auth)
-        # The access token stays valid until it expires (documented), but its session is gone.
-        reply = await stubs.users.Logout(users_pb2.LogoutRequest(), metadata=account.auth)
-        assert reply.ended_sessions == 0
+        other = await _second_session(stubs, account)
+        await stubs.users.Logout(users_pb2.LogoutRequest(), metadata=bearer(other.access_token))
+        first = await stubs.users.Logout(users_pb2.LogoutRequest(all_sessions=True), metadata=account.auth)
+        assert first.ended_sessions == 1
 
     async def test_does_not_touch_other_users_when_all_sessions_is_true(self, stubs):
         account = await signed_up(stubs)

@@ -103,7 +103,7 @@ class UserServiceServicer:
 
     def RefreshToken(self, request, context):
         """RefreshToken exchanges a refresh token for a new pair. Each refresh token
-        works once: presenting a used one revokes its whole session.
+        works once: presenting a used one ends its whole session (as Logout).
         Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (invalid, expired,
         revoked or reused token).
         """
@@ -113,7 +113,9 @@ class UserServiceServicer:
 
     def Logout(self, request, context):
         """Logout ends the caller's current session, or every session of the caller.
-        Access tokens already issued stay valid until they expire (minutes).
+        The sessions' refresh and access tokens stop working: at once on this
+        server, within about a second on other replicas; their open streams end
+        with UNAUTHENTICATED.
         Errors: UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -138,8 +140,9 @@ class UserServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ChangePassword(self, request, context):
-        """ChangePassword replaces the caller's password and revokes every refresh
-        token of the caller.
+        """ChangePassword replaces the caller's password and ends every session of
+        the caller, this one included (as Logout with all_sessions): log in again
+        with the new password.
         Errors: UNAUTHENTICATED, INVALID_ARGUMENT (new password out of bounds),
         PERMISSION_DENIED (old password wrong), RESOURCE_EXHAUSTED (too many
         wrong old passwords, with RetryInfo).

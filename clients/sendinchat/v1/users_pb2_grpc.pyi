@@ -50,13 +50,15 @@ class UserServiceStub:
     """
     RefreshToken: _grpc.UnaryUnaryMultiCallable[_users_pb2.RefreshTokenRequest, _users_pb2.RefreshTokenResponse]
     """RefreshToken exchanges a refresh token for a new pair. Each refresh token
-    works once: presenting a used one revokes its whole session.
+    works once: presenting a used one ends its whole session (as Logout).
     Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (invalid, expired,
     revoked or reused token).
     """
     Logout: _grpc.UnaryUnaryMultiCallable[_users_pb2.LogoutRequest, _users_pb2.LogoutResponse]
     """Logout ends the caller's current session, or every session of the caller.
-    Access tokens already issued stay valid until they expire (minutes).
+    The sessions' refresh and access tokens stop working: at once on this
+    server, within about a second on other replicas; their open streams end
+    with UNAUTHENTICATED.
     Errors: UNAUTHENTICATED.
     """
     GetMe: _grpc.UnaryUnaryMultiCallable[_users_pb2.GetMeRequest, _users_pb2.GetMeResponse]
@@ -69,8 +71,9 @@ class UserServiceStub:
     NOT_FOUND.
     """
     ChangePassword: _grpc.UnaryUnaryMultiCallable[_users_pb2.ChangePasswordRequest, _users_pb2.ChangePasswordResponse]
-    """ChangePassword replaces the caller's password and revokes every refresh
-    token of the caller.
+    """ChangePassword replaces the caller's password and ends every session of
+    the caller, this one included (as Logout with all_sessions): log in again
+    with the new password.
     Errors: UNAUTHENTICATED, INVALID_ARGUMENT (new password out of bounds),
     PERMISSION_DENIED (old password wrong), RESOURCE_EXHAUSTED (too many
     wrong old passwords, with RetryInfo).
@@ -98,13 +101,15 @@ class UserServiceAsyncStub(UserServiceStub):
     """
     RefreshToken: _aio.UnaryUnaryMultiCallable[_users_pb2.RefreshTokenRequest, _users_pb2.RefreshTokenResponse]  # type: ignore[assignment]
     """RefreshToken exchanges a refresh token for a new pair. Each refresh token
-    works once: presenting a used one revokes its whole session.
+    works once: presenting a used one ends its whole session (as Logout).
     Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (invalid, expired,
     revoked or reused token).
     """
     Logout: _aio.UnaryUnaryMultiCallable[_users_pb2.LogoutRequest, _users_pb2.LogoutResponse]  # type: ignore[assignment]
     """Logout ends the caller's current session, or every session of the caller.
-    Access tokens already issued stay valid until they expire (minutes).
+    The sessions' refresh and access tokens stop working: at once on this
+    server, within about a second on other replicas; their open streams end
+    with UNAUTHENTICATED.
     Errors: UNAUTHENTICATED.
     """
     GetMe: _aio.UnaryUnaryMultiCallable[_users_pb2.GetMeRequest, _users_pb2.GetMeResponse]  # type: ignore[assignment]
@@ -117,8 +122,9 @@ class UserServiceAsyncStub(UserServiceStub):
     NOT_FOUND.
     """
     ChangePassword: _aio.UnaryUnaryMultiCallable[_users_pb2.ChangePasswordRequest, _users_pb2.ChangePasswordResponse]  # type: ignore[assignment]
-    """ChangePassword replaces the caller's password and revokes every refresh
-    token of the caller.
+    """ChangePassword replaces the caller's password and ends every session of
+    the caller, this one included (as Logout with all_sessions): log in again
+    with the new password.
     Errors: UNAUTHENTICATED, INVALID_ARGUMENT (new password out of bounds),
     PERMISSION_DENIED (old password wrong), RESOURCE_EXHAUSTED (too many
     wrong old passwords, with RetryInfo).
@@ -161,7 +167,7 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.RefreshTokenResponse, _abc.Awaitable[_users_pb2.RefreshTokenResponse]]:
         """RefreshToken exchanges a refresh token for a new pair. Each refresh token
-        works once: presenting a used one revokes its whole session.
+        works once: presenting a used one ends its whole session (as Logout).
         Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (invalid, expired,
         revoked or reused token).
         """
@@ -173,7 +179,9 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.LogoutResponse, _abc.Awaitable[_users_pb2.LogoutResponse]]:
         """Logout ends the caller's current session, or every session of the caller.
-        Access tokens already issued stay valid until they expire (minutes).
+        The sessions' refresh and access tokens stop working: at once on this
+        server, within about a second on other replicas; their open streams end
+        with UNAUTHENTICATED.
         Errors: UNAUTHENTICATED.
         """
 
@@ -204,8 +212,9 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _users_pb2.ChangePasswordRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.ChangePasswordResponse, _abc.Awaitable[_users_pb2.ChangePasswordResponse]]:
-        """ChangePassword replaces the caller's password and revokes every refresh
-        token of the caller.
+        """ChangePassword replaces the caller's password and ends every session of
+        the caller, this one included (as Logout with all_sessions): log in again
+        with the new password.
         Errors: UNAUTHENTICATED, INVALID_ARGUMENT (new password out of bounds),
         PERMISSION_DENIED (old password wrong), RESOURCE_EXHAUSTED (too many
         wrong old passwords, with RetryInfo).
