@@ -19,7 +19,7 @@ from grpc_health.v1._async import HealthServicer
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 from server.auth.passwords import PasswordHasher
 from server.auth.sessions import EndedSessions
-from server.auth.tokens import LEEWAY_SECONDS, TokenCodec
+from server.auth.tokens import TokenCodec
 from server.chat import payments
 from server.chat.hub import ChatHub
 from server.chat.servicer import ChatServicer
@@ -58,6 +58,7 @@ class RunningServer:
     health: HealthState
     streams: StreamLifetimes
     grace_seconds: float
+    ended_sessions: EndedSessions
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self) -> None:
@@ -83,7 +84,7 @@ def user_deps(config: Config, jwt_secret: str) -> users.UserDeps:
             per_peer=config.login_attempts_per_peer,
             window_seconds=config.login_window_seconds,
         ),
-        ended_sessions=EndedSessions(token_lifetime_seconds=config.access_token_ttl_seconds + LEEWAY_SECONDS),
+        ended_sessions=EndedSessions(access_ttl_seconds=config.access_token_ttl_seconds),
     )
 
 
@@ -138,18 +139,22 @@ async def create_server(
     enable_reflection([*SERVICE_NAMES, health.SERVICE_NAME], server)
 
     port = _bind(server, config)
+    # Until a poll succeeds, authenticated calls are refused with UNAVAILABLE (server/auth/sessions.py).
     await deps.ended_sessions.try_poll(pool)
+    session_poller = asyncio.create_task(deps.ended_sessions.poll_forever(pool))
     await hub.start()
     await server.start()
     await health_state.probe_database(pool)
     await ledger.audit_into(health_state)
     await health_state.publish()
-    running = RunningServer(server, port, health_state, streams, config.shutdown_grace_seconds)
+    running = RunningServer(
+        server, port, health_state, streams, config.shutdown_grace_seconds, deps.ended_sessions
+    )
+    running.tasks.append(session_poller)
     running.tasks.append(asyncio.create_task(health_state.watch_database(pool)))
     running.tasks.append(asyncio.create_task(ledger.run_background(health_state)))
     running.tasks.append(asyncio.create_task(hub.run_until_cancelled()))
     running.tasks.append(asyncio.create_task(payments.sweep_expired_requests(pool)))
-    running.tasks.append(asyncio.create_task(deps.ended_sessions.poll_forever(pool)))
     return running
 
 

@@ -56,7 +56,10 @@ _RETRYABLE_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.SerializationError,
     asyncpg.DeadlockDetectedError,
 )
-_SESSION_ENDED = "the session of this access token has ended (logout or password change); log in again"
+_SESSION_ENDED = (
+    "the session of this access token has ended (logout, password change or a reused refresh token); "
+    "log in again"
+)
 
 
 class StreamLifetimes:
@@ -101,8 +104,7 @@ class StreamLifetimes:
 
     def _untrack(self, scope: asyncio.Timeout, session_id: str | None) -> None:
         self._scopes.discard(scope)
-        session = None if session_id is None else self._by_session.get(session_id)
-        if session_id is not None and session is not None:
+        if session_id is not None and (session := self._by_session.get(session_id)) is not None:
             session.discard(scope)
             if not session:
                 del self._by_session[session_id]
@@ -113,15 +115,17 @@ class StreamLifetimes:
         if scopes:
             now = asyncio.get_running_loop().time()
             for scope in scopes:
-                self._session_ended.add(scope)
-                scope.reschedule(now)
+                if not scope.expired():  # an expiring one is ending already, and refuses a reschedule
+                    self._session_ended.add(scope)
+                    scope.reschedule(now)
 
     def close_all(self) -> None:
         """End every open stream now (they finish with UNAVAILABLE)."""
         self.closing = True
         now = asyncio.get_running_loop().time()
         for scope in list(self._scopes):
-            scope.reschedule(now)
+            if not scope.expired():
+                scope.reschedule(now)
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
@@ -270,6 +274,11 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 principal = self._tokens.verify_access(token.strip())
                 if principal.session_id in self._ended_sessions:
                     raise errors.UnauthenticatedError(_SESSION_ENDED)
+                if not self._ended_sessions.current:
+                    raise errors.UnavailableError(
+                        "cannot confirm that this session is still open (the database does not answer);"
+                        " retry later"
+                    )
                 return principal
         raise errors.UnauthenticatedError("missing 'authorization: Bearer <access token>' metadata")
 

@@ -3,7 +3,9 @@
 Access tokens are checked without the database, so each server process keeps the ids of the
 sessions that ended (Logout, ChangePassword, a reused refresh token) within an access token's
 lifetime. A session ended through this process counts at once; one ended through another replica
-counts here after the next poll of the sessions table (every POLL_SECONDS).
+counts here after the next poll of the sessions table (every POLL_SECONDS). While polls fail for
+longer than STALE_SECONDS the list may be missing sessions, and `current` says so: the interceptor
+then refuses authenticated calls with UNAVAILABLE rather than trust it.
 """
 
 from __future__ import annotations
@@ -11,76 +13,89 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
 
 import asyncpg
+
+from server.auth.tokens import LEEWAY_SECONDS
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+STALE_SECONDS = 10.0
+POLL_TIMEOUT_SECONDS = 5.0
 # A session's revoked_at is its transaction's start time, visible only once it commits: each poll
-# looks this far further back than the time since the last one, so a slow commit is not missed.
-OVERLAP_SECONDS = 30.0
-_ENDED_WITHIN = (
-    "SELECT id::text FROM sessions "
-    "WHERE revoked_at IS NOT NULL AND revoked_at > now() - make_interval(secs => $1)"
-)
+# reaches this far behind the previous one's database time, so a revocation committing up to this
+# long after it started is still seen (the revoking statements are single short transactions).
+OVERLAP = timedelta(seconds=10)
+# One row whatever matches: the database's own time (the next poll's cursor) and the ids.
+_ENDED_SINCE = """
+SELECT now() AS polled_at, coalesce(array_agg(id::text), '{}') AS ended
+FROM sessions WHERE revoked_at > coalesce($1, now() - make_interval(secs => $2))
+"""
 
 
 class EndedSessions:
     """The sessions ended recently enough that some of their access tokens may still be unexpired."""
 
-    def __init__(self, *, token_lifetime_seconds: float) -> None:
-        # Polls cover this much; entries are dropped after it (their tokens have all expired).
-        self._keep_seconds = token_lifetime_seconds + OVERLAP_SECONDS
-        self._ended: dict[str, float] = {}  # session id -> when this process learned of it
+    def __init__(self, *, access_ttl_seconds: float) -> None:
+        # What a first poll reads, and how long an entry is kept: by then its tokens have expired.
+        self._keep_seconds = access_ttl_seconds + LEEWAY_SECONDS + OVERLAP.total_seconds()
+        self._ended: OrderedDict[str, float] = OrderedDict()  # id -> when this process learned it
         self._subscribers: list[Callable[[str], None]] = []
-        self._last_poll: float | None = None
+        self._cursor: datetime | None = None
+        self._current_until = 0.0  # monotonic time until which the last good poll vouches
 
     def __contains__(self, session_id: str) -> bool:
         return session_id in self._ended
+
+    @property
+    def current(self) -> bool:
+        """True while a poll succeeded within STALE_SECONDS (the list misses nothing older)."""
+        return time.monotonic() < self._current_until
 
     def subscribe(self, callback: Callable[[str], None]) -> None:
         """Call `callback(session_id)` once for every session that ends from now on."""
         self._subscribers.append(callback)
 
     def end(self, session_ids: Iterable[str]) -> None:
-        """Record sessions as ended (idempotent) and tell the subscribers about the new ones."""
+        """Record sessions as ended (idempotent), then tell the subscribers about the new ones."""
         now = time.monotonic()
-        for session_id in session_ids:
-            if session_id not in self._ended:
-                self._ended[session_id] = now
-                for callback in self._subscribers:
+        new = [sid for sid in dict.fromkeys(session_ids) if sid not in self._ended]
+        for session_id in new:
+            self._ended[session_id] = now
+        for session_id in new:
+            for callback in self._subscribers:
+                try:
                     callback(session_id)
+                except Exception:
+                    log.exception("a subscriber failed on the end of session %s", session_id)
 
     async def poll(self, pool: asyncpg.Pool) -> None:
         """Learn the sessions ended since the last poll (on the first, within a token's lifetime)."""
         started = time.monotonic()
-        window = self._keep_seconds
-        if self._last_poll is not None:
-            window = min(window, started - self._last_poll + OVERLAP_SECONDS)
-        rows = await pool.fetch(_ENDED_WITHIN, window)
-        self._last_poll = started
-        self.end(row[0] for row in rows)
-        self._forget_older_than(started - self._keep_seconds)
+        async with asyncio.timeout(POLL_TIMEOUT_SECONDS):
+            row = await pool.fetchrow(_ENDED_SINCE, self._cursor, self._keep_seconds)
+        assert row is not None  # an aggregate without GROUP BY returns one row
+        self.end(row["ended"])
+        self._cursor = row["polled_at"] - OVERLAP
+        self._current_until = started + STALE_SECONDS
+        horizon = started - self._keep_seconds
+        while self._ended and next(iter(self._ended.values())) < horizon:
+            self._ended.popitem(last=False)
 
-    async def poll_forever(self, pool: asyncpg.Pool) -> None:
-        """Keep polling every POLL_SECONDS until cancelled; a failed poll is retried on the next tick."""
-        while True:
-            await asyncio.sleep(POLL_SECONDS)
-            await self.try_poll(pool)
-
-    async def try_poll(self, pool: asyncpg.Pool) -> bool:
+    async def try_poll(self, pool: asyncpg.Pool) -> None:
         """poll(), logging instead of raising when the database cannot answer."""
         try:
             await self.poll(pool)
         except Exception:  # the poller must outlive any one failure
-            # The next window reaches back to the last good poll: nothing is missed.
+            # The cursor stays where the last good poll left it: the next one catches up.
             log.warning("cannot read ended sessions; retrying", exc_info=True)
-            return False
-        return True
 
-    def _forget_older_than(self, horizon: float) -> None:
-        if next(iter(self._ended.values()), horizon) >= horizon:
-            return  # the oldest entry (dicts keep insertion order) is still needed
-        self._ended = {sid: at for sid, at in self._ended.items() if at >= horizon}
+    async def poll_forever(self, pool: asyncpg.Pool) -> None:
+        """try_poll() every POLL_SECONDS until cancelled."""
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
+            await self.try_poll(pool)

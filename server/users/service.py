@@ -200,7 +200,7 @@ async def refresh(pool: asyncpg.Pool, deps: UserDeps, *, refresh_token: str) -> 
         revoked = [row[0] for row in await conn.fetch(_REVOKE_FAMILY_OF_USED, claims.jti)]
     deps.ended_sessions.end(revoked)
     if revoked:
-        raise UnauthenticatedError("refresh token was already used; its session has been revoked")
+        raise UnauthenticatedError("refresh token was already used; its session has ended")
     raise UnauthenticatedError("refresh token is revoked or unknown")
 
 

@@ -10,12 +10,16 @@ import asyncio
 from typing import Any
 
 import grpc
+import jwt
 import pytest
 
 from sendinchat.v1 import chat_pb2, ledger_pb2, users_pb2
-from server.auth.sessions import POLL_SECONDS
+from server.auth.sessions import POLL_SECONDS, EndedSessions
+from server.db.pool import create_pool
+from tests.auth.probe import COLLECT, access_token, probe_server
 from tests.chat.support import Stream
-from tests.helpers import PASSWORD, Account, bearer, signed_up
+from tests.helpers import PASSWORD, Account, bearer, signed_up, signed_up_admin
+from tests.ledger.support import deposit
 
 NEW_PASSWORD = "a-new-long-password"
 WAIT_SECONDS = 10.0
@@ -96,10 +100,11 @@ class TestOnTheSameServer:
             users_pb2.RefreshTokenRequest(refresh_token=account.tokens.refresh_token)
         )
         assert await _get_me_code(stubs, rotated.tokens.access_token) == grpc.StatusCode.OK
-        with pytest.raises(grpc.aio.AioRpcError):
+        with pytest.raises(grpc.aio.AioRpcError) as reused:
             await stubs.users.RefreshToken(
                 users_pb2.RefreshTokenRequest(refresh_token=account.tokens.refresh_token)
             )
+        assert reused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         for token in (account.tokens.access_token, rotated.tokens.access_token):
             assert await _get_me_code(stubs, token) == grpc.StatusCode.UNAUTHENTICATED
 
@@ -114,11 +119,21 @@ class TestOnTheSameServer:
 
 
 class TestAcrossReplicas:
-    async def test_another_replica_refuses_the_token_after_its_next_poll(self, servers):
+    async def test_another_replica_refuses_the_token_once_it_has_polled(self, servers):
         first = await servers.start()
         second = await servers.start(database_url=first.database_url)
         account = await signed_up(first.stubs)
         assert await _get_me_code(second.stubs, account.tokens.access_token) == grpc.StatusCode.OK
+        await first.stubs.users.Logout(users_pb2.LogoutRequest(), metadata=account.auth)
+        await second.running.ended_sessions.poll(second.pool)
+        assert (
+            await _get_me_code(second.stubs, account.tokens.access_token) == grpc.StatusCode.UNAUTHENTICATED
+        )
+
+    async def test_another_replica_polls_on_its_own(self, servers):
+        first = await servers.start()
+        second = await servers.start(database_url=first.database_url)
+        account = await signed_up(first.stubs)
         await first.stubs.users.Logout(users_pb2.LogoutRequest(), metadata=account.auth)
         code = await _code_once_settled(second.stubs, account.tokens.access_token)
         assert code == grpc.StatusCode.UNAUTHENTICATED
@@ -130,30 +145,71 @@ class TestAcrossReplicas:
         later = await servers.start(database_url=first.database_url)
         assert await _get_me_code(later.stubs, account.tokens.access_token) == grpc.StatusCode.UNAUTHENTICATED
 
-
-class TestOpenStreams:
-    async def test_watch_transfers_of_the_session_ends_unauthenticated_on_logout_of_all_sessions(self, stubs):
-        account = await signed_up(stubs)
-        other = await _login(stubs, account)
-        watch = stubs.ledger.WatchTransfers(ledger_pb2.WatchTransfersRequest(), metadata=account.auth)
-        bystander = await signed_up(stubs)
-        untouched = stubs.ledger.WatchTransfers(ledger_pb2.WatchTransfersRequest(), metadata=bystander.auth)
+    async def test_a_stream_on_another_replica_ends_once_it_has_polled(self, servers):
+        first = await servers.start()
+        second = await servers.start(database_url=first.database_url)
+        account = await signed_up(first.stubs)
+        watch = second.stubs.ledger.WatchTransfers(ledger_pb2.WatchTransfersRequest(), metadata=account.auth)
         try:
-            # Both streams are open and past authentication once the first live read is pending.
-            await _until_open(stubs, watch)
-            await _until_open(stubs, untouched)
-            await stubs.users.Logout(
-                users_pb2.LogoutRequest(all_sessions=True), metadata=bearer(other.access_token)
-            )
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                while True:
-                    await asyncio.wait_for(watch.read(), WAIT_SECONDS)
-            assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
-            assert "session" in (caught.value.details() or "")
-            assert not untouched.done()
+            await _until_open(watch)
+            await first.stubs.users.Logout(users_pb2.LogoutRequest(), metadata=account.auth)
+            await second.running.ended_sessions.poll(second.pool)
+            error = await _end_of(watch)
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "session" in (error.details() or "")
         finally:
             watch.cancel()
-            untouched.cancel()
+
+
+class TestWhenTheListIsNotCurrent:
+    async def test_a_valid_token_is_unavailable_until_a_poll_has_succeeded(self, server):
+        never_polled = EndedSessions(access_ttl_seconds=60)
+        async with probe_server(never_polled) as (channel, received):
+            collect: Any = channel.stream_unary(COLLECT)
+            call = collect(metadata=bearer(access_token()))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await asyncio.wait_for(call, WAIT_SECONDS)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert received == []
+            await never_polled.poll(server.pool)
+            accepted = collect(metadata=bearer(access_token()))
+            await accepted.done_writing()
+            assert await asyncio.wait_for(accepted, WAIT_SECONDS) == b"done"
+
+    async def test_the_poll_after_a_failed_one_catches_up(self, server):
+        account = await signed_up(server.stubs)
+        ended = EndedSessions(access_ttl_seconds=60)
+        await ended.poll(server.pool)
+        await server.stubs.users.Logout(users_pb2.LogoutRequest(), metadata=account.auth)
+        closed = await create_pool(server.database_url, size=1)
+        await closed.close()
+        await ended.try_poll(closed)
+        assert _session_of(account) not in ended
+        await ended.poll(server.pool)
+        assert _session_of(account) in ended
+
+
+class TestOpenStreams:
+    async def test_watch_of_the_ended_session_ends_and_the_other_sessions_watch_goes_on(self, server):
+        account = await signed_up(server.stubs)
+        other = await _login(server.stubs, account)
+        ending = server.stubs.ledger.WatchTransfers(ledger_pb2.WatchTransfersRequest(), metadata=account.auth)
+        going_on = server.stubs.ledger.WatchTransfers(
+            ledger_pb2.WatchTransfersRequest(), metadata=bearer(other.access_token)
+        )
+        try:
+            await _until_open(ending)
+            await _until_open(going_on)
+            await server.stubs.users.Logout(users_pb2.LogoutRequest(), metadata=account.auth)
+            error = await _end_of(ending)
+            assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "session" in (error.details() or "")
+            await deposit(server, await signed_up_admin(server), account, 5)
+            event = await asyncio.wait_for(going_on.read(), WAIT_SECONDS)
+            assert event.transfer.amount_minor == 5
+        finally:
+            ending.cancel()
+            going_on.cancel()
 
     async def test_chat_connect_of_the_session_ends_unauthenticated_on_logout(self, stubs):
         account = await signed_up(stubs)
@@ -161,14 +217,28 @@ class TestOpenStreams:
         try:
             await stream.write(ping=chat_pb2.PingFrame(nonce="open"))
             assert (await stream.next_of("pong")).pong.nonce == "open"
-            await stubs.users.Logout(users_pb2.LogoutRequest(), metadata=account.auth)
+            await stubs.users.Logout(users_pb2.LogoutRequest(all_sessions=True), metadata=account.auth)
             error = await stream.wait_ended()
             assert error is not None
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "session" in (error.details() or "")
         finally:
             await stream.close()
 
 
-async def _until_open(stubs: Any, call: Any) -> None:
-    """Give the server time to authenticate and register the stream: metadata arrives once it runs."""
+def _session_of(account: Account) -> str:
+    claims = jwt.decode(account.tokens.access_token, options={"verify_signature": False})
+    return str(claims["sid"])
+
+
+async def _until_open(call: Any) -> None:
+    """Wait until the server has authenticated and registered the watch (it sends initial metadata)."""
     await asyncio.wait_for(call.initial_metadata(), WAIT_SECONDS)
+
+
+async def _end_of(call: Any) -> grpc.aio.AioRpcError:
+    """Read a stream to its end; the error it ended with (ending OK fails the test)."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        while (await asyncio.wait_for(call.read(), WAIT_SECONDS)) is not grpc.aio.EOF:
+            pass
+    return caught.value

@@ -14,12 +14,7 @@ import grpc
 import pytest
 
 from sendinchat.v1 import chat_pb2, ledger_pb2
-from server.auth.principal import Role
-from server.auth.sessions import EndedSessions
-from server.auth.tokens import TokenCodec
-from server.interceptor import RpcInterceptor, StreamLifetimes
-from server.observability import Metrics, RpcObserver
-from tests.harness import TEST_JWT_SECRET
+from tests.auth.probe import COLLECT, access_token, probe_server
 from tests.helpers import bearer
 
 READ_TIMEOUT = 10.0
@@ -73,57 +68,17 @@ class TestConnect:
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
-_COLLECT = "/test.Probe/Collect"
-
-
-def _codec() -> TokenCodec:
-    return TokenCodec(
-        secret=TEST_JWT_SECRET,
-        issuer="sendinchat",
-        audience="sendinchat",
-        access_ttl_seconds=60,
-        refresh_ttl_seconds=600,
-    )
-
-
 @pytest.fixture
-async def probe_server() -> AsyncIterator[tuple[grpc.aio.Channel, list[bytes]]]:
-    """A bare server with the real interceptor and one client-streaming method (the contract has none)."""
-    received: list[bytes] = []
-
-    async def collect(requests: Any, context: Any) -> bytes:
-        async for request in requests:
-            received.append(request)
-        return b"done"
-
-    interceptor = RpcInterceptor(
-        tokens=_codec(),
-        ended_sessions=EndedSessions(token_lifetime_seconds=60),
-        observer=RpcObserver(Metrics()),
-        streams=StreamLifetimes(),
-    )
-    server = grpc.aio.server(interceptors=[interceptor])
-    server.add_generic_rpc_handlers(
-        [
-            grpc.method_handlers_generic_handler(
-                "test.Probe", {"Collect": grpc.stream_unary_rpc_method_handler(collect)}
-            )
-        ]
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield channel, received
-    finally:
-        await channel.close(None)
-        await server.stop(None)
+async def probe(server: Any) -> AsyncIterator[tuple[grpc.aio.Channel, list[bytes]]]:
+    """The probe server, trusting the ended-sessions list of a real server (polled, current)."""
+    async with probe_server(server.running.ended_sessions) as channel_and_received:
+        yield channel_and_received
 
 
 class TestClientStreaming:
-    async def test_is_unauthenticated_when_opened_without_a_token_and_nothing_is_sent(self, probe_server):
-        channel, received = probe_server
-        call = channel.stream_unary(_COLLECT)()
+    async def test_is_unauthenticated_when_opened_without_a_token_and_nothing_is_sent(self, probe):
+        channel, received = probe
+        call = channel.stream_unary(COLLECT)()
         try:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await asyncio.wait_for(call, READ_TIMEOUT)
@@ -132,14 +87,9 @@ class TestClientStreaming:
             call.cancel()
         assert received == []
 
-    async def test_handler_reads_the_stream_when_the_token_is_valid(self, probe_server):
-        channel, received = probe_server
-        token = _codec().issue_access(
-            user_id="00000000-0000-4000-8000-000000000001",
-            role=Role.USER,
-            session_id="00000000-0000-4000-8000-000000000002",
-        )
-        call = channel.stream_unary(_COLLECT)(metadata=bearer(token.token))
+    async def test_handler_reads_the_stream_when_the_token_is_valid(self, probe):
+        channel, received = probe
+        call = channel.stream_unary(COLLECT)(metadata=bearer(access_token()))
         await call.write(b"one")
         await call.done_writing()
         assert await asyncio.wait_for(call, READ_TIMEOUT) == b"done"
