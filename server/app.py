@@ -109,7 +109,8 @@ async def create_server(
 ) -> RunningServer:
     """Build, bind and start the gRPC server; the port is the bound one (config may say 0).
 
-    `dsn` (default: config.database_url) is where the chat hub opens its LISTEN connection.
+    `dsn` (default: config.database_url) is where the chat hub (LISTEN) and the ended-sessions
+    poller open connections of their own, outside the pool.
     """
     metrics = metrics or Metrics()
     deps = user_deps(config, jwt_secret)
@@ -123,10 +124,12 @@ async def create_server(
     batcher = TransferBatcher(pool, linger_seconds=config.transfer_batch_linger_ms / 1000)
     ledger = LedgerServicer(pool, batcher)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(ledger, server)
-    chat_dsn = dsn or config.database_url
-    if chat_dsn is None:
-        raise ConfigError("DATABASE_URL: the chat hub needs the database URL for its LISTEN connection")
-    hub = ChatHub(pool, chat_dsn)
+    own_dsn = dsn or config.database_url
+    if own_dsn is None:
+        raise ConfigError(
+            "DATABASE_URL: the chat hub and the session poller need it for their own connections"
+        )
+    hub = ChatHub(pool, own_dsn)
     chat_pb2_grpc.add_ChatServiceServicer_to_server(
         ChatServicer(pool, hub, stream_buffer=config.chat_stream_buffer), server
     )
@@ -141,7 +144,7 @@ async def create_server(
     port = _bind(server, config)
     # Until a poll succeeds, authenticated calls are refused with UNAVAILABLE (server/auth/sessions.py).
     await deps.ended_sessions.try_poll(pool)
-    session_poller = asyncio.create_task(deps.ended_sessions.poll_forever(pool))
+    session_poller = asyncio.create_task(deps.ended_sessions.poll_forever(own_dsn))
     await hub.start()
     await server.start()
     await health_state.probe_database(pool)

@@ -24,6 +24,7 @@ from server.auth.tokens import LEEWAY_SECONDS
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
+APPLICATION_NAME = "sendinchat-session-poller"  # how the poller's connection shows in pg_stat_activity
 STALE_SECONDS = 10.0
 POLL_TIMEOUT_SECONDS = 5.0
 # A session's revoked_at is its transaction's start time, visible only once it commits: each poll
@@ -73,11 +74,11 @@ class EndedSessions:
                 except Exception:
                     log.exception("a subscriber failed on the end of session %s", session_id)
 
-    async def poll(self, pool: asyncpg.Pool) -> None:
+    async def poll(self, db: asyncpg.Pool | asyncpg.Connection) -> None:
         """Learn the sessions ended since the last poll (on the first, within a token's lifetime)."""
         started = time.monotonic()
         async with asyncio.timeout(POLL_TIMEOUT_SECONDS):
-            row = await pool.fetchrow(_ENDED_SINCE, self._cursor, self._keep_seconds)
+            row = await db.fetchrow(_ENDED_SINCE, self._cursor, self._keep_seconds)
         assert row is not None  # an aggregate without GROUP BY returns one row
         self.end(row["ended"])
         self._cursor = row["polled_at"] - OVERLAP
@@ -86,16 +87,39 @@ class EndedSessions:
         while self._ended and next(iter(self._ended.values())) < horizon:
             self._ended.popitem(last=False)
 
-    async def try_poll(self, pool: asyncpg.Pool) -> None:
-        """poll(), logging instead of raising when the database cannot answer."""
+    async def try_poll(self, db: asyncpg.Pool | asyncpg.Connection) -> bool:
+        """poll(), logging instead of raising when the database cannot answer; True if it could."""
         try:
-            await self.poll(pool)
+            await self.poll(db)
         except Exception:  # the poller must outlive any one failure
             # The cursor stays where the last good poll left it: the next one catches up.
             log.warning("cannot read ended sessions; retrying", exc_info=True)
+            return False
+        return True
 
-    async def poll_forever(self, pool: asyncpg.Pool) -> None:
-        """try_poll() every POLL_SECONDS until cancelled."""
-        while True:
-            await asyncio.sleep(POLL_SECONDS)
-            await self.try_poll(pool)
+    async def poll_forever(self, dsn: str) -> None:
+        """Poll every POLL_SECONDS until cancelled, on a connection of its own.
+
+        A pool busy with slow calls must not starve the poll: every authenticated call would fail.
+        """
+        conn: asyncpg.Connection | None = None
+        try:
+            while True:
+                await asyncio.sleep(POLL_SECONDS)
+                if conn is None:
+                    conn = await _connect(dsn)
+                if conn is not None and not await self.try_poll(conn):
+                    conn.terminate()  # a timed-out query leaves it unusable: start afresh
+                    conn = None
+        finally:
+            if conn is not None:
+                conn.terminate()
+
+
+async def _connect(dsn: str) -> asyncpg.Connection | None:
+    try:
+        async with asyncio.timeout(POLL_TIMEOUT_SECONDS):
+            return await asyncpg.connect(dsn, server_settings={"application_name": APPLICATION_NAME})
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        log.warning("cannot connect to read ended sessions; retrying", exc_info=True)
+        return None

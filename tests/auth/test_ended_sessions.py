@@ -14,15 +14,20 @@ import jwt
 import pytest
 
 from sendinchat.v1 import chat_pb2, ledger_pb2, users_pb2
-from server.auth.sessions import POLL_SECONDS, EndedSessions
+from server.auth.sessions import APPLICATION_NAME, POLL_SECONDS, EndedSessions
 from server.db.pool import create_pool
 from tests.auth.probe import COLLECT, access_token, probe_server
 from tests.chat.support import Stream
 from tests.helpers import PASSWORD, Account, bearer, signed_up, signed_up_admin
 from tests.ledger.support import deposit
+from tests.ops.dbproxy import DatabaseProxy
 
 NEW_PASSWORD = "a-new-long-password"
 WAIT_SECONDS = 10.0
+UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+_POLLERS = (
+    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1"
+)
 
 
 async def _login(stubs: Any, account: Account, password: str = PASSWORD) -> users_pb2.TokenPair:
@@ -46,14 +51,14 @@ async def _get_me_error(stubs: Any, access_token: str) -> grpc.aio.AioRpcError:
     return caught.value
 
 
-async def _code_once_settled(stubs: Any, access_token: str) -> grpc.StatusCode:
-    """GetMe's code once it stops being OK, or OK if it still is after a few polls."""
+async def _code_when(stubs: Any, access_token: str, wanted: grpc.StatusCode) -> grpc.StatusCode:
+    """GetMe's code as soon as it is `wanted`, or the last one seen after WAIT_SECONDS."""
     deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
-    while (code := await _get_me_code(stubs, access_token)) == grpc.StatusCode.OK:
-        if asyncio.get_running_loop().time() > deadline:
-            break
+    while True:
+        code = await _get_me_code(stubs, access_token)
+        if code == wanted or asyncio.get_running_loop().time() > deadline:
+            return code
         await asyncio.sleep(POLL_SECONDS / 4)
-    return code
 
 
 class TestOnTheSameServer:
@@ -135,7 +140,7 @@ class TestAcrossReplicas:
         second = await servers.start(database_url=first.database_url)
         account = await signed_up(first.stubs)
         await first.stubs.users.Logout(users_pb2.LogoutRequest(), metadata=account.auth)
-        code = await _code_once_settled(second.stubs, account.tokens.access_token)
+        code = await _code_when(second.stubs, account.tokens.access_token, UNAUTHENTICATED)
         assert code == grpc.StatusCode.UNAUTHENTICATED
 
     async def test_a_replica_started_after_the_logout_refuses_the_token_from_the_start(self, servers):
@@ -189,6 +194,27 @@ class TestWhenTheListIsNotCurrent:
         assert _session_of(account) in ended
 
 
+class TestDatabaseOutage:
+    async def test_the_poller_reconnects_and_catches_up_after_the_database_comes_back(
+        self, servers, postgres
+    ):
+        proxy = DatabaseProxy(postgres.admin_url)
+        await proxy.start()
+        try:
+            database_url = await servers.database()
+            behind_proxy = await servers.start(proxy.url_for(database_url))
+            direct = await servers.start(database_url)
+            account = await signed_up(direct.stubs)
+            await _until_pollers_connected(direct.pool, 2)
+            await proxy.cut()
+            await direct.stubs.users.Logout(users_pb2.LogoutRequest(), metadata=account.auth)
+            await proxy.start()
+            code = await _code_when(behind_proxy.stubs, account.tokens.access_token, UNAUTHENTICATED)
+            assert code == grpc.StatusCode.UNAUTHENTICATED
+        finally:
+            await proxy.close()
+
+
 class TestOpenStreams:
     async def test_watch_of_the_ended_session_ends_and_the_other_sessions_watch_goes_on(self, server):
         account = await signed_up(server.stubs)
@@ -224,6 +250,14 @@ class TestOpenStreams:
             assert "session" in (error.details() or "")
         finally:
             await stream.close()
+
+
+async def _until_pollers_connected(pool: Any, count: int) -> None:
+    """Wait until `count` session pollers hold their own connection to the database."""
+    deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
+    while await pool.fetchval(_POLLERS, APPLICATION_NAME) < count:
+        assert asyncio.get_running_loop().time() < deadline, "the session pollers did not connect"
+        await asyncio.sleep(POLL_SECONDS / 4)
 
 
 def _session_of(account: Account) -> str:
