@@ -1,6 +1,6 @@
 """CreateTransfer throughput and latency against PostgreSQL's pgbench and the gRPC floor, in one run.
 
-    python -m bench.ledger_bench                      # ~4.5 minutes: 1, 16, 64 callers, 3 rounds of 5 s
+    python -m bench.ledger_bench                      # ~3 minutes: 1, 16, 64 callers, 3 rounds of 5 s
     python -m bench.ledger_bench --seconds 20 --rounds 1 --concurrency 1 16 64 128
 
 It starts an embedded PostgreSQL (its own data folder), the real server as a subprocess
