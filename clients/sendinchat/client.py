@@ -52,6 +52,7 @@ class Client:
         self.ledger = ledger_pb2_grpc.LedgerServiceStub(self._channel)
         self.chat = chat_pb2_grpc.ChatServiceStub(self._channel)
         self.tokens: users_pb2.TokenPair | None = None
+        self._username: str | None = None
         self._money_retries = money_retries
         self._refresh_lock = asyncio.Lock()
 
@@ -86,7 +87,23 @@ class Client:
             self.users.Login(users_pb2.LoginRequest(username=username, password=password))
         )
         self.tokens = reply.tokens
+        self._username = reply.user.username
         return reply.user
+
+    async def logout(self, *, all_sessions: bool = False) -> int:
+        """End this session (or every session of the user) and forget the tokens; how many ended."""
+        request = users_pb2.LogoutRequest(all_sessions=all_sessions)
+        reply = await self._authorized(lambda md: self.users.Logout(request, metadata=md))
+        self.tokens = None
+        return reply.ended_sessions
+
+    async def change_password(self, old_password: str, new_password: str) -> None:
+        """Change the password. Every session ends (this one too), so the client logs in again."""
+        username = self._username or (await self.me()).username
+        request = users_pb2.ChangePasswordRequest(old_password=old_password, new_password=new_password)
+        await self._authorized(lambda md: self.users.ChangePassword(request, metadata=md))
+        self.tokens = None
+        await self.login(username, new_password)
 
     @property
     def access_token_expiring(self) -> bool:

@@ -52,6 +52,46 @@ class TestClientUsers:
             assert (await client.me()).username == name
 
 
+class TestClientSessions:
+    async def test_logout_ends_the_session_and_forgets_the_tokens(self, server):
+        name = random_name()
+        async with Client(server.address) as client, Client(server.address) as other:
+            await client.register(name, PASSWORD)
+            await client.login(name, PASSWORD)
+            await other.login(name, PASSWORD)
+            assert await client.logout() == 1
+            assert client.tokens is None
+            with pytest.raises(UnauthenticatedError):
+                await client.me()
+            assert (await other.me()).username == name
+
+    async def test_logout_of_all_sessions_ends_the_other_clients_session_too(self, server):
+        name = random_name()
+        async with Client(server.address) as client, Client(server.address) as other:
+            await client.register(name, PASSWORD)
+            await client.login(name, PASSWORD)
+            await other.login(name, PASSWORD)
+            assert await client.logout(all_sessions=True) == 2
+            with pytest.raises(UnauthenticatedError) as caught:
+                await other.me()
+            assert "session" in caught.value.message
+
+    async def test_change_password_keeps_the_client_logged_in_with_the_new_password(self, server):
+        name = random_name()
+        new_password = "another-long-password"
+        async with Client(server.address) as client, Client(server.address) as other:
+            await client.register(name, PASSWORD)
+            await client.login(name, PASSWORD)
+            await other.login(name, PASSWORD)
+            await client.change_password(PASSWORD, new_password)
+            assert (await client.me()).username == name
+            with pytest.raises(UnauthenticatedError):
+                await other.me()
+            with pytest.raises(UnauthenticatedError):
+                await other.login(name, PASSWORD)
+            await other.login(name, new_password)
+
+
 class TestClientRefresh:
     async def test_refreshes_once_when_many_tasks_find_the_same_stale_tokens(self, server):
         name = random_name()
