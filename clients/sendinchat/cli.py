@@ -69,6 +69,9 @@ async def _run(args: argparse.Namespace) -> None:
             print(f"export SENDINCHAT_TOKEN={client.tokens.access_token}")
         elif args.command == "me":
             print(await client.me())
+        elif args.command == "logout":
+            ended = await client.logout(all_sessions=args.all)
+            print(f"ended {ended} session{'' if ended == 1 else 's'}; unset SENDINCHAT_TOKEN")
         elif args.command == "balance":
             account = await client.account(args.currency.upper())
             print(f"{account.currency}: {account.available_minor} available ({account.balance_minor} posted)")
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("register").add_argument("username")
     commands.add_parser("login").add_argument("username")
     commands.add_parser("me")
+    logout = commands.add_parser("logout", help="end this session (its token stops working at once)")
+    logout.add_argument("--all", action="store_true", help="end every session of the user")
     commands.add_parser("balance").add_argument("currency")
     pay = commands.add_parser("pay")
     pay.add_argument("username")
