@@ -23,6 +23,7 @@ from datetime import datetime
 
 import asyncpg
 
+from server.db.pool import Connection
 from server.ledger.models import Transfer
 
 log = logging.getLogger(__name__)
@@ -131,34 +132,51 @@ class TransferBatcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[_Pending]) -> None:
+        in_flight = True
         try:
             live = [item for item in batch if not item[1].done()]
             if not live:
                 return
             try:
-                await self._create(live)
-            except Exception as exc:
-                if len(live) == 1:
-                    _settle_error(live[0][1], exc)
-                    return
-                log.warning("a batch of %d transfers failed (%r); retrying each alone", len(live), exc)
-                for order, future in live:
-                    if future.done():
-                        continue
-                    try:
-                        (row,) = await self._execute([order])
-                    except Exception as single_exc:
-                        _settle_error(future, single_exc)
-                    else:
-                        _settle(future, _result(row))
+                # Callers are answered, and the next batch may leave, before the connection goes
+                # back to the pool: asyncpg releases it in a task of its own, a loop turn later.
+                async with self._pool.acquire() as conn:
+                    await self._answer(conn, live)
+                    in_flight = False
+                    self._returned()
+            except Exception as exc:  # no connection to be had: nobody was answered
+                for _, future in live:
+                    _settle_error(future, exc)
         finally:
-            self._in_flight -= 1
-            if self._queue and len(self._queue) >= self._expected:
-                self._flush()
-            elif self._queue and self._linger is None:
-                self._linger = asyncio.get_running_loop().call_later(self._linger_seconds, self._flush)
+            if in_flight:
+                self._returned()
 
-    async def _create(self, live: list[_Pending]) -> None:
+    def _returned(self) -> None:
+        self._in_flight -= 1
+        if self._queue and len(self._queue) >= self._expected:
+            self._flush()
+        elif self._queue and self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(self._linger_seconds, self._flush)
+
+    async def _answer(self, conn: Connection, live: list[_Pending]) -> None:
+        try:
+            await self._create(conn, live)
+        except Exception as exc:
+            if len(live) == 1:
+                _settle_error(live[0][1], exc)
+                return
+            log.warning("a batch of %d transfers failed (%r); retrying each alone", len(live), exc)
+            for order, future in live:
+                if future.done():
+                    continue
+                try:
+                    (row,) = await self._execute(self._pool, [order])  # a fresh connection each
+                except Exception as single_exc:
+                    _settle_error(future, single_exc)
+                else:
+                    _settle(future, _result(row))
+
+    async def _create(self, conn: Connection, live: list[_Pending]) -> None:
         rest: list[_Pending] = []
         plain: list[_Pending] = []
         keys: set[tuple[str, str]] = set()
@@ -174,7 +192,7 @@ class TransferBatcher:
             orders = [order for order, _ in plain]
             self.batches += 1
             self.orders += len(orders)
-            rows = await self._pool.fetch(
+            rows = await conn.fetch(
                 _TRANSFER_BATCH,
                 [o.initiator_id for o in orders],
                 [o.request_id for o in orders],
@@ -207,15 +225,17 @@ class TransferBatcher:
             if len(rows) < len(plain):
                 rest.extend(item for item in plain if not item[1].done())
         if rest:
-            rows = await self._execute([order for order, _ in rest])
+            rows = await self._execute(conn, [order for order, _ in rest])
             by_index = {row["idx"]: row for row in rows}
             for index, (_, future) in enumerate(rest, start=1):
                 _settle(future, _result(by_index[index]))
 
-    async def _execute(self, orders: list[TransferOrder]) -> list[asyncpg.Record]:
+    async def _execute(
+        self, db: Connection | asyncpg.Pool, orders: list[TransferOrder]
+    ) -> list[asyncpg.Record]:
         self.batches += 1
         self.orders += len(orders)
-        return await self._pool.fetch(
+        return await db.fetch(
             _CREATE_TRANSFERS,
             [o.initiator_id for o in orders],
             [o.request_id for o in orders],
