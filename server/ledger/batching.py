@@ -132,24 +132,34 @@ class TransferBatcher:
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[_Pending]) -> None:
+        live = [item for item in batch if not item[1].done()]
         in_flight = True
         try:
-            live = [item for item in batch if not item[1].done()]
             if not live:
                 return
-            try:
-                # Callers are answered, and the next batch may leave, before the connection goes
-                # back to the pool: asyncpg releases it in a task of its own, a loop turn later.
-                async with self._pool.acquire() as conn:
-                    await self._answer(conn, live)
+            failure: Exception | None = None
+            # Callers are answered, and the next batch may leave, before the connection goes back
+            # to the pool: asyncpg releases it in a task of its own, a loop turn later.
+            async with self._pool.acquire() as conn:
+                try:
+                    await self._create(conn, live)
+                except Exception as exc:
+                    failure = exc
+                else:
                     in_flight = False
                     self._returned()
-            except Exception as exc:  # no connection to be had: nobody was answered
-                for _, future in live:
-                    _settle_error(future, exc)
+            if failure is not None:
+                await self._retry_alone(live, failure)  # on fresh connections, this one given back
+        except Exception as exc:  # the pool gave no connection (or failed to take it back)
+            log.warning("a batch of %d transfers got no connection: %r", len(live), exc)
+            for _, future in live:
+                _settle_error(future, exc)
         finally:
             if in_flight:
                 self._returned()
+            for _, future in live:
+                if not future.done():  # this task was cancelled: never leave a caller waiting
+                    future.cancel()
 
     def _returned(self) -> None:
         self._in_flight -= 1
@@ -158,23 +168,21 @@ class TransferBatcher:
         elif self._queue and self._linger is None:
             self._linger = asyncio.get_running_loop().call_later(self._linger_seconds, self._flush)
 
-    async def _answer(self, conn: Connection, live: list[_Pending]) -> None:
-        try:
-            await self._create(conn, live)
-        except Exception as exc:
-            if len(live) == 1:
-                _settle_error(live[0][1], exc)
-                return
-            log.warning("a batch of %d transfers failed (%r); retrying each alone", len(live), exc)
-            for order, future in live:
-                if future.done():
-                    continue
-                try:
-                    (row,) = await self._execute(self._pool, [order])  # a fresh connection each
-                except Exception as single_exc:
-                    _settle_error(future, single_exc)
-                else:
-                    _settle(future, _result(row))
+    async def _retry_alone(self, live: list[_Pending], failure: Exception) -> None:
+        """After a batch statement failed, each request alone, so only the culprit gets the error."""
+        if len(live) == 1:
+            _settle_error(live[0][1], failure)
+            return
+        log.warning("a batch of %d transfers failed (%r); retrying each alone", len(live), failure)
+        for order, future in live:
+            if future.done():
+                continue
+            try:
+                (row,) = await self._execute(self._pool, [order])
+            except Exception as single_exc:
+                _settle_error(future, single_exc)
+            else:
+                _settle(future, _result(row))
 
     async def _create(self, conn: Connection, live: list[_Pending]) -> None:
         rest: list[_Pending] = []

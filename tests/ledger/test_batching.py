@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 
+import asyncpg
 import pytest_asyncio
 
 from sendinchat.v1 import ledger_pb2
+from server.db.pool import create_pool
 from server.ledger.batching import Result, TransferBatcher, TransferOrder
 from tests import harness
 from tests.helpers import Account
@@ -84,3 +87,30 @@ class TestTransferBatcher:
         results = await _together(batcher, alice, payee, 2)
         assert [outcome for outcome, _ in results] == ["CREATED"] * 2
         assert (batcher.batches, batcher.orders) == (2, 6)
+
+
+class TestWhenABatchFails:
+    async def test_only_the_culprit_fails_and_a_one_connection_pool_does_not_hang(self, server, alice, payee):
+        pool = await create_pool(server.database_url, size=1)
+        try:
+            batcher = TransferBatcher(pool)
+            good = [batcher.submit(_order(alice, payee)) for _ in range(3)]
+            # PostgreSQL refuses NUL in text: the batch statement fails, then each order runs alone.
+            culprit = batcher.submit(replace(_order(alice, payee), memo="nul\x00byte"))
+            results = await asyncio.wait_for(
+                asyncio.gather(*good, culprit, return_exceptions=True), HANG_GUARD_SECONDS
+            )
+        finally:
+            await pool.close()
+        assert [result[0] for result in results[:3] if isinstance(result, tuple)] == ["CREATED"] * 3
+        assert isinstance(results[3], Exception)
+        assert await balance(server.stubs, payee) == 3
+
+    async def test_every_caller_gets_the_error_when_the_pool_gives_no_connection(self, server, alice, payee):
+        pool = await create_pool(server.database_url, size=1)
+        await pool.close()
+        batcher = TransferBatcher(pool)
+        orders = [batcher.submit(_order(alice, payee)) for _ in range(3)]
+        results = await asyncio.wait_for(asyncio.gather(*orders, return_exceptions=True), HANG_GUARD_SECONDS)
+        assert all(isinstance(result, asyncpg.InterfaceError) for result in results), results
+        assert await balance(server.stubs, payee) == 0
