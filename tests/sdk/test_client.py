@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
 from sendinchat import Client, InvalidArgumentError, UnauthenticatedError
 from sendinchat.errors import AlreadyExistsError
+from tests import harness
 from tests.helpers import PASSWORD, random_name
 
 
@@ -52,13 +55,20 @@ class TestClientUsers:
             assert (await client.me()).username == name
 
 
+@contextlib.asynccontextmanager
+async def _two_sessions(server: harness.TestServer) -> AsyncIterator[tuple[str, Client, Client]]:
+    """A new user's name and two clients logged in as that user (two sessions)."""
+    name = random_name()
+    async with Client(server.address) as client, Client(server.address) as other:
+        await client.register(name, PASSWORD)
+        await client.login(name, PASSWORD)
+        await other.login(name, PASSWORD)
+        yield name, client, other
+
+
 class TestClientSessions:
     async def test_logout_ends_the_session_and_forgets_the_tokens(self, server):
-        name = random_name()
-        async with Client(server.address) as client, Client(server.address) as other:
-            await client.register(name, PASSWORD)
-            await client.login(name, PASSWORD)
-            await other.login(name, PASSWORD)
+        async with _two_sessions(server) as (name, client, other):
             assert await client.logout() == 1
             assert client.tokens is None
             with pytest.raises(UnauthenticatedError):
@@ -66,23 +76,15 @@ class TestClientSessions:
             assert (await other.me()).username == name
 
     async def test_logout_of_all_sessions_ends_the_other_clients_session_too(self, server):
-        name = random_name()
-        async with Client(server.address) as client, Client(server.address) as other:
-            await client.register(name, PASSWORD)
-            await client.login(name, PASSWORD)
-            await other.login(name, PASSWORD)
+        async with _two_sessions(server) as (_, client, other):
             assert await client.logout(all_sessions=True) == 2
             with pytest.raises(UnauthenticatedError) as caught:
                 await other.me()
             assert "session" in caught.value.message
 
     async def test_change_password_keeps_the_client_logged_in_with_the_new_password(self, server):
-        name = random_name()
         new_password = "another-long-password"
-        async with Client(server.address) as client, Client(server.address) as other:
-            await client.register(name, PASSWORD)
-            await client.login(name, PASSWORD)
-            await other.login(name, PASSWORD)
+        async with _two_sessions(server) as (name, client, other):
             await client.change_password(PASSWORD, new_password)
             assert (await client.me()).username == name
             with pytest.raises(UnauthenticatedError):
