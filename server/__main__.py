@@ -1,4 +1,4 @@
-"""Command line: `python -m server` serves; `migrate` and `create-admin` are admin tasks."""
+"""Command line: `python -m server` serves; `migrate`, `create-admin`, `healthcheck` are admin tasks."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import getpass
 import os
 import sys
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 from server.config import Config, ConfigError
@@ -56,6 +57,35 @@ async def _create_admin(config: Config, username: str, password: str) -> None:
             await asyncio.to_thread(embedded.stop)
 
 
+def _healthcheck(config: Config, ca_file: Path | None, server_name: str) -> int:
+    """grpc.health.v1 Check on this server's local port, with its TLS settings: 0 when SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = "127.0.0.1:" + config.address.rpartition(":")[2]
+    if config.tls_cert_file is None:
+        channel = grpc.insecure_channel(target)
+    else:
+        # The server's own certificate as the trust root fits a self-signed one; a CA-issued one
+        # needs --ca-file and --server-name (a name the certificate is valid for).
+        roots = (ca_file or config.tls_cert_file).read_bytes()
+        channel = grpc.secure_channel(
+            target,
+            grpc.ssl_channel_credentials(root_certificates=roots),
+            options=[("grpc.ssl_target_name_override", server_name)],
+        )
+    with channel:
+        health: Any = health_pb2_grpc.HealthStub(channel)  # typeshed's HealthStub declares no methods
+        try:
+            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=3)
+        except grpc.RpcError as exc:
+            print(f"health check failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m server` and `sendinchat-server`."""
     parser = argparse.ArgumentParser(prog="python -m server", description="SendInChat gRPC server")
@@ -69,6 +99,11 @@ def main(argv: list[str] | None = None) -> None:
         default="SENDINCHAT_ADMIN_PASSWORD",
         help="environment variable holding the password (prompted for when unset)",
     )
+    check = commands.add_parser(
+        "healthcheck", help="exit 0 when this server's grpc.health.v1 status is SERVING (Docker HEALTHCHECK)"
+    )
+    check.add_argument("--ca-file", type=Path, help="TLS: trust roots (default: SENDINCHAT_TLS_CERT_FILE)")
+    check.add_argument("--server-name", default="localhost", help="TLS: a name the certificate is valid for")
     args = parser.parse_args(argv)
     try:
         config = Config.from_env()
@@ -78,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "migrate":
             _run(_migrate(config))
+        elif args.command == "healthcheck":
+            raise SystemExit(_healthcheck(config, args.ca_file, args.server_name))
         elif args.command == "create-admin":
             password = os.environ.get(args.password_env) or getpass.getpass("password for the admin: ")
             _run(_create_admin(config, args.username, password))

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.contract import tools
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="needs the openssl CLI for a test cert"
@@ -60,3 +64,16 @@ class TestTls:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await health.Check(health_pb2.HealthCheckRequest(), timeout=5)  # type: ignore[attr-defined]  # as above
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+    async def test_the_healthcheck_command_reports_serving_over_tls(self, servers, certificate):
+        cert, key = certificate
+        server = await servers.start(tls_cert_file=cert, tls_key_file=key)
+        env = {
+            **os.environ,
+            "SENDINCHAT_ADDRESS": f"0.0.0.0:{server.running.port}",
+            "SENDINCHAT_TLS_CERT_FILE": str(cert),
+            "SENDINCHAT_TLS_KEY_FILE": str(key),
+        }
+        result = await tools.run(sys.executable, "-m", "server", "healthcheck", env=env)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "SERVING"
