@@ -151,7 +151,7 @@ class TransferBatcher:
             if failure is not None:
                 await self._retry_alone(live, failure)  # on fresh connections, this one given back
         except Exception as exc:  # the pool gave no connection (or failed to take it back)
-            log.warning("a batch of %d transfers got no connection: %r", len(live), exc)
+            log.warning("a batch of %d transfers: the pool failed (%r)", len(live), exc)
             for _, future in live:
                 _settle_error(future, exc)
         finally:

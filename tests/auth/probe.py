@@ -8,25 +8,20 @@ from typing import Any
 
 import grpc
 
+from server.app import token_codec
 from server.auth.principal import Role
 from server.auth.sessions import EndedSessions
 from server.auth.tokens import TokenCodec
 from server.interceptor import RpcInterceptor, StreamLifetimes
 from server.observability import Metrics, RpcObserver
-from tests.harness import TEST_JWT_SECRET
+from tests.harness import TEST_CONFIG, TEST_JWT_SECRET
 
 COLLECT = "/test.Probe/Collect"
 
 
 def codec() -> TokenCodec:
-    """The token codec the probe server trusts."""
-    return TokenCodec(
-        secret=TEST_JWT_SECRET,
-        issuer="sendinchat",
-        audience="sendinchat",
-        access_ttl_seconds=60,
-        refresh_ttl_seconds=600,
-    )
+    """The token codec the probe server trusts: the test servers' own."""
+    return token_codec(TEST_CONFIG, TEST_JWT_SECRET)
 
 
 def access_token() -> str:
