@@ -35,12 +35,33 @@ LEFT JOIN messages m ON m.room_id = r.id AND m.sequence = r.last_sequence
 LEFT JOIN payment_requests pr ON pr.id = m.payment_request_id
 """
 _ROOM_BY_ID = _ROOM_SELECT + "WHERE r.id = $2"
-_ROOMS_PAGE = (
-    _ROOM_SELECT
-    + """WHERE ($2::timestamptz IS NULL OR (r.last_activity_at, r.id) < ($2, $3::uuid))
-ORDER BY r.last_activity_at DESC, r.id DESC
-LIMIT $4"""
+# Pages are ordered by each room's activity as of the first page ($5, the snapshot), so a room that
+# becomes active while the caller pages keeps its place: neither skipped nor repeated. A room's
+# activity then is its last message up to the snapshot (messages of a room are created in sequence
+# order), or its creation; rooms created after the snapshot wait for the next listing.
+_ROOMS_PAGE = f"""
+WITH snapshot AS (SELECT coalesce($5::timestamptz, statement_timestamp()) AS at),
+mine AS (
+    SELECT r.id, r.kind, r.name, r.created_at, r.last_sequence, me.last_read_sequence,
+           snapshot.at AS snapshot_at,
+           CASE WHEN r.last_activity_at <= snapshot.at THEN r.last_activity_at
+                ELSE coalesce((SELECT old.created_at FROM messages old
+                               WHERE old.room_id = r.id AND old.created_at <= snapshot.at
+                               ORDER BY old.sequence DESC LIMIT 1), r.created_at)
+           END AS activity
+    FROM snapshot, rooms r JOIN room_members me ON me.room_id = r.id AND me.user_id = $1
+    WHERE r.created_at <= snapshot.at
 )
+SELECT r.id::text AS room_key, r.kind AS room_kind, r.name AS room_name, r.created_at AS room_created_at,
+       r.last_sequence AS room_last_sequence, r.activity AS room_activity, r.snapshot_at,
+       r.last_read_sequence AS my_last_read, {MESSAGE_COLUMNS}
+FROM mine r
+LEFT JOIN messages m ON m.room_id = r.id AND m.sequence = r.last_sequence
+LEFT JOIN payment_requests pr ON pr.id = m.payment_request_id
+WHERE $2::timestamptz IS NULL OR (r.activity, r.id) < ($2, $3::uuid)
+ORDER BY r.activity DESC, r.id DESC
+LIMIT $4
+"""
 _MEMBERS = """
 SELECT rm.room_id::text AS room_id, rm.user_id::text AS user_id, u.username, rm.role,
        rm.last_read_sequence, rm.joined_at
@@ -185,7 +206,7 @@ async def _rooms_with_members(conn: Db, rows: list[asyncpg.Record]) -> list[Room
 
 
 async def list_rooms(conn: Db, *, user_id: str, page_size: int, page_token: str) -> RoomPage:
-    """The caller's rooms, most recently active first.
+    """The caller's rooms, most recently active (as of the first page) first.
 
     Raises:
         InvalidArgumentError: bad page size or token.
@@ -193,18 +214,23 @@ async def list_rooms(conn: Db, *, user_id: str, page_size: int, page_token: str)
     size = check.page_size(page_size)
     after_time: datetime | None = None
     after_id: str | None = None
+    snapshot: datetime | None = None
     if page_token:
         payload = check.decode_token(page_token)
         try:
             after_time = datetime.fromisoformat(str(payload["t"]))
             after_id = check.parse_uuid(str(payload["i"]), "page_token")
+            # Tokens from before snapshots: the page is taken as of now, as it was then.
+            snapshot = datetime.fromisoformat(str(payload["s"])) if "s" in payload else None
         except (KeyError, ValueError):
             raise InvalidArgumentError.field("page_token", "malformed") from None
-    rows = await conn.fetch(_ROOMS_PAGE, user_id, after_time, after_id, size + 1)
+    rows = await conn.fetch(_ROOMS_PAGE, user_id, after_time, after_id, size + 1, snapshot)
     token = ""
     if len(rows) > size:
         rows = rows[:size]
-        token = check.encode_token({"t": rows[-1]["room_activity"].isoformat(), "i": rows[-1]["room_key"]})
+        last = rows[-1]
+        activity, snapshot_at = last["room_activity"].isoformat(), last["snapshot_at"].isoformat()
+        token = check.encode_token({"t": activity, "i": last["room_key"], "s": snapshot_at})
     return RoomPage(tuple(await _rooms_with_members(conn, rows)), token)
 
 

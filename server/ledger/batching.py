@@ -23,6 +23,7 @@ from datetime import datetime
 
 import asyncpg
 
+from server.config import Config
 from server.db.pool import Connection
 from server.ledger.models import Transfer
 
@@ -79,7 +80,7 @@ class TransferBatcher:
         *,
         max_batch: int = 256,
         max_in_flight: int = 1,
-        linger_seconds: float = 0.005,
+        linger_seconds: float = Config.transfer_batch_linger_ms / 1000,
     ) -> None:
         self._pool = pool
         self._max_batch = max_batch

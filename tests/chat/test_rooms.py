@@ -133,6 +133,30 @@ class TestListRooms:
                 break
         assert seen == ["r1", "r4", "r3", "r2", "r0"]
 
+    async def test_keeps_the_first_pages_order_while_rooms_become_active(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        rooms = [await group(stubs, alice, bob, name=f"r{i}") for i in range(4)]
+
+        async def page(token: str) -> chat_pb2.ListRoomsResponse:
+            reply: chat_pb2.ListRoomsResponse = await stubs.chat.ListRooms(
+                chat_pb2.ListRoomsRequest(page_size=1, page_token=token), metadata=alice.auth
+            )
+            return reply
+
+        first = await page("")
+        await say(stubs, bob, rooms[0].id, "the oldest room is now the newest")
+        late = await group(stubs, alice, bob, name="late")
+        seen = [r.name for r in first.rooms]
+        token = first.next_page_token
+        while token:
+            reply = await page(token)
+            seen += [r.name for r in reply.rooms]
+            token = reply.next_page_token
+        assert seen == ["r3", "r2", "r1", "r0"]
+        fresh = await stubs.chat.ListRooms(chat_pb2.ListRoomsRequest(), metadata=alice.auth)
+        assert [r.name for r in fresh.rooms] == ["late", "r0", "r3", "r2", "r1"]
+        assert fresh.rooms[0].id == late.id
+
     async def test_is_invalid_argument_when_page_size_or_token_is_bad(self, stubs):
         alice = await signed_up(stubs)
         for request, field in (

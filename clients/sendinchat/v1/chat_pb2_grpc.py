@@ -134,7 +134,10 @@ class ChatServiceServicer:
 
     def ListRooms(self, request, context):
         """ListRooms pages through the caller's rooms, most recently active first,
-        each with its last message and the caller's unread count.
+        each with its last message and the caller's unread count. The order is the
+        one of the first page: a room that becomes active while you page keeps its
+        place (never skipped, never repeated); rooms created since then appear in
+        the next listing.
         Errors: INVALID_ARGUMENT (bad page size or token), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

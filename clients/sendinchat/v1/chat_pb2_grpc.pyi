@@ -50,7 +50,10 @@ class ChatServiceStub:
     """
     ListRooms: _grpc.UnaryUnaryMultiCallable[_chat_pb2.ListRoomsRequest, _chat_pb2.ListRoomsResponse]
     """ListRooms pages through the caller's rooms, most recently active first,
-    each with its last message and the caller's unread count.
+    each with its last message and the caller's unread count. The order is the
+    one of the first page: a room that becomes active while you page keeps its
+    place (never skipped, never repeated); rooms created since then appear in
+    the next listing.
     Errors: INVALID_ARGUMENT (bad page size or token), UNAUTHENTICATED.
     """
     AddMembers: _grpc.UnaryUnaryMultiCallable[_chat_pb2.AddMembersRequest, _chat_pb2.AddMembersResponse]
@@ -140,7 +143,10 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """
     ListRooms: _aio.UnaryUnaryMultiCallable[_chat_pb2.ListRoomsRequest, _chat_pb2.ListRoomsResponse]  # type: ignore[assignment]
     """ListRooms pages through the caller's rooms, most recently active first,
-    each with its last message and the caller's unread count.
+    each with its last message and the caller's unread count. The order is the
+    one of the first page: a room that becomes active while you page keeps its
+    place (never skipped, never repeated); rooms created since then appear in
+    the next listing.
     Errors: INVALID_ARGUMENT (bad page size or token), UNAUTHENTICATED.
     """
     AddMembers: _aio.UnaryUnaryMultiCallable[_chat_pb2.AddMembersRequest, _chat_pb2.AddMembersResponse]  # type: ignore[assignment]
@@ -245,7 +251,10 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chat_pb2.ListRoomsResponse, _abc.Awaitable[_chat_pb2.ListRoomsResponse]]:
         """ListRooms pages through the caller's rooms, most recently active first,
-        each with its last message and the caller's unread count.
+        each with its last message and the caller's unread count. The order is the
+        one of the first page: a room that becomes active while you page keeps its
+        place (never skipped, never repeated); rooms created since then appear in
+        the next listing.
         Errors: INVALID_ARGUMENT (bad page size or token), UNAUTHENTICATED.
         """
 
