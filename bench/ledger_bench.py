@@ -65,6 +65,7 @@ class Result:
     server_cores: float = 0.0
     postgres_cores: float = 0.0
     client_cores: float = 0.0
+    machine_cores: float = 0.0  # every process on the machine, this benchmark's included
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -73,9 +74,14 @@ _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 POSTMASTER_PID: int | None = None
 
 
-def _cpu_seconds(server_pid: int | None) -> tuple[float, float]:
-    """CPU seconds used so far by the server process and by this PostgreSQL's processes (Linux /proc)."""
-    server = postgres = 0.0
+def _cpu_seconds(
+    server_pid: int | None, client_pids: frozenset[int] = frozenset()
+) -> tuple[float, float, float]:
+    """CPU seconds used so far by the server, this PostgreSQL's processes and the load generators.
+
+    Read from Linux /proc; the PostgreSQL figure includes backends that have exited (pgbench's).
+    """
+    server = postgres = clients = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             raw = stat.read_text()
@@ -84,11 +90,25 @@ def _cpu_seconds(server_pid: int | None) -> tuple[float, float]:
         fields = raw[raw.rindex(")") + 2 :].split()
         pid, ppid = int(stat.parent.name), int(fields[1])
         used = (int(fields[11]) + int(fields[12])) / _TICKS
+        if pid == POSTMASTER_PID:
+            used += (int(fields[13]) + int(fields[14])) / _TICKS
         if POSTMASTER_PID is not None and POSTMASTER_PID in (pid, ppid):
             postgres += used
         elif pid == server_pid:
             server += used
-    return server, postgres
+        elif pid in client_pids:
+            clients += used
+    return server, postgres, clients
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot (Linux /proc/stat; 0 elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
 
 
 # --- load generator (runs in its own process) ---------------------------------------------------
@@ -156,7 +176,6 @@ def _run_load(
     server_pid: int | None = None,
 ) -> Result:
     procs = max(1, min(procs, concurrency))
-    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start_at = time.time() + 1.5  # let every process import and connect first
     children = []
     for p in range(procs):
@@ -180,9 +199,10 @@ def _run_load(
         child.stdin.close()
         children.append((child, Path(str(spec["out"]))))
     time.sleep(max(0.0, start_at - time.time()))
-    cpu_before = _cpu_seconds(server_pid)
+    pids = frozenset(child.pid for child, _ in children)
+    cpu_before, machine_before = _cpu_seconds(server_pid, pids), _machine_busy_seconds()
     time.sleep(seconds)
-    cpu_after = _cpu_seconds(server_pid)
+    cpu_after, machine_after = _cpu_seconds(server_pid, pids), _machine_busy_seconds()
     latencies: list[float] = []
     errors = 0
     for child, path in children:
@@ -191,10 +211,6 @@ def _run_load(
         path.unlink()
         latencies.extend(out["latencies"])
         errors += out["errors"]
-    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    client_cpu = (children_after.ru_utime + children_after.ru_stime) - (
-        children_before.ru_utime + children_before.ru_stime
-    )
     latencies.sort()
     name = "Health/Check" if kind == "health" else "CreateTransfer"
     if not latencies:
@@ -208,7 +224,8 @@ def _run_load(
         errors=errors,
         server_cores=(cpu_after[0] - cpu_before[0]) / seconds,
         postgres_cores=(cpu_after[1] - cpu_before[1]) / seconds,
-        client_cores=client_cpu / seconds,  # includes start-up and connecting
+        client_cores=(cpu_after[2] - cpu_before[2]) / seconds,
+        machine_cores=(machine_after - machine_before) / seconds,
     )
 
 
@@ -250,6 +267,8 @@ async def _prepare(address: str, dsn: str, count: int) -> list[dict[str, str]]:
 
 
 def _pgbench(bin_dir: Path, uri: str, clients: int, seconds: float) -> Result:
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu_before, machine_before, started = _cpu_seconds(None), _machine_busy_seconds(), time.perf_counter()
     out = subprocess.run(
         [
             str(bin_dir / "pgbench"),
@@ -273,7 +292,21 @@ def _pgbench(bin_dir: Path, uri: str, clients: int, seconds: float) -> Result:
     match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
     assert match is not None, out
     latency = re.search(r"latency average = ([\d.]+) ms", out)
-    return Result("pgbench tpcb-like", clients, float(match.group(1)), latency and float(latency.group(1)))
+    elapsed = time.perf_counter() - started  # pgbench's connecting included
+    cpu_after, machine_after = _cpu_seconds(None), _machine_busy_seconds()
+    children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    pgbench_cpu = (children_after.ru_utime + children_after.ru_stime) - (
+        children_before.ru_utime + children_before.ru_stime
+    )
+    return Result(
+        "pgbench tpcb-like",
+        clients,
+        float(match.group(1)),
+        latency and float(latency.group(1)),
+        postgres_cores=(cpu_after[1] - cpu_before[1]) / elapsed,
+        client_cores=pgbench_cpu / elapsed,
+        machine_cores=(machine_after - machine_before) / elapsed,
+    )
 
 
 async def _audit(address: str, dsn: str) -> str:
@@ -370,7 +403,7 @@ def _print_progress(results: list[Result]) -> None:
         print(
             f"  c={r.concurrency:<3} {r.what:<18} {r.rate:9.0f}/s"
             f"  (server {r.server_cores:.2f} cores, postgres {r.postgres_cores:.2f} cores,"
-            f" clients {r.client_cores:.2f} cores)",
+            f" clients {r.client_cores:.2f} cores; whole machine {r.machine_cores:.2f} of {os.cpu_count()})",
             file=sys.stderr,
         )
 
