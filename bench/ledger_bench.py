@@ -292,8 +292,9 @@ def _pgbench(bin_dir: Path, uri: str, clients: int, seconds: float) -> Result:
     match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
     assert match is not None, out
     latency = re.search(r"latency average = ([\d.]+) ms", out)
-    elapsed = time.perf_counter() - started  # pgbench's connecting included
-    cpu_after, machine_after = _cpu_seconds(None), _machine_busy_seconds()
+    elapsed, machine_after = time.perf_counter() - started, _machine_busy_seconds()  # connecting included
+    time.sleep(0.2)  # until the postmaster has reaped pgbench's backends (their CPU joins its own)
+    cpu_after = _cpu_seconds(None)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     pgbench_cpu = (children_after.ru_utime + children_after.ru_stime) - (
         children_before.ru_utime + children_before.ru_stime
