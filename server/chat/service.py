@@ -7,7 +7,8 @@ transaction, so live streams drop a removed member's subscription at once.
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 
 import asyncpg
 
@@ -35,25 +36,27 @@ LEFT JOIN messages m ON m.room_id = r.id AND m.sequence = r.last_sequence
 LEFT JOIN payment_requests pr ON pr.id = m.payment_request_id
 """
 _ROOM_BY_ID = _ROOM_SELECT + "WHERE r.id = $2"
-# Pages are ordered by each room's activity as of the first page ($5, the snapshot), so a room that
-# becomes active while the caller pages keeps its place: neither skipped nor repeated. A room's
-# activity then is its last message up to the snapshot (messages of a room are created in sequence
-# order), or its creation; rooms created after the snapshot wait for the next listing.
+# Every page of a listing orders rooms by their activity as the first page saw it ($5, that page's
+# snapshot): the creation of the newest message whose transaction is visible in the snapshot, or
+# the room's own creation. A room that becomes active while the caller pages keeps its place,
+# neither skipped nor repeated. The search looks back at most ROOM_ACTIVITY_LOOKBACK messages (a
+# crafted token cannot make it read a room's whole history): a room with more since the first page
+# takes its creation time, so it may come again on a later page, but is never skipped.
+ROOM_ACTIVITY_LOOKBACK = 1000
 _ROOMS_PAGE = f"""
-WITH snapshot AS (SELECT coalesce($5::timestamptz, statement_timestamp()) AS at),
+WITH snapshot AS (SELECT coalesce($5::text::pg_snapshot, pg_current_snapshot()) AS seen),
 mine AS (
     SELECT r.id, r.kind, r.name, r.created_at, r.last_sequence, me.last_read_sequence,
-           snapshot.at AS snapshot_at,
-           CASE WHEN r.last_activity_at <= snapshot.at THEN r.last_activity_at
-                ELSE coalesce((SELECT old.created_at FROM messages old
-                               WHERE old.room_id = r.id AND old.created_at <= snapshot.at
-                               ORDER BY old.sequence DESC LIMIT 1), r.created_at)
-           END AS activity
+           snapshot.seen::text AS snapshot,
+           coalesce((SELECT old.created_at FROM messages old
+                     WHERE old.room_id = r.id
+                       AND old.sequence > r.last_sequence - {ROOM_ACTIVITY_LOOKBACK}
+                       AND (old.xid IS NULL OR pg_visible_in_snapshot(old.xid::text::xid8, snapshot.seen))
+                     ORDER BY old.sequence DESC LIMIT 1), r.created_at) AS activity
     FROM snapshot, rooms r JOIN room_members me ON me.room_id = r.id AND me.user_id = $1
-    WHERE r.created_at <= snapshot.at
 )
 SELECT r.id::text AS room_key, r.kind AS room_kind, r.name AS room_name, r.created_at AS room_created_at,
-       r.last_sequence AS room_last_sequence, r.activity AS room_activity, r.snapshot_at,
+       r.last_sequence AS room_last_sequence, r.activity AS room_activity, r.snapshot,
        r.last_read_sequence AS my_last_read, {MESSAGE_COLUMNS}
 FROM mine r
 LEFT JOIN messages m ON m.room_id = r.id AND m.sequence = r.last_sequence
@@ -214,24 +217,47 @@ async def list_rooms(conn: Db, *, user_id: str, page_size: int, page_token: str)
     size = check.page_size(page_size)
     after_time: datetime | None = None
     after_id: str | None = None
-    snapshot: datetime | None = None
+    snapshot: str | None = None
     if page_token:
         payload = check.decode_token(page_token)
         try:
-            after_time = datetime.fromisoformat(str(payload["t"]))
+            after_time = _aware(datetime.fromisoformat(str(payload["t"])))
             after_id = check.parse_uuid(str(payload["i"]), "page_token")
-            # Tokens from before snapshots: the page is taken as of now, as it was then.
-            snapshot = datetime.fromisoformat(str(payload["s"])) if "s" in payload else None
-        except (KeyError, ValueError):
+            # A token from before snapshots existed: this page is taken as of now, as it was then.
+            snapshot = _snapshot(str(payload["s"])) if "s" in payload else None
+        except (KeyError, ValueError, OverflowError):
             raise InvalidArgumentError.field("page_token", "malformed") from None
     rows = await conn.fetch(_ROOMS_PAGE, user_id, after_time, after_id, size + 1, snapshot)
     token = ""
     if len(rows) > size:
         rows = rows[:size]
         last = rows[-1]
-        activity, snapshot_at = last["room_activity"].isoformat(), last["snapshot_at"].isoformat()
-        token = check.encode_token({"t": activity, "i": last["room_key"], "s": snapshot_at})
+        token = check.encode_token(
+            {"t": last["room_activity"].isoformat(), "i": last["room_key"], "s": last["snapshot"]}
+        )
     return RoomPage(tuple(await _rooms_with_members(conn, rows)), token)
+
+
+def _aware(moment: datetime) -> datetime:
+    """A token's timestamp in UTC; one without a time zone is malformed."""
+    if moment.tzinfo is None:
+        raise ValueError("naive timestamp")
+    return moment.astimezone(UTC)
+
+
+_SNAPSHOT = re.compile(r"(\d{1,19}):(\d{1,19}):((?:\d{1,19}(?:,\d{1,19})*)?)")
+
+
+def _snapshot(raw: str) -> str:
+    """A page token's snapshot, checked the way pg_snapshot's input checks it (else ValueError)."""
+    match = _SNAPSHOT.fullmatch(raw)
+    if match is None:
+        raise ValueError("malformed snapshot")
+    xmin, xmax = int(match[1]), int(match[2])
+    running = [int(x) for x in match[3].split(",")] if match[3] else []
+    if not 0 < xmin <= xmax or any(not xmin <= x < xmax for x in running) or running != sorted(set(running)):
+        raise ValueError("malformed snapshot")
+    return raw
 
 
 async def add_members(pool: asyncpg.Pool, *, user_id: str, room_id: str, member_ids: list[str]) -> Room:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import uuid
 
 import grpc
@@ -133,9 +135,9 @@ class TestListRooms:
                 break
         assert seen == ["r1", "r4", "r3", "r2", "r0"]
 
-    async def test_keeps_the_first_pages_order_while_rooms_become_active(self, stubs):
+    async def test_keeps_the_first_pages_order_while_rooms_become_active(self, server, stubs):
         alice, bob = await signed_up(stubs), await signed_up(stubs)
-        rooms = [await group(stubs, alice, bob, name=f"r{i}") for i in range(4)]
+        rooms = {i: await group(stubs, alice, bob, name=f"r{i}") for i in range(5)}
 
         async def page(token: str) -> chat_pb2.ListRoomsResponse:
             reply: chat_pb2.ListRoomsResponse = await stubs.chat.ListRooms(
@@ -143,8 +145,17 @@ class TestListRooms:
             )
             return reply
 
-        first = await page("")
-        await say(stubs, bob, rooms[0].id, "the oldest room is now the newest")
+        async with server.pool.acquire() as writer:
+            # A message written before the first page but committed after it.
+            in_flight = writer.transaction()
+            await in_flight.start()
+            await writer.execute(
+                "SELECT chat_append($1::uuid, $2::uuid, NULL, 'text', 'in flight')", rooms[1].id, bob.id
+            )
+            first = await page("")
+            await in_flight.commit()
+        await say(stubs, bob, rooms[4].id, "the room on the first page is now active")
+        await say(stubs, bob, rooms[0].id, "the oldest room not yet listed is now the newest")
         late = await group(stubs, alice, bob, name="late")
         seen = [r.name for r in first.rooms]
         token = first.next_page_token
@@ -152,10 +163,25 @@ class TestListRooms:
             reply = await page(token)
             seen += [r.name for r in reply.rooms]
             token = reply.next_page_token
-        assert seen == ["r3", "r2", "r1", "r0"]
+        assert seen == ["r4", "r3", "r2", "r1", "r0"]
         fresh = await stubs.chat.ListRooms(chat_pb2.ListRoomsRequest(), metadata=alice.auth)
-        assert [r.name for r in fresh.rooms] == ["late", "r0", "r3", "r2", "r1"]
+        assert [r.name for r in fresh.rooms] == ["late", "r0", "r4", "r1", "r3", "r2"]
         assert fresh.rooms[0].id == late.id
+
+    async def test_a_tampered_page_token_is_invalid_argument(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        for i in range(2):
+            await group(stubs, alice, bob, name=f"r{i}")
+        first = await stubs.chat.ListRooms(chat_pb2.ListRoomsRequest(page_size=1), metadata=alice.auth)
+        payload = json.loads(base64.urlsafe_b64decode(first.next_page_token))
+        for key, value in (("s", "9:3:"), ("s", "1:9:12"), ("s", "x"), ("t", "2026-01-01T00:00:00")):
+            token = base64.urlsafe_b64encode(json.dumps({**payload, key: value}).encode()).decode()
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stubs.chat.ListRooms(
+                    chat_pb2.ListRoomsRequest(page_size=1, page_token=token), metadata=alice.auth
+                )
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (key, value)
+            assert "page_token" in field_violations(caught.value)
 
     async def test_is_invalid_argument_when_page_size_or_token_is_bad(self, stubs):
         alice = await signed_up(stubs)

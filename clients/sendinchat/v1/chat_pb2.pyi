@@ -551,7 +551,7 @@ class ListRoomsResponse(_message.Message):
     """Empty on the last page."""
     @_builtins.property
     def rooms(self) -> _containers.RepeatedCompositeFieldContainer[Global___Room]:
-        """Most recently active first."""
+        """Most recently active first, as of the listing's first page."""
 
     def __init__(
         self,

@@ -134,10 +134,11 @@ class ChatServiceServicer:
 
     def ListRooms(self, request, context):
         """ListRooms pages through the caller's rooms, most recently active first,
-        each with its last message and the caller's unread count. The order is the
-        one of the first page: a room that becomes active while you page keeps its
-        place (never skipped, never repeated); rooms created since then appear in
-        the next listing.
+        each with its last message and the caller's unread count. Every page keeps
+        the order the first page saw: a room that becomes active while you page
+        keeps its place, neither skipped nor repeated (if over 1,000 messages
+        arrive in it meanwhile, it may come again on a later page). A room you
+        join or leave meanwhile may or may not be listed.
         Errors: INVALID_ARGUMENT (bad page size or token), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

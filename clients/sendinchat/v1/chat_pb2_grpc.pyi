@@ -50,10 +50,11 @@ class ChatServiceStub:
     """
     ListRooms: _grpc.UnaryUnaryMultiCallable[_chat_pb2.ListRoomsRequest, _chat_pb2.ListRoomsResponse]
     """ListRooms pages through the caller's rooms, most recently active first,
-    each with its last message and the caller's unread count. The order is the
-    one of the first page: a room that becomes active while you page keeps its
-    place (never skipped, never repeated); rooms created since then appear in
-    the next listing.
+    each with its last message and the caller's unread count. Every page keeps
+    the order the first page saw: a room that becomes active while you page
+    keeps its place, neither skipped nor repeated (if over 1,000 messages
+    arrive in it meanwhile, it may come again on a later page). A room you
+    join or leave meanwhile may or may not be listed.
     Errors: INVALID_ARGUMENT (bad page size or token), UNAUTHENTICATED.
     """
     AddMembers: _grpc.UnaryUnaryMultiCallable[_chat_pb2.AddMembersRequest, _chat_pb2.AddMembersResponse]
@@ -143,10 +144,11 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """
     ListRooms: _aio.UnaryUnaryMultiCallable[_chat_pb2.ListRoomsRequest, _chat_pb2.ListRoomsResponse]  # type: ignore[assignment]
     """ListRooms pages through the caller's rooms, most recently active first,
-    each with its last message and the caller's unread count. The order is the
-    one of the first page: a room that becomes active while you page keeps its
-    place (never skipped, never repeated); rooms created since then appear in
-    the next listing.
+    each with its last message and the caller's unread count. Every page keeps
+    the order the first page saw: a room that becomes active while you page
+    keeps its place, neither skipped nor repeated (if over 1,000 messages
+    arrive in it meanwhile, it may come again on a later page). A room you
+    join or leave meanwhile may or may not be listed.
     Errors: INVALID_ARGUMENT (bad page size or token), UNAUTHENTICATED.
     """
     AddMembers: _aio.UnaryUnaryMultiCallable[_chat_pb2.AddMembersRequest, _chat_pb2.AddMembersResponse]  # type: ignore[assignment]
@@ -251,10 +253,11 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chat_pb2.ListRoomsResponse, _abc.Awaitable[_chat_pb2.ListRoomsResponse]]:
         """ListRooms pages through the caller's rooms, most recently active first,
-        each with its last message and the caller's unread count. The order is the
-        one of the first page: a room that becomes active while you page keeps its
-        place (never skipped, never repeated); rooms created since then appear in
-        the next listing.
+        each with its last message and the caller's unread count. Every page keeps
+        the order the first page saw: a room that becomes active while you page
+        keeps its place, neither skipped nor repeated (if over 1,000 messages
+        arrive in it meanwhile, it may come again on a later page). A room you
+        join or leave meanwhile may or may not be listed.
         Errors: INVALID_ARGUMENT (bad page size or token), UNAUTHENTICATED.
         """
 
