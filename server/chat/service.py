@@ -28,8 +28,7 @@ from server.errors import FailedPreconditionError, InvalidArgumentError, NotFoun
 
 _ROOM_SELECT = f"""
 SELECT r.id::text AS room_key, r.kind AS room_kind, r.name AS room_name, r.created_at AS room_created_at,
-       r.last_sequence AS room_last_sequence, r.last_activity_at AS room_activity,
-       me.last_read_sequence AS my_last_read, {MESSAGE_COLUMNS}
+       r.last_sequence AS room_last_sequence, me.last_read_sequence AS my_last_read, {MESSAGE_COLUMNS}
 FROM rooms r
 JOIN room_members me ON me.room_id = r.id AND me.user_id = $1
 LEFT JOIN messages m ON m.room_id = r.id AND m.sequence = r.last_sequence
@@ -39,10 +38,11 @@ _ROOM_BY_ID = _ROOM_SELECT + "WHERE r.id = $2"
 # Every page of a listing orders rooms by their activity as the first page saw it ($5, that page's
 # snapshot): the creation of the newest message whose transaction is visible in the snapshot, or
 # the room's own creation. A room that becomes active while the caller pages keeps its place,
-# neither skipped nor repeated. The search looks back at most ROOM_ACTIVITY_LOOKBACK messages (a
-# crafted token cannot make it read a room's whole history): a room with more since the first page
-# takes its creation time, so it may come again on a later page, but is never skipped.
-ROOM_ACTIVITY_LOOKBACK = 1000
+# neither skipped nor repeated. (The first page needs no snapshot test: it sees what its snapshot
+# sees.) The search looks back at most ROOM_ACTIVITY_LOOKBACK messages, so a crafted token cannot
+# make it read a room's whole history: a room with that many since the first page takes its
+# creation time, so it may come again on a later page, but is never skipped.
+ROOM_ACTIVITY_LOOKBACK = 256
 _ROOMS_PAGE = f"""
 WITH snapshot AS (SELECT coalesce($5::text::pg_snapshot, pg_current_snapshot()) AS seen),
 mine AS (
@@ -51,7 +51,8 @@ mine AS (
            coalesce((SELECT old.created_at FROM messages old
                      WHERE old.room_id = r.id
                        AND old.sequence > r.last_sequence - {ROOM_ACTIVITY_LOOKBACK}
-                       AND (old.xid IS NULL OR pg_visible_in_snapshot(old.xid::text::xid8, snapshot.seen))
+                       AND ($5 IS NULL OR old.xid IS NULL
+                            OR pg_visible_in_snapshot(old.xid::text::xid8, snapshot.seen))
                      ORDER BY old.sequence DESC LIMIT 1), r.created_at) AS activity
     FROM snapshot, rooms r JOIN room_members me ON me.room_id = r.id AND me.user_id = $1
 )
@@ -94,7 +95,7 @@ ON CONFLICT (room_id, user_id) DO NOTHING
 RETURNING user_id
 """
 _SYSTEM_MESSAGES = """
-SELECT chat_append($1, NULL, NULL, 'system', u.username || $3)
+SELECT (chat_append($1, NULL, NULL, 'system', u.username || $3)).sequence
 FROM unnest($2::uuid[]) WITH ORDINALITY AS x(id, n) JOIN users u ON u.id = x.id
 ORDER BY x.n
 """
@@ -224,7 +225,7 @@ async def list_rooms(conn: Db, *, user_id: str, page_size: int, page_token: str)
             after_time = _aware(datetime.fromisoformat(str(payload["t"])))
             after_id = check.parse_uuid(str(payload["i"]), "page_token")
             # A token from before snapshots existed: this page is taken as of now, as it was then.
-            snapshot = _snapshot(str(payload["s"])) if "s" in payload else None
+            snapshot = _snapshot(str(payload["x"])) if "x" in payload else None
         except (KeyError, ValueError, OverflowError):
             raise InvalidArgumentError.field("page_token", "malformed") from None
     rows = await conn.fetch(_ROOMS_PAGE, user_id, after_time, after_id, size + 1, snapshot)
@@ -233,7 +234,7 @@ async def list_rooms(conn: Db, *, user_id: str, page_size: int, page_token: str)
         rows = rows[:size]
         last = rows[-1]
         token = check.encode_token(
-            {"t": last["room_activity"].isoformat(), "i": last["room_key"], "s": last["snapshot"]}
+            {"t": last["room_activity"].isoformat(), "i": last["room_key"], "x": last["snapshot"]}
         )
     return RoomPage(tuple(await _rooms_with_members(conn, rows)), token)
 
@@ -245,7 +246,7 @@ def _aware(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
-_SNAPSHOT = re.compile(r"(\d{1,19}):(\d{1,19}):((?:\d{1,19}(?:,\d{1,19})*)?)")
+_SNAPSHOT = re.compile(r"([0-9]{1,19}):([0-9]{1,19}):((?:[0-9]{1,19}(?:,[0-9]{1,19})*)?)")
 
 
 def _snapshot(raw: str) -> str:

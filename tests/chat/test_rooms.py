@@ -174,7 +174,10 @@ class TestListRooms:
             await group(stubs, alice, bob, name=f"r{i}")
         first = await stubs.chat.ListRooms(chat_pb2.ListRoomsRequest(page_size=1), metadata=alice.auth)
         payload = json.loads(base64.urlsafe_b64decode(first.next_page_token))
-        for key, value in (("s", "9:3:"), ("s", "1:9:12"), ("s", "x"), ("t", "2026-01-01T00:00:00")):
+        arabic_indic_digits = "\u0663:\u0665:"
+        tampered = [("x", "9:3:"), ("x", "1:9:12"), ("x", arabic_indic_digits), ("x", "x")]
+        tampered.append(("t", "2026-01-01T00:00"))  # no time zone
+        for key, value in tampered:
             token = base64.urlsafe_b64encode(json.dumps({**payload, key: value}).encode()).decode()
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stubs.chat.ListRooms(

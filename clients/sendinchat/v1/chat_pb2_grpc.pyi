@@ -52,7 +52,7 @@ class ChatServiceStub:
     """ListRooms pages through the caller's rooms, most recently active first,
     each with its last message and the caller's unread count. Every page keeps
     the order the first page saw: a room that becomes active while you page
-    keeps its place, neither skipped nor repeated (if over 1,000 messages
+    keeps its place, neither skipped nor repeated (if 256 or more messages
     arrive in it meanwhile, it may come again on a later page). A room you
     join or leave meanwhile may or may not be listed.
     Errors: INVALID_ARGUMENT (bad page size or token), UNAUTHENTICATED.
@@ -146,7 +146,7 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """ListRooms pages through the caller's rooms, most recently active first,
     each with its last message and the caller's unread count. Every page keeps
     the order the first page saw: a room that becomes active while you page
-    keeps its place, neither skipped nor repeated (if over 1,000 messages
+    keeps its place, neither skipped nor repeated (if 256 or more messages
     arrive in it meanwhile, it may come again on a later page). A room you
     join or leave meanwhile may or may not be listed.
     Errors: INVALID_ARGUMENT (bad page size or token), UNAUTHENTICATED.
@@ -255,7 +255,7 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         """ListRooms pages through the caller's rooms, most recently active first,
         each with its last message and the caller's unread count. Every page keeps
         the order the first page saw: a room that becomes active while you page
-        keeps its place, neither skipped nor repeated (if over 1,000 messages
+        keeps its place, neither skipped nor repeated (if 256 or more messages
         arrive in it meanwhile, it may come again on a later page). A room you
         join or leave meanwhile may or may not be listed.
         Errors: INVALID_ARGUMENT (bad page size or token), UNAUTHENTICATED.
