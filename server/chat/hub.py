@@ -7,6 +7,11 @@ ConnectResponse once, and offers the same object to every local subscriber of R.
 block; each stream has its own bounded queue and ends itself when it overflows. Because the
 table is the log, a lost notification (say, while the listener reconnects) delays delivery
 but loses nothing: the hub re-reads after reconnecting and streams fill any gap they see.
+
+Presence spans replicas: the hub records, in order, when this process's streams of a user enter
+or all leave a room, and the database announces a change only when it flips the user's presence
+across every replica (migration 0006). The hub heartbeats; a replica silent for
+PRESENCE_STALE_SECONDS is taken to have crashed and its users leave its rooms.
 """
 
 from __future__ import annotations
@@ -14,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol
 
 import asyncpg
@@ -27,6 +34,10 @@ CHANNEL = "chat_events"
 _FETCH_LIMIT = 100
 _EVERYTHING = 2**62
 _RECONNECT_SECONDS = 1.0
+PRESENCE_HEARTBEAT_SECONDS = 5.0
+PRESENCE_STALE_SECONDS = 30.0
+_PRESENCE_RETRY_SECONDS = 1.0
+_LEAVE_ON_STOP_SECONDS = 2.0
 
 log = logging.getLogger(__name__)
 
@@ -73,14 +84,19 @@ class ChatHub:
     def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
         self._dsn = dsn
+        self.replica = str(uuid.uuid4())
         self._feeds: dict[str, _Feed] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
+        self._presence_changes: asyncio.Queue[tuple[str, str, bool]] = asyncio.Queue()
 
     async def start(self) -> None:
-        """Start listening; returns once LISTEN is in effect."""
+        """Join the replicas and start listening; returns once LISTEN is in effect."""
+        await _logged(self.heartbeat())  # before any presence of ours, or others would reap it
         self._listener = asyncio.create_task(self._listen_forever())
+        self._spawn(self._record_presence_forever())
+        self._spawn(self._heartbeat_forever())
         await self._listening.wait()
 
     async def run_until_cancelled(self) -> None:
@@ -99,6 +115,10 @@ class ChatHub:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        # This replica's users leave its rooms now rather than when the others notice it is gone.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(_LEAVE_ON_STOP_SECONDS):
+                await messages.leave_all_rooms(self._pool, replica=self.replica)
 
     def subscribe(self, room_id: str, subscriber: Subscriber) -> None:
         """Start offering the room's events to a stream (membership is confirmed separately)."""
@@ -136,13 +156,34 @@ class ChatHub:
             del self._feeds[room_id]
 
     def _announce_presence(self, user_id: str, room_id: str, *, online: bool) -> None:
-        # Best effort, off the caller's path: presence is ephemeral and a stream ending must
-        # not wait for the database (it may be ending because the server is shutting down).
-        self._spawn(
-            messages.announce_presence(self._pool, user_id=user_id, room_ids=[room_id], online=online)
+        # Off the caller's path (a stream ending must not wait for the database), but in order.
+        self._presence_changes.put_nowait((room_id, user_id, online))
+
+    async def _record_presence_forever(self) -> None:
+        while True:
+            room_id, user_id, online = await self._presence_changes.get()
+            while True:
+                try:
+                    await messages.set_presence(
+                        self._pool, room_id=room_id, user_id=user_id, replica=self.replica, online=online
+                    )
+                    break
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                    log.warning("cannot record chat presence; retrying", exc_info=True)
+                    await asyncio.sleep(_PRESENCE_RETRY_SECONDS)
+
+    async def heartbeat(self) -> int:
+        """Say this replica is alive; its users leave the rooms of replicas silent for too long."""
+        return await messages.presence_heartbeat(
+            self._pool, replica=self.replica, stale_after=timedelta(seconds=PRESENCE_STALE_SECONDS)
         )
 
-    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(PRESENCE_HEARTBEAT_SECONDS)
+            await _logged(self.heartbeat())
+
+    def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(_logged(work))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -235,7 +276,7 @@ class ChatHub:
             feed.task = None
 
 
-async def _logged(work: Coroutine[Any, Any, None]) -> None:
+async def _logged(work: Coroutine[Any, Any, object]) -> None:
     try:
         await work
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):

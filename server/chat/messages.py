@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import timedelta
 from typing import TypeAlias
 
 import asyncpg
@@ -60,10 +61,9 @@ _TYPING = """
 SELECT pg_notify('chat_events', 't|' || room_id || '|' || user_id)
 FROM room_members WHERE room_id = $1 AND user_id = $2
 """
-_PRESENCE = """
-SELECT pg_notify('chat_events', 'p|' || room || '|' || $2::text || '|' || $3::text)
-FROM unnest($1::text[]) AS room
-"""
+_SET_PRESENCE = "SELECT chat_presence_set($1::uuid, $2::uuid, $3::uuid, $4)"
+_LEAVE_ALL = "SELECT chat_presence_leave_all($1::uuid)"
+_HEARTBEAT = "SELECT chat_presence_heartbeat($1::uuid, $2::interval)"
 _TRANSFERS = """
 SELECT t.id, t.request_id, t.kind, t.state, t.from_user_id, t.to_user_id, t.from_account_id, t.to_account_id,
        t.currency, t.amount, t.posted_amount, t.memo, t.created_at, t.expires_at, t.resolved_at
@@ -223,7 +223,21 @@ async def announce_typing(conn: Db, *, user_id: str, room_id: str) -> None:
         raise NotFoundError(NOT_FOUND)
 
 
-async def announce_presence(conn: Db, *, user_id: str, room_ids: list[str], online: bool) -> None:
-    """Tell the live streams of these rooms that the user came online or went offline."""
-    if room_ids:
-        await conn.execute(_PRESENCE, room_ids, user_id, "1" if online else "0")
+async def set_presence(conn: Db, *, room_id: str, user_id: str, replica: str, online: bool) -> None:
+    """This replica's streams of the user entered (or all left) the room.
+
+    The room's live streams everywhere hear of it when it changes the user's presence across all
+    replicas (migration 0006).
+    """
+    await conn.execute(_SET_PRESENCE, room_id, user_id, replica, online)
+
+
+async def leave_all_rooms(conn: Db, *, replica: str) -> None:
+    """This replica is stopping: its users leave every room (announced where that makes them offline)."""
+    await conn.execute(_LEAVE_ALL, replica)
+
+
+async def presence_heartbeat(conn: Db, *, replica: str, stale_after: timedelta) -> int:
+    """Say this replica is alive; take away the presence of replicas silent for `stale_after`."""
+    taken: int = await conn.fetchval(_HEARTBEAT, replica, stale_after)
+    return taken

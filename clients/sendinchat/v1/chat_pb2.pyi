@@ -1460,7 +1460,9 @@ class PresenceEvent(_message.Message):
     user_id: _builtins.str
     """The member."""
     online: _builtins.bool
-    """True when the member has at least one open stream."""
+    """True when the member has at least one open stream subscribed to the room,
+    on any server replica.
+    """
     def __init__(
         self,
         *,

@@ -1,0 +1,97 @@
+"""Presence across server processes (replicas) sharing one database (migration 0006)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+
+from sendinchat.v1 import chat_pb2
+from tests import harness
+from tests.chat.support import WAIT, Stream, group
+from tests.helpers import Account, signed_up
+
+
+async def _replicas_recording(pool: asyncpg.Pool, room_id: str, user_id: str, count: int) -> None:
+    """Wait until `count` replicas have recorded the user as present in the room."""
+    async with asyncio.timeout(WAIT):
+        while True:
+            recorded = await pool.fetchval(
+                "SELECT count(*) FROM chat_presence WHERE room_id = $1 AND user_id = $2", room_id, user_id
+            )
+            if recorded == count:
+                return
+            await asyncio.sleep(0.02)
+
+
+async def _presence(watcher: Stream) -> tuple[str, bool]:
+    presence = (await watcher.next_of("presence")).presence
+    return presence.user_id, presence.online
+
+
+async def _two_replicas_and_alice_watching(
+    servers: harness.ServerFactory,
+) -> tuple[harness.TestServer, harness.TestServer, Account, chat_pb2.Room, Stream]:
+    """Two replicas on one database; Alice watches a room she shares with Bob, on the first."""
+    first = await servers.start()
+    second = await servers.start(database_url=first.database_url)
+    alice, bob = await signed_up(first.stubs), await signed_up(first.stubs)
+    room = await group(first.stubs, alice, bob)
+    watcher = Stream(first.stubs, alice)
+    await watcher.subscribe(room.id)
+    return first, second, bob, room, watcher
+
+
+class TestPresenceAcrossReplicas:
+    async def test_a_user_stays_online_while_a_stream_on_any_replica_is_open(self, servers):
+        first, second, bob, room, watcher = await _two_replicas_and_alice_watching(servers)
+        here, there = Stream(first.stubs, bob), Stream(second.stubs, bob)
+        await here.subscribe(room.id)
+        assert await _presence(watcher) == (bob.id, True)
+        await there.subscribe(room.id)
+        await _replicas_recording(first.pool, room.id, bob.id, 2)
+        assert await first.pool.fetchval("SELECT count(*) FROM chat_replicas") == 2  # joined at start
+
+        await here.close()
+        await _replicas_recording(first.pool, room.id, bob.id, 1)
+        await there.write(typing=chat_pb2.TypingFrame(room_id=room.id))
+        frame = await watcher.next()
+        assert frame.WhichOneof("event") == "typing"  # and no "offline" before it
+
+        await there.close()
+        assert await _presence(watcher) == (bob.id, False)
+        await watcher.close()
+
+    async def test_the_users_of_a_stopping_replica_go_offline(self, servers):
+        first, second, bob, room, watcher = await _two_replicas_and_alice_watching(servers)
+        leaving = Stream(second.stubs, bob)
+        await leaving.subscribe(room.id)
+        assert await _presence(watcher) == (bob.id, True)
+        await second.running.stop()
+        assert await _presence(watcher) == (bob.id, False)
+        await _replicas_recording(first.pool, room.id, bob.id, 0)
+        assert await first.pool.fetchval("SELECT count(*) FROM chat_replicas") == 1  # it said goodbye
+        await leaving.close()
+        await watcher.close()
+
+    async def test_the_users_of_a_silent_replica_go_offline(self, server, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        watcher = Stream(stubs, alice)
+        await watcher.subscribe(room.id)
+        crashed = str(uuid.uuid4())
+        await server.pool.execute("INSERT INTO chat_replicas VALUES ($1, clock_timestamp())", crashed)
+        await server.pool.execute("SELECT chat_presence_set($1, $2, $3, true)", room.id, bob.id, crashed)
+        assert await _presence(watcher) == (bob.id, True)
+
+        await server.pool.execute(
+            "UPDATE chat_replicas SET seen_at = seen_at - interval '1 hour' WHERE replica = $1", crashed
+        )
+        # Any live replica's heartbeat takes the silent one's users away (the server's own may be first).
+        another = str(uuid.uuid4())
+        await server.pool.execute("SELECT chat_presence_heartbeat($1, interval '30 seconds')", another)
+        assert await _presence(watcher) == (bob.id, False)
+        remembered = "SELECT count(*) FROM chat_replicas WHERE replica = $1"
+        assert await server.pool.fetchval(remembered, crashed) == 0
+        await watcher.close()
