@@ -8,10 +8,11 @@ block; each stream has its own bounded queue and ends itself when it overflows. 
 table is the log, a lost notification (say, while the listener reconnects) delays delivery
 but loses nothing: the hub re-reads after reconnecting and streams fill any gap they see.
 
-Presence spans replicas: the hub records, in order, when this process's streams of a user enter
-or all leave a room, and the database announces a change only when it flips the user's presence
-across every replica (migration 0006). The hub heartbeats; a replica silent for
-PRESENCE_STALE_SECONDS is taken to have crashed and its users leave its rooms.
+Presence spans replicas: the hub records when this process's streams of a user enter or all leave
+a room (the latest state per room and user, off the streams' path), and the database announces a
+change only when it flips the user's presence across every replica (migration 0006). The hub
+heartbeats; a replica silent for PRESENCE_STALE_SECONDS is taken to have crashed and its users
+leave its rooms, and a replica that finds itself dropped that way records its presence again.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import asyncpg
 
 from sendinchat.v1 import chat_pb2
 from server.chat import convert, messages
+from server.db.pool import DATABASE_ERRORS
+from server.errors import UnavailableError
 
 CHANNEL = "chat_events"
 _FETCH_LIMIT = 100
@@ -38,6 +41,17 @@ PRESENCE_HEARTBEAT_SECONDS = 5.0
 PRESENCE_STALE_SECONDS = 30.0
 _PRESENCE_RETRY_SECONDS = 1.0
 _LEAVE_ON_STOP_SECONDS = 2.0
+# Worth retrying: the connection, not the statement, failed (or a lock wait was broken up).
+_TRANSIENT_ERRORS = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.DeadlockDetectedError,
+    asyncpg.QueryCanceledError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    UnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +103,9 @@ class ChatHub:
         self._background: set[asyncio.Task[None]] = set()
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
-        self._presence_changes: asyncio.Queue[tuple[str, str, bool]] = asyncio.Queue()
+        # (room, user) → online, oldest first: what this replica still has to record.
+        self._presence_unrecorded: dict[tuple[str, str], bool] = {}
+        self._presence_to_record = asyncio.Event()
 
     async def start(self) -> None:
         """Join the replicas and start listening; returns once LISTEN is in effect."""
@@ -156,27 +172,39 @@ class ChatHub:
             del self._feeds[room_id]
 
     def _announce_presence(self, user_id: str, room_id: str, *, online: bool) -> None:
-        # Off the caller's path (a stream ending must not wait for the database), but in order.
-        self._presence_changes.put_nowait((room_id, user_id, online))
+        # Off the caller's path: a stream ending must not wait for the database.
+        key = (room_id, user_id)
+        self._presence_unrecorded.pop(key, None)
+        self._presence_unrecorded[key] = online
+        self._presence_to_record.set()
 
     async def _record_presence_forever(self) -> None:
         while True:
-            room_id, user_id, online = await self._presence_changes.get()
-            while True:
+            await self._presence_to_record.wait()
+            self._presence_to_record.clear()
+            while self._presence_unrecorded:
+                (room_id, user_id), online = next(iter(self._presence_unrecorded.items()))
                 try:
                     await messages.set_presence(
                         self._pool, room_id=room_id, user_id=user_id, replica=self.replica, online=online
                     )
-                    break
-                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                except _TRANSIENT_ERRORS:
                     log.warning("cannot record chat presence; retrying", exc_info=True)
                     await asyncio.sleep(_PRESENCE_RETRY_SECONDS)
+                    continue
+                except asyncpg.PostgresError:
+                    log.exception("recording chat presence of %s in %s failed; dropped", user_id, room_id)
+                if self._presence_unrecorded.get((room_id, user_id)) == online:
+                    del self._presence_unrecorded[(room_id, user_id)]
 
-    async def heartbeat(self) -> int:
-        """Say this replica is alive; its users leave the rooms of replicas silent for too long."""
-        return await messages.presence_heartbeat(
-            self._pool, replica=self.replica, stale_after=timedelta(seconds=PRESENCE_STALE_SECONDS)
-        )
+    async def heartbeat(self) -> None:
+        """Say this replica is alive, record its presence again if it was dropped, reap silent ones."""
+        stale = timedelta(seconds=PRESENCE_STALE_SECONDS)
+        if await messages.register_replica(self._pool, replica=self.replica, stale_after=stale):
+            for feed in self._feeds.values():
+                for user_id in {s.user_id for s in feed.present}:
+                    self._announce_presence(user_id, feed.room_id, online=True)
+        await messages.reap_silent_replicas(self._pool, stale_after=stale)
 
     async def _heartbeat_forever(self) -> None:
         while True:
@@ -269,7 +297,7 @@ class ChatHub:
                     for subscriber in tuple(feed.subscribers):
                         subscriber.offer(item)
                 feed.fetched = batch[-1].sequence
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except DATABASE_ERRORS:
             # Subscribers notice the gap on the next message and read it themselves.
             log.warning("chat hub could not read room %s", feed.room_id, exc_info=True)
         finally:
@@ -279,7 +307,7 @@ class ChatHub:
 async def _logged(work: Coroutine[Any, Any, object]) -> None:
     try:
         await work
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except DATABASE_ERRORS:
         log.warning("chat background work failed", exc_info=True)
 
 

@@ -63,7 +63,8 @@ FROM room_members WHERE room_id = $1 AND user_id = $2
 """
 _SET_PRESENCE = "SELECT chat_presence_set($1::uuid, $2::uuid, $3::uuid, $4)"
 _LEAVE_ALL = "SELECT chat_presence_leave_all($1::uuid)"
-_HEARTBEAT = "SELECT chat_presence_heartbeat($1::uuid, $2::interval)"
+_REGISTER = "SELECT chat_presence_register($1::uuid, $2::interval)"
+_REAP = "SELECT chat_presence_reap($1::interval)"
 _TRANSFERS = """
 SELECT t.id, t.request_id, t.kind, t.state, t.from_user_id, t.to_user_id, t.from_account_id, t.to_account_id,
        t.currency, t.amount, t.posted_amount, t.memo, t.created_at, t.expires_at, t.resolved_at
@@ -237,7 +238,12 @@ async def leave_all_rooms(conn: Db, *, replica: str) -> None:
     await conn.execute(_LEAVE_ALL, replica)
 
 
-async def presence_heartbeat(conn: Db, *, replica: str, stale_after: timedelta) -> int:
-    """Say this replica is alive; take away the presence of replicas silent for `stale_after`."""
-    taken: int = await conn.fetchval(_HEARTBEAT, replica, stale_after)
-    return taken
+async def register_replica(conn: Db, *, replica: str, stale_after: timedelta) -> bool:
+    """Say this replica is alive; True if it was unknown or silent for `stale_after` until now."""
+    anew: bool = await conn.fetchval(_REGISTER, replica, stale_after)
+    return anew
+
+
+async def reap_silent_replicas(conn: Db, *, stale_after: timedelta) -> None:
+    """Take away the presence of replicas silent for `stale_after` (crashed, or cut off)."""
+    await conn.execute(_REAP, stale_after)

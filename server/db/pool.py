@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 # What servicers hold and pass on, without depending on asyncpg themselves.
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+# What a call to the database can raise when the database, not the caller, is the problem.
+DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError)
 
 
 async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:

@@ -22,7 +22,6 @@ from server.errors import (
     InvalidArgumentError,
     NotFoundError,
     PermissionDeniedError,
-    UnavailableError,
 )
 from server.ledger import pagination
 from server.ledger.audit import AuditReport, audit_ledger
@@ -84,7 +83,6 @@ _USER_ID_BY_NAME = "SELECT id FROM users WHERE username = $1"
 _EXPIRE_DUE = "SELECT ledger_expire_due()"
 
 # What a background job may meet when the database is away; it retries later.
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError)
 
 
 def _raise_for(outcome: str, *, recipient_field: str = "recipient", state: str | None = None) -> None:

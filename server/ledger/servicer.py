@@ -13,7 +13,7 @@ from google.protobuf import timestamp_pb2
 
 from sendinchat.v1 import ledger_pb2, ledger_pb2_grpc
 from server.auth.principal import current_principal
-from server.db.pool import Pool
+from server.db.pool import DATABASE_ERRORS, Pool
 from server.health import HealthState
 from server.ledger import service
 from server.ledger.audit import AuditReport, audit_ledger
@@ -136,7 +136,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         """
         try:
             report = await audit_ledger(self._pool)
-        except service.DATABASE_ERRORS:
+        except DATABASE_ERRORS:
             log.warning("ledger audit could not run; will retry", exc_info=True)
             return
         self._audited = True

@@ -25,6 +25,18 @@ async def _replicas_recording(pool: asyncpg.Pool, room_id: str, user_id: str, co
             await asyncio.sleep(0.02)
 
 
+async def _fall_silent(pool: asyncpg.Pool, replica: str) -> None:
+    """Make a replica look silent for an hour and reap it, in one transaction.
+
+    The server's own heartbeat, every few seconds, cannot come between the two.
+    """
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "UPDATE chat_replicas SET seen_at = seen_at - interval '1 hour' WHERE replica = $1", replica
+        )
+        await conn.execute("SELECT chat_presence_reap(interval '30 seconds')")
+
+
 async def _presence(watcher: Stream) -> tuple[str, bool]:
     presence = (await watcher.next_of("presence")).presence
     return presence.user_id, presence.online
@@ -85,13 +97,26 @@ class TestPresenceAcrossReplicas:
         await server.pool.execute("SELECT chat_presence_set($1, $2, $3, true)", room.id, bob.id, crashed)
         assert await _presence(watcher) == (bob.id, True)
 
-        await server.pool.execute(
-            "UPDATE chat_replicas SET seen_at = seen_at - interval '1 hour' WHERE replica = $1", crashed
-        )
-        # Any live replica's heartbeat takes the silent one's users away (the server's own may be first).
-        another = str(uuid.uuid4())
-        await server.pool.execute("SELECT chat_presence_heartbeat($1, interval '30 seconds')", another)
+        await _fall_silent(server.pool, crashed)
         assert await _presence(watcher) == (bob.id, False)
         remembered = "SELECT count(*) FROM chat_replicas WHERE replica = $1"
         assert await server.pool.fetchval(remembered, crashed) == 0
+        await watcher.close()
+
+    async def test_a_replica_dropped_as_silent_records_its_presence_again(self, server, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        watcher, present = Stream(stubs, alice), Stream(stubs, bob)
+        await watcher.subscribe(room.id)
+        await present.subscribe(room.id)
+        assert await _presence(watcher) == (bob.id, True)
+        await _replicas_recording(server.pool, room.id, bob.id, 1)
+        (replica,) = [r["replica"] for r in await server.pool.fetch("SELECT replica FROM chat_replicas")]
+
+        await _fall_silent(server.pool, str(replica))  # say its database connection was cut for a while
+        assert await _presence(watcher) == (bob.id, False)
+        assert await _presence(watcher) == (bob.id, True)  # its next heartbeat
+        await _replicas_recording(server.pool, room.id, bob.id, 1)
+        await present.close()
+        assert await _presence(watcher) == (bob.id, False)
         await watcher.close()
