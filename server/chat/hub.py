@@ -10,9 +10,9 @@ but loses nothing: the hub re-reads after reconnecting and streams fill any gap 
 
 Presence spans replicas: the hub records when this process's streams of a user enter or all leave
 a room (the latest state per room and user, off the streams' path), and the database announces a
-change only when it flips the user's presence across every replica (migration 0006). The hub
-heartbeats; a replica silent for PRESENCE_STALE_SECONDS is taken to have crashed and its users
-leave its rooms, and a replica that finds itself dropped that way records its presence again.
+change only when it flips the user's presence across every replica (migration 0006). At every
+heartbeat the hub also reconciles its recorded rows with its streams (so a lost write or a reap
+heals), and takes away the users of replicas silent for PRESENCE_STALE_SECONDS (crashed).
 """
 
 from __future__ import annotations
@@ -41,17 +41,10 @@ PRESENCE_HEARTBEAT_SECONDS = 5.0
 PRESENCE_STALE_SECONDS = 30.0
 _PRESENCE_RETRY_SECONDS = 1.0
 _LEAVE_ON_STOP_SECONDS = 2.0
-# Worth retrying: the connection, not the statement, failed (or a lock wait was broken up).
-_TRANSIENT_ERRORS = (
-    OSError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.QueryCanceledError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.exceptions.AdminShutdownError,
-    UnavailableError,
-)
+# PostgreSQL error classes worth retrying: connection, rollback (deadlock, serialization),
+# insufficient resources, operator intervention; and lock_not_available (lock_timeout).
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "40", "53", "57")
+_LOCK_NOT_AVAILABLE = "55P03"
 
 log = logging.getLogger(__name__)
 
@@ -188,22 +181,23 @@ class ChatHub:
                     await messages.set_presence(
                         self._pool, room_id=room_id, user_id=user_id, replica=self.replica, online=online
                     )
-                except _TRANSIENT_ERRORS:
-                    log.warning("cannot record chat presence; retrying", exc_info=True)
-                    await asyncio.sleep(_PRESENCE_RETRY_SECONDS)
-                    continue
-                except asyncpg.PostgresError:
-                    log.exception("recording chat presence of %s in %s failed; dropped", user_id, room_id)
+                except Exception as exc:
+                    if _transient(exc):
+                        log.warning("cannot record chat presence; retrying", exc_info=True)
+                        await asyncio.sleep(_PRESENCE_RETRY_SECONDS)
+                        continue
+                    # Dropped: the next heartbeat's reconciliation records it.
+                    log.exception("recording chat presence of %s in %s failed", user_id, room_id)
                 if self._presence_unrecorded.get((room_id, user_id)) == online:
                     del self._presence_unrecorded[(room_id, user_id)]
 
     async def heartbeat(self) -> None:
-        """Say this replica is alive, record its presence again if it was dropped, reap silent ones."""
+        """Say this replica is alive, reconcile its recorded presence, reap silent replicas."""
         stale = timedelta(seconds=PRESENCE_STALE_SECONDS)
         if await messages.register_replica(self._pool, replica=self.replica, stale_after=stale):
-            for feed in self._feeds.values():
-                for user_id in {s.user_id for s in feed.present}:
-                    self._announce_presence(user_id, feed.room_id, online=True)
+            log.info("chat replica %s registered (at start, or after being silent)", self.replica)
+        present = {(feed.room_id, s.user_id) for feed in self._feeds.values() for s in feed.present}
+        await messages.reconcile_presence(self._pool, replica=self.replica, present=present)
         await messages.reap_silent_replicas(self._pool, stale_after=stale)
 
     async def _heartbeat_forever(self) -> None:
@@ -233,6 +227,9 @@ class ChatHub:
                 self._listening.set()
                 await lost.wait()
                 log.warning("chat listener connection lost; reconnecting")
+            except DATABASE_ERRORS:
+                log.warning("chat listener failed; reconnecting", exc_info=True)
+                await asyncio.sleep(_RECONNECT_SECONDS)
             finally:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(conn.close(timeout=2))
@@ -302,6 +299,16 @@ class ChatHub:
             log.warning("chat hub could not read room %s", feed.room_id, exc_info=True)
         finally:
             feed.task = None
+
+
+def _transient(exc: Exception) -> bool:
+    """Whether retrying the same statement later can succeed."""
+    if isinstance(exc, asyncpg.PostgresError):
+        state = str(exc.sqlstate or "")
+        return state[:2] in _TRANSIENT_SQLSTATE_CLASSES or state == _LOCK_NOT_AVAILABLE
+    if isinstance(exc, asyncpg.exceptions._base.DataError):  # the client could not encode the arguments
+        return False
+    return isinstance(exc, (OSError, asyncpg.InterfaceError, UnavailableError))
 
 
 async def _logged(work: Coroutine[Any, Any, object]) -> None:

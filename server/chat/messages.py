@@ -62,9 +62,13 @@ SELECT pg_notify('chat_events', 't|' || room_id || '|' || user_id)
 FROM room_members WHERE room_id = $1 AND user_id = $2
 """
 _SET_PRESENCE = "SELECT chat_presence_set($1::uuid, $2::uuid, $3::uuid, $4)"
-_LEAVE_ALL = "SELECT chat_presence_leave_all($1::uuid)"
+_APPLY_PRESENCE = "SELECT chat_presence_apply($1::uuid, $2::uuid[], $3::uuid[], $4::boolean[])"
+_RECORDED_PRESENCE = "SELECT room_id::text, user_id::text FROM chat_presence WHERE replica = $1::uuid"
+_LEAVE_ALL = "SELECT chat_presence_leave_all($1::uuid, $2)"
 _REGISTER = "SELECT chat_presence_register($1::uuid, $2::interval)"
-_REAP = "SELECT chat_presence_reap($1::interval)"
+_REAP = "SELECT chat_presence_reap($1::interval, $2)"
+# Rows one call locks at most (each lock holds a slot of PostgreSQL's shared lock table).
+PRESENCE_BATCH = 500
 _TRANSFERS = """
 SELECT t.id, t.request_id, t.kind, t.state, t.from_user_id, t.to_user_id, t.from_account_id, t.to_account_id,
        t.currency, t.amount, t.posted_amount, t.memo, t.created_at, t.expires_at, t.resolved_at
@@ -233,9 +237,25 @@ async def set_presence(conn: Db, *, room_id: str, user_id: str, replica: str, on
     await conn.execute(_SET_PRESENCE, room_id, user_id, replica, online)
 
 
+async def reconcile_presence(conn: Db, *, replica: str, present: set[tuple[str, str]]) -> None:
+    """Make this replica's recorded (room, user) rows what its streams say, announcing the flips."""
+    recorded = {(r[0], r[1]) for r in await conn.fetch(_RECORDED_PRESENCE, replica)}
+    changes = [(key, True) for key in present - recorded] + [(key, False) for key in recorded - present]
+    for start in range(0, len(changes), PRESENCE_BATCH):
+        batch = changes[start : start + PRESENCE_BATCH]
+        await conn.execute(
+            _APPLY_PRESENCE,
+            replica,
+            [room for (room, _), _ in batch],
+            [user for (_, user), _ in batch],
+            [online for _, online in batch],
+        )
+
+
 async def leave_all_rooms(conn: Db, *, replica: str) -> None:
     """This replica is stopping: its users leave every room (announced where that makes them offline)."""
-    await conn.execute(_LEAVE_ALL, replica)
+    while await conn.fetchval(_LEAVE_ALL, replica, PRESENCE_BATCH) == PRESENCE_BATCH:
+        pass
 
 
 async def register_replica(conn: Db, *, replica: str, stale_after: timedelta) -> bool:
@@ -246,4 +266,5 @@ async def register_replica(conn: Db, *, replica: str, stale_after: timedelta) ->
 
 async def reap_silent_replicas(conn: Db, *, stale_after: timedelta) -> None:
     """Take away the presence of replicas silent for `stale_after` (crashed, or cut off)."""
-    await conn.execute(_REAP, stale_after)
+    while await conn.fetchval(_REAP, stale_after, PRESENCE_BATCH) == PRESENCE_BATCH:
+        pass

@@ -34,7 +34,7 @@ async def _fall_silent(pool: asyncpg.Pool, replica: str) -> None:
         await conn.execute(
             "UPDATE chat_replicas SET seen_at = seen_at - interval '1 hour' WHERE replica = $1", replica
         )
-        await conn.execute("SELECT chat_presence_reap(interval '30 seconds')")
+        await conn.execute("SELECT chat_presence_reap(interval '30 seconds', 500)")
 
 
 async def _presence(watcher: Stream) -> tuple[str, bool]:
@@ -53,6 +53,20 @@ async def _two_replicas_and_alice_watching(
     watcher = Stream(first.stubs, alice)
     await watcher.subscribe(room.id)
     return first, second, bob, room, watcher
+
+
+async def _bob_present_and_alice_watching(
+    server: harness.TestServer,
+) -> tuple[Account, chat_pb2.Room, Stream, Stream]:
+    """Bob's stream in a room he shares with Alice, recorded; Alice's stream there watching."""
+    alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+    room = await group(server.stubs, alice, bob)
+    watcher, present = Stream(server.stubs, alice), Stream(server.stubs, bob)
+    await watcher.subscribe(room.id)
+    await present.subscribe(room.id)
+    assert await _presence(watcher) == (bob.id, True)
+    await _replicas_recording(server.pool, room.id, bob.id, 1)
+    return bob, room, watcher, present
 
 
 class TestPresenceAcrossReplicas:
@@ -103,14 +117,18 @@ class TestPresenceAcrossReplicas:
         assert await server.pool.fetchval(remembered, crashed) == 0
         await watcher.close()
 
-    async def test_a_replica_dropped_as_silent_records_its_presence_again(self, server, stubs):
-        alice, bob = await signed_up(stubs), await signed_up(stubs)
-        room = await group(stubs, alice, bob)
-        watcher, present = Stream(stubs, alice), Stream(stubs, bob)
-        await watcher.subscribe(room.id)
-        await present.subscribe(room.id)
-        assert await _presence(watcher) == (bob.id, True)
+    async def test_a_lost_presence_row_comes_back_at_the_next_heartbeat(self, server):
+        bob, room, watcher, present = await _bob_present_and_alice_watching(server)
+
+        await server.pool.execute("DELETE FROM chat_presence")  # as a database crash empties it
+        assert await _presence(watcher) == (bob.id, True)  # recorded again, so announced again
         await _replicas_recording(server.pool, room.id, bob.id, 1)
+        await present.close()
+        assert await _presence(watcher) == (bob.id, False)
+        await watcher.close()
+
+    async def test_a_replica_dropped_as_silent_records_its_presence_again(self, server):
+        bob, room, watcher, present = await _bob_present_and_alice_watching(server)
         (replica,) = [r["replica"] for r in await server.pool.fetch("SELECT replica FROM chat_replicas")]
 
         await _fall_silent(server.pool, str(replica))  # say its database connection was cut for a while

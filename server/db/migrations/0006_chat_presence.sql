@@ -2,8 +2,11 @@
 -- a live stream there; a user is present in a room while any replica has that row. A change is
 -- announced (NOTIFY 'p|room|user|1' or '…|0') only when it flips the user's presence across all
 -- replicas. Replicas register and heartbeat in chat_replicas; the rows of one silent for too long
--- (a crash, a lost database connection) are taken away, announcing who went offline with it, and
--- a replica that finds itself dropped (or the unlogged tables emptied) records its presence again.
+-- (a crash, a lost database connection) are taken away, announcing who went offline with it. Each
+-- replica also reconciles its rows with its streams at every heartbeat, so a lost write, a reap of
+-- a replica that was only cut off, or the unlogged tables emptied by a crash all heal by themselves.
+-- Functions that take several (room, user) locks take them in (room, user) order, in batches
+-- (each lock holds a slot of the shared lock table until commit), and wait at most 2 s for one.
 CREATE UNLOGGED TABLE chat_replicas (
     replica uuid PRIMARY KEY,
     seen_at timestamptz NOT NULL
@@ -43,24 +46,44 @@ BEGIN
     END IF;
 END $$;
 
--- A replica is stopping: its users leave every room, in (room, user) order like every caller
--- that takes several of these locks.
-CREATE FUNCTION chat_presence_leave_all(p_replica uuid) RETURNS integer
-LANGUAGE plpgsql AS $$
+-- Several changes of one replica at once (its reconciliation): (room, user, online) by position.
+CREATE FUNCTION chat_presence_apply(p_replica uuid, p_rooms uuid[], p_users uuid[], p_online boolean[])
+RETURNS void
+LANGUAGE plpgsql
+SET lock_timeout = '2s'
+AS $$
+DECLARE
+    v record;
+BEGIN
+    FOR v IN SELECT * FROM unnest(p_rooms, p_users, p_online) AS x(room_id, user_id, online)
+             ORDER BY x.room_id, x.user_id LOOP
+        PERFORM chat_presence_set(v.room_id, v.user_id, p_replica, v.online);
+    END LOOP;
+END $$;
+
+-- A replica is stopping: up to p_batch of its rows go (call again while it returns p_batch); the
+-- last call forgets the replica.
+CREATE FUNCTION chat_presence_leave_all(p_replica uuid, p_batch integer) RETURNS integer
+LANGUAGE plpgsql
+SET lock_timeout = '2s'
+AS $$
 DECLARE
     v record;
     v_count integer := 0;
 BEGIN
-    FOR v IN SELECT room_id, user_id FROM chat_presence WHERE replica = p_replica ORDER BY room_id, user_id LOOP
+    FOR v IN SELECT room_id, user_id FROM chat_presence WHERE replica = p_replica
+             ORDER BY room_id, user_id LIMIT p_batch LOOP
         PERFORM chat_presence_set(v.room_id, v.user_id, p_replica, false);
         v_count := v_count + 1;
     END LOOP;
-    DELETE FROM chat_replicas WHERE replica = p_replica;
+    IF v_count < p_batch THEN
+        DELETE FROM chat_replicas WHERE replica = p_replica;
+    END IF;
     RETURN v_count;
 END $$;
 
 -- A replica says it is alive (its own short transaction: it takes no presence lock). True when it
--- was unknown or silent for p_stale: its presence rows may be gone, and it should record them again.
+-- was unknown or silent for p_stale until now (its rows may have been taken away).
 CREATE FUNCTION chat_presence_register(p_replica uuid, p_stale interval) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -72,10 +95,12 @@ BEGIN
     RETURN v_seen IS NULL OR v_seen <= clock_timestamp() - p_stale;
 END $$;
 
--- Take away the presence of replicas silent for p_stale (one reaper at a time; the others skip).
--- Returns how many rows of silent replicas it went through.
-CREATE FUNCTION chat_presence_reap(p_stale interval) RETURNS integer
-LANGUAGE plpgsql AS $$
+-- Take away up to p_batch rows of replicas silent for p_stale (call again while it returns
+-- p_batch); one reaper at a time, the others skip. The last call forgets the silent replicas.
+CREATE FUNCTION chat_presence_reap(p_stale interval, p_batch integer) RETURNS integer
+LANGUAGE plpgsql
+SET lock_timeout = '2s'
+AS $$
 DECLARE
     v record;
     v_count integer := 0;
@@ -88,10 +113,13 @@ BEGIN
         WHERE NOT EXISTS (
             SELECT 1 FROM chat_replicas r WHERE r.replica = p.replica AND r.seen_at > clock_timestamp() - p_stale)
         ORDER BY p.room_id, p.user_id, p.replica
+        LIMIT p_batch
     LOOP
         PERFORM chat_presence_set(v.room_id, v.user_id, v.replica, false, p_stale);
         v_count := v_count + 1;
     END LOOP;
-    DELETE FROM chat_replicas WHERE seen_at <= clock_timestamp() - p_stale;
+    IF v_count < p_batch THEN
+        DELETE FROM chat_replicas WHERE seen_at <= clock_timestamp() - p_stale;
+    END IF;
     RETURN v_count;
 END $$;
