@@ -18,6 +18,7 @@ CREATE UNLOGGED TABLE chat_presence (
     replica uuid NOT NULL,
     PRIMARY KEY (room_id, user_id, replica)
 );
+CREATE INDEX chat_presence_replica_idx ON chat_presence (replica);
 
 -- One replica's users entered (p_online) or all left a room; announces only a change of presence.
 -- The (room, user) lock makes concurrent calls from several replicas agree on who flips it. With
