@@ -102,10 +102,11 @@ class ChatHub:
 
     async def start(self) -> None:
         """Join the replicas and start listening; returns once LISTEN is in effect."""
-        await _logged(self.heartbeat())  # before any presence of ours, or others would reap it
+        await _never_raising(self.heartbeat(), "chat presence heartbeat")  # before any presence of ours
         self._listener = asyncio.create_task(self._listen_forever())
         self._spawn(self._record_presence_forever())
         self._spawn(self._heartbeat_forever())
+        self._spawn(self._reap_forever())
         await self._listening.wait()
 
     async def run_until_cancelled(self) -> None:
@@ -192,18 +193,31 @@ class ChatHub:
                     del self._presence_unrecorded[(room_id, user_id)]
 
     async def heartbeat(self) -> None:
-        """Say this replica is alive, reconcile its recorded presence, reap silent replicas."""
+        """Say this replica is alive, and queue whatever its recorded presence lacks or has too much."""
         stale = timedelta(seconds=PRESENCE_STALE_SECONDS)
         if await messages.register_replica(self._pool, replica=self.replica, stale_after=stale):
             log.info("chat replica %s registered (at start, or after being silent)", self.replica)
+        recorded = await messages.recorded_presence(self._pool, replica=self.replica)
         present = {(feed.room_id, s.user_id) for feed in self._feeds.values() for s in feed.present}
-        await messages.reconcile_presence(self._pool, replica=self.replica, present=present)
-        await messages.reap_silent_replicas(self._pool, stale_after=stale)
+        # Through the recorder, one writer per key: a change recorded since `recorded` was read
+        # makes these writes no-ops (they announce nothing), never undoes it.
+        for room_id, user_id in present ^ recorded:
+            if (room_id, user_id) not in self._presence_unrecorded:
+                self._announce_presence(user_id, room_id, online=(room_id, user_id) in present)
 
     async def _heartbeat_forever(self) -> None:
         while True:
             await asyncio.sleep(PRESENCE_HEARTBEAT_SECONDS)
-            await _logged(self.heartbeat())
+            await _never_raising(self.heartbeat(), "chat presence heartbeat")
+
+    async def _reap_forever(self) -> None:
+        # Apart from the heartbeat, so a long reap never delays this replica's own registration.
+        stale = timedelta(seconds=PRESENCE_STALE_SECONDS)
+        while True:
+            await asyncio.sleep(PRESENCE_HEARTBEAT_SECONDS)
+            await _never_raising(
+                messages.reap_silent_replicas(self._pool, stale_after=stale), "reaping silent chat replicas"
+            )
 
     def _spawn(self, work: Coroutine[Any, Any, object]) -> None:
         task = asyncio.create_task(_logged(work))
@@ -214,7 +228,7 @@ class ChatHub:
         while True:
             try:
                 conn = await asyncpg.connect(self._dsn)
-            except (OSError, asyncpg.PostgresError):
+            except Exception:
                 log.warning("chat listener cannot connect; retrying", exc_info=True)
                 await asyncio.sleep(_RECONNECT_SECONDS)
                 continue
@@ -309,6 +323,14 @@ def _transient(exc: Exception) -> bool:
     if isinstance(exc, asyncpg.exceptions._base.DataError):  # the client could not encode the arguments
         return False
     return isinstance(exc, (OSError, asyncpg.InterfaceError, UnavailableError))
+
+
+async def _never_raising(work: Coroutine[Any, Any, object], what: str) -> None:
+    """Run periodic work whose failure must not end its loop; the next round retries."""
+    try:
+        await work
+    except Exception:
+        log.exception("%s failed; retrying next round", what)
 
 
 async def _logged(work: Coroutine[Any, Any, object]) -> None:

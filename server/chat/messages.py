@@ -62,7 +62,6 @@ SELECT pg_notify('chat_events', 't|' || room_id || '|' || user_id)
 FROM room_members WHERE room_id = $1 AND user_id = $2
 """
 _SET_PRESENCE = "SELECT chat_presence_set($1::uuid, $2::uuid, $3::uuid, $4)"
-_APPLY_PRESENCE = "SELECT chat_presence_apply($1::uuid, $2::uuid[], $3::uuid[], $4::boolean[])"
 _RECORDED_PRESENCE = "SELECT room_id::text, user_id::text FROM chat_presence WHERE replica = $1::uuid"
 _LEAVE_ALL = "SELECT chat_presence_leave_all($1::uuid, $2)"
 _REGISTER = "SELECT chat_presence_register($1::uuid, $2::interval)"
@@ -237,19 +236,9 @@ async def set_presence(conn: Db, *, room_id: str, user_id: str, replica: str, on
     await conn.execute(_SET_PRESENCE, room_id, user_id, replica, online)
 
 
-async def reconcile_presence(conn: Db, *, replica: str, present: set[tuple[str, str]]) -> None:
-    """Make this replica's recorded (room, user) rows what its streams say, announcing the flips."""
-    recorded = {(r[0], r[1]) for r in await conn.fetch(_RECORDED_PRESENCE, replica)}
-    changes = [(key, True) for key in present - recorded] + [(key, False) for key in recorded - present]
-    for start in range(0, len(changes), PRESENCE_BATCH):
-        batch = changes[start : start + PRESENCE_BATCH]
-        await conn.execute(
-            _APPLY_PRESENCE,
-            replica,
-            [room for (room, _), _ in batch],
-            [user for (_, user), _ in batch],
-            [online for _, online in batch],
-        )
+async def recorded_presence(conn: Db, *, replica: str) -> set[tuple[str, str]]:
+    """The (room, user) pairs the database holds as present on this replica."""
+    return {(r[0], r[1]) for r in await conn.fetch(_RECORDED_PRESENCE, replica)}
 
 
 async def leave_all_rooms(conn: Db, *, replica: str) -> None:

@@ -47,21 +47,6 @@ BEGIN
     END IF;
 END $$;
 
--- Several changes of one replica at once (its reconciliation): (room, user, online) by position.
-CREATE FUNCTION chat_presence_apply(p_replica uuid, p_rooms uuid[], p_users uuid[], p_online boolean[])
-RETURNS void
-LANGUAGE plpgsql
-SET lock_timeout = '2s'
-AS $$
-DECLARE
-    v record;
-BEGIN
-    FOR v IN SELECT * FROM unnest(p_rooms, p_users, p_online) AS x(room_id, user_id, online)
-             ORDER BY x.room_id, x.user_id LOOP
-        PERFORM chat_presence_set(v.room_id, v.user_id, p_replica, v.online);
-    END LOOP;
-END $$;
-
 -- A replica is stopping: up to p_batch of its rows go (call again while it returns p_batch); the
 -- last call forgets the replica.
 CREATE FUNCTION chat_presence_leave_all(p_replica uuid, p_batch integer) RETURNS integer
