@@ -11,6 +11,7 @@ from sendinchat.v1 import chat_pb2
 from tests import harness
 from tests.chat.support import WAIT, Stream, group
 from tests.helpers import Account, signed_up
+from tests.ops.dbproxy import DatabaseProxy
 
 
 async def _replicas_recording(pool: asyncpg.Pool, room_id: str, user_id: str, count: int) -> None:
@@ -138,3 +139,29 @@ class TestPresenceAcrossReplicas:
         await present.close()
         assert await _presence(watcher) == (bob.id, False)
         await watcher.close()
+
+    async def test_a_replica_cut_off_from_the_database_records_its_changes_once_it_is_back(
+        self, servers, postgres
+    ):
+        proxy = DatabaseProxy(postgres.admin_url)
+        await proxy.start()
+        try:
+            database_url = await servers.database()
+            direct = await servers.start(database_url)
+            behind_proxy = await servers.start(proxy.url_for(database_url))
+            alice, bob = await signed_up(direct.stubs), await signed_up(direct.stubs)
+            room = await group(direct.stubs, alice, bob)
+            watcher, cut_off = Stream(direct.stubs, alice), Stream(behind_proxy.stubs, bob)
+            await watcher.subscribe(room.id)
+            await cut_off.subscribe(room.id)
+            assert await _presence(watcher) == (bob.id, True)
+
+            await proxy.cut()
+            await cut_off.close()  # its replica cannot record that yet, and keeps retrying
+            await asyncio.sleep(1.5)
+            await proxy.start()
+            assert await _presence(watcher) == (bob.id, False)
+            await _replicas_recording(direct.pool, room.id, bob.id, 0)
+            await watcher.close()
+        finally:
+            await proxy.close()
