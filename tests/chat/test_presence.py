@@ -44,11 +44,12 @@ async def _presence(watcher: Stream) -> tuple[str, bool]:
 
 
 async def _two_replicas_and_alice_watching(
-    servers: harness.ServerFactory,
+    servers: harness.ServerFactory, second_through: DatabaseProxy | None = None
 ) -> tuple[harness.TestServer, harness.TestServer, Account, chat_pb2.Room, Stream]:
     """Two replicas on one database; Alice watches a room she shares with Bob, on the first."""
     first = await servers.start()
-    second = await servers.start(database_url=first.database_url)
+    url = first.database_url
+    second = await servers.start(url if second_through is None else second_through.url_for(url))
     alice, bob = await signed_up(first.stubs), await signed_up(first.stubs)
     room = await group(first.stubs, alice, bob)
     watcher = Stream(first.stubs, alice)
@@ -146,13 +147,8 @@ class TestPresenceAcrossReplicas:
         proxy = DatabaseProxy(postgres.admin_url)
         await proxy.start()
         try:
-            database_url = await servers.database()
-            direct = await servers.start(database_url)
-            behind_proxy = await servers.start(proxy.url_for(database_url))
-            alice, bob = await signed_up(direct.stubs), await signed_up(direct.stubs)
-            room = await group(direct.stubs, alice, bob)
-            watcher, cut_off = Stream(direct.stubs, alice), Stream(behind_proxy.stubs, bob)
-            await watcher.subscribe(room.id)
+            direct, behind_proxy, bob, room, watcher = await _two_replicas_and_alice_watching(servers, proxy)
+            cut_off = Stream(behind_proxy.stubs, bob)
             await cut_off.subscribe(room.id)
             assert await _presence(watcher) == (bob.id, True)
 
