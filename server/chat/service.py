@@ -7,8 +7,7 @@ transaction, so live streams drop a removed member's subscription at once.
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, datetime
+from datetime import datetime
 
 import asyncpg
 
@@ -222,10 +221,10 @@ async def list_rooms(conn: Db, *, user_id: str, page_size: int, page_token: str)
     if page_token:
         payload = check.decode_token(page_token)
         try:
-            after_time = _aware(datetime.fromisoformat(str(payload["t"])))
+            after_time = check.token_time(str(payload["t"]))
             after_id = check.parse_uuid(str(payload["i"]), "page_token")
             # A token from before snapshots existed: this page is taken as of now, as it was then.
-            snapshot = _snapshot(str(payload["x"])) if "x" in payload else None
+            snapshot = check.token_snapshot(str(payload["x"])) if "x" in payload else None
         except (KeyError, ValueError, OverflowError):
             raise InvalidArgumentError.field("page_token", "malformed") from None
     rows = await conn.fetch(_ROOMS_PAGE, user_id, after_time, after_id, size + 1, snapshot)
@@ -237,28 +236,6 @@ async def list_rooms(conn: Db, *, user_id: str, page_size: int, page_token: str)
             {"t": last["room_activity"].isoformat(), "i": last["room_key"], "x": last["snapshot"]}
         )
     return RoomPage(tuple(await _rooms_with_members(conn, rows)), token)
-
-
-def _aware(moment: datetime) -> datetime:
-    """A token's timestamp in UTC; one without a time zone is malformed."""
-    if moment.tzinfo is None:
-        raise ValueError("naive timestamp")
-    return moment.astimezone(UTC)
-
-
-_SNAPSHOT = re.compile(r"([0-9]{1,19}):([0-9]{1,19}):((?:[0-9]{1,19}(?:,[0-9]{1,19})*)?)")
-
-
-def _snapshot(raw: str) -> str:
-    """A page token's snapshot, checked the way pg_snapshot's input checks it (else ValueError)."""
-    match = _SNAPSHOT.fullmatch(raw)
-    if match is None:
-        raise ValueError("malformed snapshot")
-    xmin, xmax = int(match[1]), int(match[2])
-    running = [int(x) for x in match[3].split(",")] if match[3] else []
-    if not 0 < xmin <= xmax or any(not xmin <= x < xmax for x in running) or running != sorted(set(running)):
-        raise ValueError("malformed snapshot")
-    return raw
 
 
 async def add_members(pool: asyncpg.Pool, *, user_id: str, room_id: str, member_ids: list[str]) -> Room:

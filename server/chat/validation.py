@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
+from datetime import UTC, datetime
 from typing import Any
 
 from server.errors import InvalidArgumentError
@@ -25,6 +27,8 @@ __all__ = [
     "page_size",
     "parse_uuid",
     "room_name",
+    "token_snapshot",
+    "token_time",
     "user_ids",
 ]
 
@@ -92,3 +96,26 @@ def decode_token(token: str) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise InvalidArgumentError.field("page_token", "malformed")
     return payload
+
+
+def token_time(raw: str) -> datetime:
+    """A page token's timestamp, in UTC (ValueError or OverflowError if malformed or naive)."""
+    moment = datetime.fromisoformat(raw)
+    if moment.tzinfo is None:
+        raise ValueError("naive timestamp")
+    return moment.astimezone(UTC)
+
+
+_SNAPSHOT = re.compile(r"([0-9]{1,19}):([0-9]{1,19}):((?:[0-9]{1,19}(?:,[0-9]{1,19})*)?)")
+
+
+def token_snapshot(raw: str) -> str:
+    """A page token's pg_snapshot text, checked as PostgreSQL's input checks it (else ValueError)."""
+    match = _SNAPSHOT.fullmatch(raw)
+    if match is None:
+        raise ValueError("malformed snapshot")
+    xmin, xmax = int(match[1]), int(match[2])
+    running = [int(x) for x in match[3].split(",")] if match[3] else []
+    if not 0 < xmin <= xmax or any(not xmin <= x < xmax for x in running) or running != sorted(set(running)):
+        raise ValueError("malformed snapshot")
+    return raw
