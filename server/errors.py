@@ -8,7 +8,7 @@ SendInChatError
 │   ├── InsufficientFundsError       reason INSUFFICIENT_FUNDS
 │   └── IdempotencyKeyReusedError    reason IDEMPOTENCY_KEY_REUSED
 ├── PermissionDeniedError      PERMISSION_DENIED
-├── UnauthenticatedError       UNAUTHENTICATED
+├── UnauthenticatedError       UNAUTHENTICATED (+ ErrorInfo reason: TOKEN_EXPIRED, SESSION_ENDED, ...)
 ├── RateLimitedError           RESOURCE_EXHAUSTED (+ RetryInfo)
 ├── ConflictError              ABORTED (retry with the same request_id)
 └── UnavailableError           UNAVAILABLE (database unreachable)
@@ -80,7 +80,15 @@ class PermissionDeniedError(SendInChatError):
 
 
 class UnauthenticatedError(SendInChatError):
-    """Credentials are missing, wrong, expired or revoked."""
+    """Credentials are missing, wrong, expired or revoked; `reason` says which, for programs.
+
+    Reasons: TOKEN_MISSING, TOKEN_INVALID, TOKEN_EXPIRED (refresh and retry), SESSION_ENDED (log in
+    again), WRONG_CREDENTIALS, REFRESH_TOKEN_REUSED.
+    """
+
+    def __init__(self, message: str, *, reason: str = "TOKEN_INVALID") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class RateLimitedError(SendInChatError):

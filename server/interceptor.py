@@ -92,8 +92,10 @@ class StreamLifetimes:
             if self.closing:
                 raise errors.UnavailableError("server is shutting down; reconnect and resume") from None
             if scope in self._session_ended:
-                raise errors.UnauthenticatedError(_SESSION_ENDED) from None
-            raise errors.UnauthenticatedError("access token expired; reconnect with a fresh token") from None
+                raise errors.UnauthenticatedError(_SESSION_ENDED, reason="SESSION_ENDED") from None
+            raise errors.UnauthenticatedError(
+                "access token expired; reconnect with a fresh token", reason="TOKEN_EXPIRED"
+            ) from None
         finally:
             self._session_ended.discard(scope)
 
@@ -273,14 +275,16 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                     )
                 principal = self._tokens.verify_access(token.strip())
                 if principal.session_id in self._ended_sessions:
-                    raise errors.UnauthenticatedError(_SESSION_ENDED)
+                    raise errors.UnauthenticatedError(_SESSION_ENDED, reason="SESSION_ENDED")
                 if not self._ended_sessions.current:
                     raise errors.UnavailableError(
                         "cannot confirm that this session is still open (the database does not answer);"
                         " retry later"
                     )
                 return principal
-        raise errors.UnauthenticatedError("missing 'authorization: Bearer <access token>' metadata")
+        raise errors.UnauthenticatedError(
+            "missing 'authorization: Bearer <access token>' metadata", reason="TOKEN_MISSING"
+        )
 
 
 async def _drive(inner: Callable[..., Any], request: Any, context: Context) -> None:

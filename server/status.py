@@ -47,7 +47,9 @@ def _details(error: errors.SendInChatError) -> list[any_pb2.Any]:
             for field, why in error.violations.items()
         ]
         return [_pack(error_details_pb2.BadRequest(field_violations=violations))]
-    if isinstance(error, errors.FailedPreconditionError | errors.AlreadyExistsError):
+    if isinstance(
+        error, errors.FailedPreconditionError | errors.AlreadyExistsError | errors.UnauthenticatedError
+    ):
         metadata = error.metadata if isinstance(error, errors.FailedPreconditionError) else {}
         return [
             _pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=metadata))

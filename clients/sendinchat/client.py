@@ -188,7 +188,7 @@ class Client:
         try:
             return await _translated(call(self.metadata))
         except UnauthenticatedError as exc:
-            if tokens is None or "expired" not in exc.message:
+            if tokens is None or exc.reason != "TOKEN_EXPIRED":
                 raise
         await self.refresh_if_stale(tokens)
         return await _translated(call(self.metadata))

@@ -8,7 +8,7 @@ SendInChatError
 │   ├── InsufficientFundsError       reason INSUFFICIENT_FUNDS
 │   └── IdempotencyKeyReusedError    reason IDEMPOTENCY_KEY_REUSED
 ├── PermissionDeniedError      PERMISSION_DENIED
-├── UnauthenticatedError       UNAUTHENTICATED
+├── UnauthenticatedError       UNAUTHENTICATED (.reason: TOKEN_EXPIRED, SESSION_ENDED, ...)
 ├── RateLimitedError           RESOURCE_EXHAUSTED (.retry_after_seconds)
 ├── ConflictError              ABORTED: retry with the same request_id
 ├── UnavailableError           UNAVAILABLE: retry with the same request_id

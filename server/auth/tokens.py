@@ -122,7 +122,7 @@ class TokenCodec:
                 options={"require": _REQUIRED},
             )
         except jwt.ExpiredSignatureError:
-            raise UnauthenticatedError("token expired") from None
+            raise UnauthenticatedError("token expired", reason="TOKEN_EXPIRED") from None
         except jwt.InvalidSignatureError:
             raise UnauthenticatedError("token signature is invalid") from None
         except jwt.InvalidAlgorithmError:

@@ -45,7 +45,7 @@ def message(value: Message) -> chat_pb2.Message:
                     if value.transfer is None
                     else transfer_proto(value.transfer)
                 ),
-                note=value.note or "",
+                memo=value.note or "",
             )
         )
     request = value.payment_request
@@ -53,11 +53,11 @@ def message(value: Message) -> chat_pb2.Message:
         proto.payment_request.CopyFrom(
             chat_pb2.PaymentRequestInfo(
                 id=request.id,
-                requester_user_id=request.requester_id,
-                payer_user_id=request.payer_id,
+                to_user_id=request.requester_id,
+                from_user_id=request.payer_id,
                 currency=request.currency,
                 amount_minor=request.amount_minor,
-                note=request.note,
+                memo=request.note,
                 state=_STATES[request.state],
                 expire_time=timestamp(request.expire_at),
                 transfer_id=request.transfer_id or "",

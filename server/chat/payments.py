@@ -79,7 +79,7 @@ class _Checks:
         if not 1 <= amount <= MAX_AMOUNT:
             self.violations["amount_minor"] = f"must be between 1 and {MAX_AMOUNT} minor units"
         if len(note) > MAX_MEMO_CHARS or "\x00" in note:
-            self.violations["note"] = f"must be at most {MAX_MEMO_CHARS} characters, without NUL"
+            self.violations["memo"] = f"must be at most {MAX_MEMO_CHARS} characters, without NUL"
 
     def done(self) -> None:
         if self.violations:
@@ -110,7 +110,7 @@ def _raise_for(outcome: str, state: str | None = None) -> None:
             metadata={"state": state or ""},
         )
     if outcome == "SELF_TRANSFER":
-        raise InvalidArgumentError.field("recipient_user_id", "must not be the caller")
+        raise InvalidArgumentError.field("to_user_id", "must not be the caller")
     raise RuntimeError(f"unknown chat payment outcome {outcome!r}")
 
 
@@ -162,9 +162,9 @@ async def send_payment(
     checks = _Checks()
     rid = checks.uuid(request_id, "request_id")
     room = checks.uuid(room_id, "room_id")
-    recipient = checks.uuid(recipient_id, "recipient_user_id")
+    recipient = checks.uuid(recipient_id, "to_user_id")
     if recipient and recipient == user_id:
-        checks.violations["recipient_user_id"] = "must not be the caller"
+        checks.violations["to_user_id"] = "must not be the caller"
     checks.money(currency, amount, note)
     checks.done()
     return await _run(pool, _SEND_PAYMENT, room, user_id, rid, recipient, currency, amount, note)
@@ -192,9 +192,9 @@ async def request_payment(
     checks = _Checks()
     rid = checks.uuid(request_id, "request_id")
     room = checks.uuid(room_id, "room_id")
-    payer = checks.uuid(payer_id, "payer_user_id")
+    payer = checks.uuid(payer_id, "from_user_id")
     if payer and payer == user_id:
-        checks.violations["payer_user_id"] = "must not be the caller"
+        checks.violations["from_user_id"] = "must not be the caller"
     checks.money(currency, amount, note)
     if expire_at is not None and expire_at <= datetime.now(UTC):
         checks.violations["expire_time"] = "must be in the future"

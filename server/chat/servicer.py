@@ -171,10 +171,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             user_id=current_principal().user_id,
             request_id=request.request_id,
             room_id=request.room_id,
-            recipient_id=request.recipient_user_id,
+            recipient_id=request.to_user_id,
             currency=request.currency,
             amount=request.amount_minor,
-            note=request.note,
+            note=request.memo,
         )
         return chat_pb2.SendPaymentResponse(
             message=convert.message(result.message), transfer=_transfer(result)
@@ -191,10 +191,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             user_id=current_principal().user_id,
             request_id=request.request_id,
             room_id=request.room_id,
-            payer_id=request.payer_user_id,
+            payer_id=request.from_user_id,
             currency=request.currency,
             amount=request.amount_minor,
-            note=request.note,
+            note=request.memo,
             expire_at=from_timestamp(request.expire_time, request.HasField("expire_time")),
         )
         return chat_pb2.RequestPaymentResponse(message=convert.message(result.message))

@@ -277,6 +277,9 @@ def _error(
     code: int, message: str, *, room_id: str = "", client_message_id: str = ""
 ) -> chat_pb2.ConnectResponse:
     error = chat_pb2.ErrorEvent(
-        code=code, message=message, room_id=room_id, client_message_id=client_message_id
+        code=chat_pb2.ErrorCode.ValueType(code),
+        message=message,
+        room_id=room_id,
+        client_message_id=client_message_id,
     )
     return chat_pb2.ConnectResponse(error=error)

@@ -169,7 +169,7 @@ async def login(
         row = await conn.fetchrow(_CREDENTIALS_BY_NAME, name)
     stored_hash = None if row is None else str(row["password_hash"])
     if not await deps.hasher.verify(password, stored_hash) or row is None:
-        raise UnauthenticatedError("wrong username or password")
+        raise UnauthenticatedError("wrong username or password", reason="WRONG_CREDENTIALS")
     user = User.from_record(row)
     session_id = str(uuid.uuid4())
     async with pool.acquire() as conn, conn.transaction():
@@ -200,7 +200,9 @@ async def refresh(pool: asyncpg.Pool, deps: UserDeps, *, refresh_token: str) -> 
         revoked = [row[0] for row in await conn.fetch(_REVOKE_FAMILY_OF_USED, claims.jti)]
     deps.ended_sessions.end(revoked)
     if revoked:
-        raise UnauthenticatedError("refresh token was already used; its session has ended")
+        raise UnauthenticatedError(
+            "refresh token was already used; its session has ended", reason="REFRESH_TOKEN_REUSED"
+        )
     raise UnauthenticatedError("refresh token is revoked or unknown")
 
 

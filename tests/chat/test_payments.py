@@ -31,9 +31,7 @@ async def _parties(server: Any, funds: int = 10_000) -> tuple[Account, Account, 
 def _pay(room: chat_pb2.Room, to: Account, amount: int, **fields: Any) -> chat_pb2.SendPaymentRequest:
     fields.setdefault("request_id", request_id())
     fields.setdefault("currency", "USD")
-    return chat_pb2.SendPaymentRequest(
-        room_id=room.id, recipient_user_id=to.id, amount_minor=amount, **fields
-    )
+    return chat_pb2.SendPaymentRequest(room_id=room.id, to_user_id=to.id, amount_minor=amount, **fields)
 
 
 async def _history(stubs: Any, who: Account, room: chat_pb2.Room) -> list[chat_pb2.Message]:
@@ -49,7 +47,7 @@ async def _ask(
     fields.setdefault("request_id", request_id())
     reply = await stubs.chat.RequestPayment(
         chat_pb2.RequestPaymentRequest(
-            room_id=room.id, payer_user_id=payer.id, currency="USD", amount_minor=amount, **fields
+            room_id=room.id, from_user_id=payer.id, currency="USD", amount_minor=amount, **fields
         ),
         metadata=requester.auth,
     )
@@ -74,11 +72,11 @@ class TestSendPayment:
         alice, bob, room = await _parties(server)
         stream = Stream(server.stubs, bob)
         await stream.subscribe(room.id, 0)
-        reply = await server.stubs.chat.SendPayment(_pay(room, bob, 1234, note="lunch"), metadata=alice.auth)
+        reply = await server.stubs.chat.SendPayment(_pay(room, bob, 1234, memo="lunch"), metadata=alice.auth)
         message, transfer = reply.message, reply.transfer
         assert message.kind == chat_pb2.MESSAGE_KIND_PAYMENT and message.sequence == 1
         assert message.sender_user_id == alice.id and "12.34 USD" in message.text
-        assert message.payment.note == "lunch" and message.payment.transfer.id == transfer.id
+        assert message.payment.memo == "lunch" and message.payment.transfer.id == transfer.id
         assert (transfer.from_user_id, transfer.to_user_id, transfer.amount_minor) == (alice.id, bob.id, 1234)
         assert transfer.state == ledger_pb2.TRANSFER_STATE_POSTED
         live = (await stream.messages(1))[0]
@@ -149,25 +147,25 @@ class TestSendPayment:
         alice, _bob, room = await _parties(server, funds=0)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await server.stubs.chat.SendPayment(
-                _pay(room, alice, 0, request_id="nope", currency="XXX", note="n" * 257), metadata=alice.auth
+                _pay(room, alice, 0, request_id="nope", currency="XXX", memo="n" * 257), metadata=alice.auth
             )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert set(field_violations(caught.value)) == {
             "request_id",
-            "recipient_user_id",
+            "to_user_id",
             "currency",
             "amount_minor",
-            "note",
+            "memo",
         }
 
 
 class TestRequestPayment:
     async def test_posts_an_open_request_when_asking_a_member(self, server):
         alice, bob, room = await _parties(server, funds=0)
-        message = await _ask(server.stubs, bob, room, alice, 700, note="rent")
+        message = await _ask(server.stubs, bob, room, alice, 700, memo="rent")
         assert message.kind == chat_pb2.MESSAGE_KIND_PAYMENT_REQUEST
         info = message.payment_request
-        assert (info.requester_user_id, info.payer_user_id, info.amount_minor, info.note) == (
+        assert (info.to_user_id, info.from_user_id, info.amount_minor, info.memo) == (
             bob.id,
             alice.id,
             700,
@@ -181,7 +179,7 @@ class TestRequestPayment:
         past.FromDatetime(datetime.now(UTC) - timedelta(seconds=1))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _ask(server.stubs, bob, room, bob, 700, expire_time=past)
-        assert set(field_violations(caught.value)) == {"expire_time", "payer_user_id"}
+        assert set(field_violations(caught.value)) == {"expire_time", "from_user_id"}
 
 
 class TestRespondToPaymentRequest:

@@ -165,6 +165,66 @@ PAYMENT_REQUEST_ACTION_CANCEL: PaymentRequestAction.ValueType  # 3
 """The requester withdraws the request."""
 Global___PaymentRequestAction: _TypeAlias = PaymentRequestAction  # noqa: Y015
 
+class _ErrorCode:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorCode.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_CODE_UNSPECIFIED: _ErrorCode.ValueType  # 0
+    """Never sent."""
+    ERROR_CODE_CANCELLED: _ErrorCode.ValueType  # 1
+    """The operation was cancelled."""
+    ERROR_CODE_INVALID_ARGUMENT: _ErrorCode.ValueType  # 3
+    """A malformed frame or field (see the message)."""
+    ERROR_CODE_NOT_FOUND: _ErrorCode.ValueType  # 5
+    """The room (or what the frame names) does not exist for the caller."""
+    ERROR_CODE_ALREADY_EXISTS: _ErrorCode.ValueType  # 6
+    """Already exists."""
+    ERROR_CODE_PERMISSION_DENIED: _ErrorCode.ValueType  # 7
+    """The caller may not do this."""
+    ERROR_CODE_RESOURCE_EXHAUSTED: _ErrorCode.ValueType  # 8
+    """Too many requests; slow down."""
+    ERROR_CODE_FAILED_PRECONDITION: _ErrorCode.ValueType  # 9
+    """The system's state refuses it (see reason)."""
+    ERROR_CODE_ABORTED: _ErrorCode.ValueType  # 10
+    """A concurrent change won; send the frame again."""
+    ERROR_CODE_INTERNAL: _ErrorCode.ValueType  # 13
+    """A server fault; the message carries a correlation id."""
+    ERROR_CODE_UNAVAILABLE: _ErrorCode.ValueType  # 14
+    """The database is unavailable; send the frame again later."""
+    ERROR_CODE_UNAUTHENTICATED: _ErrorCode.ValueType  # 16
+    """The caller's credentials are not valid."""
+
+class ErrorCode(_ErrorCode, metaclass=_ErrorCodeEnumTypeWrapper):
+    """ErrorCode names a per-frame failure; the numbers are google.rpc.Code's."""
+
+ERROR_CODE_UNSPECIFIED: ErrorCode.ValueType  # 0
+"""Never sent."""
+ERROR_CODE_CANCELLED: ErrorCode.ValueType  # 1
+"""The operation was cancelled."""
+ERROR_CODE_INVALID_ARGUMENT: ErrorCode.ValueType  # 3
+"""A malformed frame or field (see the message)."""
+ERROR_CODE_NOT_FOUND: ErrorCode.ValueType  # 5
+"""The room (or what the frame names) does not exist for the caller."""
+ERROR_CODE_ALREADY_EXISTS: ErrorCode.ValueType  # 6
+"""Already exists."""
+ERROR_CODE_PERMISSION_DENIED: ErrorCode.ValueType  # 7
+"""The caller may not do this."""
+ERROR_CODE_RESOURCE_EXHAUSTED: ErrorCode.ValueType  # 8
+"""Too many requests; slow down."""
+ERROR_CODE_FAILED_PRECONDITION: ErrorCode.ValueType  # 9
+"""The system's state refuses it (see reason)."""
+ERROR_CODE_ABORTED: ErrorCode.ValueType  # 10
+"""A concurrent change won; send the frame again."""
+ERROR_CODE_INTERNAL: ErrorCode.ValueType  # 13
+"""A server fault; the message carries a correlation id."""
+ERROR_CODE_UNAVAILABLE: ErrorCode.ValueType  # 14
+"""The database is unavailable; send the frame again later."""
+ERROR_CODE_UNAUTHENTICATED: ErrorCode.ValueType  # 16
+"""The caller's credentials are not valid."""
+Global___ErrorCode: _TypeAlias = ErrorCode  # noqa: Y015
+
 @_typing.final
 class RoomMember(_message.Message):
     """RoomMember is one member of a room."""
@@ -268,9 +328,9 @@ class PaymentInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TRANSFER_FIELD_NUMBER: _builtins.int
-    NOTE_FIELD_NUMBER: _builtins.int
-    note: _builtins.str
-    """Free text from the payer."""
+    MEMO_FIELD_NUMBER: _builtins.int
+    memo: _builtins.str
+    """Free text from the payer (the transfer's memo)."""
     @_builtins.property
     def transfer(self) -> _ledger_pb2.Transfer:
         """The ledger transfer."""
@@ -279,11 +339,11 @@ class PaymentInfo(_message.Message):
         self,
         *,
         transfer: _ledger_pb2.Transfer | None = ...,
-        note: _builtins.str = ...,
+        memo: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["transfer", b"transfer"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "transfer", b"transfer"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["memo", b"memo", "transfer", b"transfer"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -296,25 +356,25 @@ class PaymentRequestInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
-    REQUESTER_USER_ID_FIELD_NUMBER: _builtins.int
-    PAYER_USER_ID_FIELD_NUMBER: _builtins.int
+    TO_USER_ID_FIELD_NUMBER: _builtins.int
+    FROM_USER_ID_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
     AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
-    NOTE_FIELD_NUMBER: _builtins.int
+    MEMO_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned UUID of the request."""
-    requester_user_id: _builtins.str
-    """Who asked for the money."""
-    payer_user_id: _builtins.str
+    to_user_id: _builtins.str
+    """Who asked for the money (and receives it when paid)."""
+    from_user_id: _builtins.str
     """Who is asked to pay."""
     currency: _builtins.str
     """ISO-4217 code."""
     amount_minor: _builtins.int
     """Minor units, > 0."""
-    note: _builtins.str
+    memo: _builtins.str
     """Free text from the requester."""
     state: Global___PaymentRequestState.ValueType
     """State as of this message."""
@@ -328,18 +388,18 @@ class PaymentRequestInfo(_message.Message):
         self,
         *,
         id: _builtins.str = ...,
-        requester_user_id: _builtins.str = ...,
-        payer_user_id: _builtins.str = ...,
+        to_user_id: _builtins.str = ...,
+        from_user_id: _builtins.str = ...,
         currency: _builtins.str = ...,
         amount_minor: _builtins.int = ...,
-        note: _builtins.str = ...,
+        memo: _builtins.str = ...,
         state: Global___PaymentRequestState.ValueType = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
         transfer_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "currency", b"currency", "expire_time", b"expire_time", "id", b"id", "note", b"note", "payer_user_id", b"payer_user_id", "requester_user_id", b"requester_user_id", "state", b"state", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "currency", b"currency", "expire_time", b"expire_time", "from_user_id", b"from_user_id", "id", b"id", "memo", b"memo", "state", b"state", "to_user_id", b"to_user_id", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -886,35 +946,35 @@ class SendPaymentRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ROOM_ID_FIELD_NUMBER: _builtins.int
-    RECIPIENT_USER_ID_FIELD_NUMBER: _builtins.int
+    TO_USER_ID_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
     AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
-    NOTE_FIELD_NUMBER: _builtins.int
+    MEMO_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen UUID; makes retries safe."""
     room_id: _builtins.str
     """The room's UUID."""
-    recipient_user_id: _builtins.str
-    """A member of the room other than the caller."""
+    to_user_id: _builtins.str
+    """Who receives it: a member of the room other than the caller."""
     currency: _builtins.str
     """ISO-4217 code."""
     amount_minor: _builtins.int
     """Minor units, > 0."""
-    note: _builtins.str
+    memo: _builtins.str
     """Optional, at most 256 characters."""
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         room_id: _builtins.str = ...,
-        recipient_user_id: _builtins.str = ...,
+        to_user_id: _builtins.str = ...,
         currency: _builtins.str = ...,
         amount_minor: _builtins.int = ...,
-        note: _builtins.str = ...,
+        memo: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "currency", b"currency", "note", b"note", "recipient_user_id", b"recipient_user_id", "request_id", b"request_id", "room_id", b"room_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "currency", b"currency", "memo", b"memo", "request_id", b"request_id", "room_id", b"room_id", "to_user_id", b"to_user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -958,41 +1018,43 @@ class RequestPaymentRequest(_message.Message):
 
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     ROOM_ID_FIELD_NUMBER: _builtins.int
-    PAYER_USER_ID_FIELD_NUMBER: _builtins.int
+    FROM_USER_ID_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
     AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
-    NOTE_FIELD_NUMBER: _builtins.int
+    MEMO_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen UUID; makes retries safe."""
     room_id: _builtins.str
     """The room's UUID."""
-    payer_user_id: _builtins.str
-    """A member of the room other than the caller."""
+    from_user_id: _builtins.str
+    """Who is asked to pay: a member of the room other than the caller."""
     currency: _builtins.str
     """ISO-4217 code."""
     amount_minor: _builtins.int
     """Minor units, > 0."""
-    note: _builtins.str
+    memo: _builtins.str
     """Optional, at most 256 characters."""
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
-        """Optional; after it the request closes as EXPIRED."""
+        """Optional; after it the request closes as EXPIRED. In the future, at most
+        365 days ahead.
+        """
 
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         room_id: _builtins.str = ...,
-        payer_user_id: _builtins.str = ...,
+        from_user_id: _builtins.str = ...,
         currency: _builtins.str = ...,
         amount_minor: _builtins.int = ...,
-        note: _builtins.str = ...,
+        memo: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "currency", b"currency", "expire_time", b"expire_time", "note", b"note", "payer_user_id", b"payer_user_id", "request_id", b"request_id", "room_id", b"room_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "currency", b"currency", "expire_time", b"expire_time", "from_user_id", b"from_user_id", "memo", b"memo", "request_id", b"request_id", "room_id", b"room_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1396,25 +1458,31 @@ class ErrorEvent(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     CLIENT_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     ROOM_ID_FIELD_NUMBER: _builtins.int
-    code: _builtins.int
-    """A google.rpc.Code value (e.g. 5 NOT_FOUND, 3 INVALID_ARGUMENT)."""
+    REASON_FIELD_NUMBER: _builtins.int
+    code: Global___ErrorCode.ValueType
+    """What kind of failure, as the unary RPCs would answer it."""
     message: _builtins.str
     """What went wrong."""
     client_message_id: _builtins.str
     """The SendFrame's client_message_id, if the frame was a send."""
     room_id: _builtins.str
     """The room the frame named, if any."""
+    reason: _builtins.str
+    """The google.rpc.ErrorInfo reason a unary RPC would carry (e.g.
+    INSUFFICIENT_FUNDS), or empty.
+    """
     def __init__(
         self,
         *,
-        code: _builtins.int = ...,
+        code: Global___ErrorCode.ValueType = ...,
         message: _builtins.str = ...,
         client_message_id: _builtins.str = ...,
         room_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_message_id", b"client_message_id", "code", b"code", "message", b"message", "room_id", b"room_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["client_message_id", b"client_message_id", "code", b"code", "message", b"message", "reason", b"reason", "room_id", b"room_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -31,6 +31,12 @@ class ChatServiceStub:
 
     Rooms the caller is not a member of do not exist for the caller: every RPC
     answers NOT_FOUND for them. Every RPC needs an access token.
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. On
+    Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
     def __init__(self, channel):
@@ -112,6 +118,12 @@ class ChatServiceServicer:
 
     Rooms the caller is not a member of do not exist for the caller: every RPC
     answers NOT_FOUND for them. Every RPC needs an access token.
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. On
+    Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
     def CreateRoom(self, request, context):
@@ -202,7 +214,9 @@ class ChatServiceServicer:
 
     def SendPayment(self, request, context):
         """SendPayment transfers money to a member and posts a payment message; both
-        commit together or neither does. Idempotent on request_id.
+        commit together or neither does. Idempotent on request_id, refusals
+        included: a retry of a refused request gets the same refusal (see
+        LedgerService).
         Errors: INVALID_ARGUMENT, NOT_FOUND (room or recipient not a member),
         FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
         UNAUTHENTICATED.
@@ -213,7 +227,8 @@ class ChatServiceServicer:
 
     def RequestPayment(self, request, context):
         """RequestPayment asks a member for money with a payment-request message.
-        Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (reason
+        Errors: INVALID_ARGUMENT (also an expiry in the past or more than 365
+        days ahead), NOT_FOUND, FAILED_PRECONDITION (reason
         IDEMPOTENCY_KEY_REUSED), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -223,7 +238,8 @@ class ChatServiceServicer:
     def RespondToPaymentRequest(self, request, context):
         """RespondToPaymentRequest accepts (the payer pays, atomically with the state
         change), declines (the payer) or cancels (the requester) an open request.
-        A request is paid at most once; each change is posted as a message.
+        A request is paid at most once; each change is posted as a message. A
+        refused response stays refused for its request_id (see LedgerService).
         Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (wrong party for
         the action), FAILED_PRECONDITION (reason PAYMENT_REQUEST_CLOSED,
         PAYMENT_REQUEST_EXPIRED, INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
@@ -331,6 +347,12 @@ class ChatService:
 
     Rooms the caller is not a member of do not exist for the caller: every RPC
     answers NOT_FOUND for them. Every RPC needs an access token.
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. On
+    Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
     @staticmethod

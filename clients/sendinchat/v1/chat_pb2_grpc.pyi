@@ -32,6 +32,12 @@ class ChatServiceStub:
 
     Rooms the caller is not a member of do not exist for the caller: every RPC
     answers NOT_FOUND for them. Every RPC needs an access token.
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. On
+    Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
     @_typing.overload
@@ -90,20 +96,24 @@ class ChatServiceStub:
     """
     SendPayment: _grpc.UnaryUnaryMultiCallable[_chat_pb2.SendPaymentRequest, _chat_pb2.SendPaymentResponse]
     """SendPayment transfers money to a member and posts a payment message; both
-    commit together or neither does. Idempotent on request_id.
+    commit together or neither does. Idempotent on request_id, refusals
+    included: a retry of a refused request gets the same refusal (see
+    LedgerService).
     Errors: INVALID_ARGUMENT, NOT_FOUND (room or recipient not a member),
     FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
     UNAUTHENTICATED.
     """
     RequestPayment: _grpc.UnaryUnaryMultiCallable[_chat_pb2.RequestPaymentRequest, _chat_pb2.RequestPaymentResponse]
     """RequestPayment asks a member for money with a payment-request message.
-    Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (reason
+    Errors: INVALID_ARGUMENT (also an expiry in the past or more than 365
+    days ahead), NOT_FOUND, FAILED_PRECONDITION (reason
     IDEMPOTENCY_KEY_REUSED), UNAUTHENTICATED.
     """
     RespondToPaymentRequest: _grpc.UnaryUnaryMultiCallable[_chat_pb2.RespondToPaymentRequestRequest, _chat_pb2.RespondToPaymentRequestResponse]
     """RespondToPaymentRequest accepts (the payer pays, atomically with the state
     change), declines (the payer) or cancels (the requester) an open request.
-    A request is paid at most once; each change is posted as a message.
+    A request is paid at most once; each change is posted as a message. A
+    refused response stays refused for its request_id (see LedgerService).
     Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (wrong party for
     the action), FAILED_PRECONDITION (reason PAYMENT_REQUEST_CLOSED,
     PAYMENT_REQUEST_EXPIRED, INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
@@ -129,6 +139,12 @@ class ChatServiceAsyncStub(ChatServiceStub):
 
     Rooms the caller is not a member of do not exist for the caller: every RPC
     answers NOT_FOUND for them. Every RPC needs an access token.
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. On
+    Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -184,20 +200,24 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """
     SendPayment: _aio.UnaryUnaryMultiCallable[_chat_pb2.SendPaymentRequest, _chat_pb2.SendPaymentResponse]  # type: ignore[assignment]
     """SendPayment transfers money to a member and posts a payment message; both
-    commit together or neither does. Idempotent on request_id.
+    commit together or neither does. Idempotent on request_id, refusals
+    included: a retry of a refused request gets the same refusal (see
+    LedgerService).
     Errors: INVALID_ARGUMENT, NOT_FOUND (room or recipient not a member),
     FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
     UNAUTHENTICATED.
     """
     RequestPayment: _aio.UnaryUnaryMultiCallable[_chat_pb2.RequestPaymentRequest, _chat_pb2.RequestPaymentResponse]  # type: ignore[assignment]
     """RequestPayment asks a member for money with a payment-request message.
-    Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (reason
+    Errors: INVALID_ARGUMENT (also an expiry in the past or more than 365
+    days ahead), NOT_FOUND, FAILED_PRECONDITION (reason
     IDEMPOTENCY_KEY_REUSED), UNAUTHENTICATED.
     """
     RespondToPaymentRequest: _aio.UnaryUnaryMultiCallable[_chat_pb2.RespondToPaymentRequestRequest, _chat_pb2.RespondToPaymentRequestResponse]  # type: ignore[assignment]
     """RespondToPaymentRequest accepts (the payer pays, atomically with the state
     change), declines (the payer) or cancels (the requester) an open request.
-    A request is paid at most once; each change is posted as a message.
+    A request is paid at most once; each change is posted as a message. A
+    refused response stays refused for its request_id (see LedgerService).
     Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (wrong party for
     the action), FAILED_PRECONDITION (reason PAYMENT_REQUEST_CLOSED,
     PAYMENT_REQUEST_EXPIRED, INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
@@ -222,6 +242,12 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
 
     Rooms the caller is not a member of do not exist for the caller: every RPC
     answers NOT_FOUND for them. Every RPC needs an access token.
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. On
+    Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
     @_abc_1.abstractmethod
@@ -335,7 +361,9 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chat_pb2.SendPaymentResponse, _abc.Awaitable[_chat_pb2.SendPaymentResponse]]:
         """SendPayment transfers money to a member and posts a payment message; both
-        commit together or neither does. Idempotent on request_id.
+        commit together or neither does. Idempotent on request_id, refusals
+        included: a retry of a refused request gets the same refusal (see
+        LedgerService).
         Errors: INVALID_ARGUMENT, NOT_FOUND (room or recipient not a member),
         FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
         UNAUTHENTICATED.
@@ -348,7 +376,8 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chat_pb2.RequestPaymentResponse, _abc.Awaitable[_chat_pb2.RequestPaymentResponse]]:
         """RequestPayment asks a member for money with a payment-request message.
-        Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (reason
+        Errors: INVALID_ARGUMENT (also an expiry in the past or more than 365
+        days ahead), NOT_FOUND, FAILED_PRECONDITION (reason
         IDEMPOTENCY_KEY_REUSED), UNAUTHENTICATED.
         """
 
@@ -360,7 +389,8 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_chat_pb2.RespondToPaymentRequestResponse, _abc.Awaitable[_chat_pb2.RespondToPaymentRequestResponse]]:
         """RespondToPaymentRequest accepts (the payer pays, atomically with the state
         change), declines (the payer) or cancels (the requester) an open request.
-        A request is paid at most once; each change is posted as a message.
+        A request is paid at most once; each change is posted as a message. A
+        refused response stays refused for its request_id (see LedgerService).
         Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (wrong party for
         the action), FAILED_PRECONDITION (reason PAYMENT_REQUEST_CLOSED,
         PAYMENT_REQUEST_EXPIRED, INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),

@@ -497,7 +497,9 @@ class CreatePendingTransferRequest(_message.Message):
     """Optional, at most 256 characters."""
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
-        """Optional; after it the reservation lapses and cannot be posted."""
+        """Optional; after it the reservation lapses and cannot be posted. In the
+        future, at most 365 days ahead.
+        """
 
     def __init__(
         self,

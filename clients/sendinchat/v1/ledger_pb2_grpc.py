@@ -33,7 +33,22 @@ class LedgerServiceStub:
     Every state-changing call takes a client-chosen `request_id` (UUID): a retry
     with the same id and body returns the first result and moves no money
     twice; the same id with a different body fails with FAILED_PRECONDITION
-    reason IDEMPOTENCY_KEY_REUSED. Every RPC needs an access token.
+    reason IDEMPOTENCY_KEY_REUSED. A definite answer is final: a request
+    refused after its fields were checked (FAILED_PRECONDITION such as
+    INSUFFICIENT_FUNDS, NOT_FOUND, PERMISSION_DENIED) stays refused for that
+    request_id, whatever happens since, and concurrent copies all get the same
+    answer; only INVALID_ARGUMENT (nothing was executed) is not remembered. So
+    a retry after a timeout is always safe. The request_ids of one caller are
+    one namespace across LedgerService and ChatService payments.
+
+    Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
+    free text, `amount_minor` + `currency` the amount. Every RPC needs an
+    access token.
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
 
     def __init__(self, channel):
@@ -117,7 +132,22 @@ class LedgerServiceServicer:
     Every state-changing call takes a client-chosen `request_id` (UUID): a retry
     with the same id and body returns the first result and moves no money
     twice; the same id with a different body fails with FAILED_PRECONDITION
-    reason IDEMPOTENCY_KEY_REUSED. Every RPC needs an access token.
+    reason IDEMPOTENCY_KEY_REUSED. A definite answer is final: a request
+    refused after its fields were checked (FAILED_PRECONDITION such as
+    INSUFFICIENT_FUNDS, NOT_FOUND, PERMISSION_DENIED) stays refused for that
+    request_id, whatever happens since, and concurrent copies all get the same
+    answer; only INVALID_ARGUMENT (nothing was executed) is not remembered. So
+    a retry after a timeout is always safe. The request_ids of one caller are
+    one namespace across LedgerService and ChatService payments.
+
+    Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
+    free text, `amount_minor` + `currency` the amount. Every RPC needs an
+    access token.
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
 
     def OpenAccount(self, request, context):
@@ -159,7 +189,8 @@ class LedgerServiceServicer:
 
     def CreatePendingTransfer(self, request, context):
         """CreatePendingTransfer reserves money for a later post or void.
-        Errors: as CreateTransfer, plus INVALID_ARGUMENT for an expiry in the past.
+        Errors: as CreateTransfer, plus INVALID_ARGUMENT for an expiry in the
+        past or more than 365 days ahead.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -328,7 +359,22 @@ class LedgerService:
     Every state-changing call takes a client-chosen `request_id` (UUID): a retry
     with the same id and body returns the first result and moves no money
     twice; the same id with a different body fails with FAILED_PRECONDITION
-    reason IDEMPOTENCY_KEY_REUSED. Every RPC needs an access token.
+    reason IDEMPOTENCY_KEY_REUSED. A definite answer is final: a request
+    refused after its fields were checked (FAILED_PRECONDITION such as
+    INSUFFICIENT_FUNDS, NOT_FOUND, PERMISSION_DENIED) stays refused for that
+    request_id, whatever happens since, and concurrent copies all get the same
+    answer; only INVALID_ARGUMENT (nothing was executed) is not remembered. So
+    a retry after a timeout is always safe. The request_ids of one caller are
+    one namespace across LedgerService and ChatService payments.
+
+    Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
+    free text, `amount_minor` + `currency` the amount. Every RPC needs an
+    access token.
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
 
     @staticmethod

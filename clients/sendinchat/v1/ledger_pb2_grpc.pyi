@@ -34,7 +34,22 @@ class LedgerServiceStub:
     Every state-changing call takes a client-chosen `request_id` (UUID): a retry
     with the same id and body returns the first result and moves no money
     twice; the same id with a different body fails with FAILED_PRECONDITION
-    reason IDEMPOTENCY_KEY_REUSED. Every RPC needs an access token.
+    reason IDEMPOTENCY_KEY_REUSED. A definite answer is final: a request
+    refused after its fields were checked (FAILED_PRECONDITION such as
+    INSUFFICIENT_FUNDS, NOT_FOUND, PERMISSION_DENIED) stays refused for that
+    request_id, whatever happens since, and concurrent copies all get the same
+    answer; only INVALID_ARGUMENT (nothing was executed) is not remembered. So
+    a retry after a timeout is always safe. The request_ids of one caller are
+    one namespace across LedgerService and ChatService payments.
+
+    Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
+    free text, `amount_minor` + `currency` the amount. Every RPC needs an
+    access token.
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
 
     @_typing.overload
@@ -64,7 +79,8 @@ class LedgerServiceStub:
     """
     CreatePendingTransfer: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CreatePendingTransferRequest, _ledger_pb2.CreatePendingTransferResponse]
     """CreatePendingTransfer reserves money for a later post or void.
-    Errors: as CreateTransfer, plus INVALID_ARGUMENT for an expiry in the past.
+    Errors: as CreateTransfer, plus INVALID_ARGUMENT for an expiry in the
+    past or more than 365 days ahead.
     """
     PostPendingTransfer: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.PostPendingTransferRequest, _ledger_pb2.PostPendingTransferResponse]
     """PostPendingTransfer settles a pending transfer, in full or for less (the
@@ -123,7 +139,22 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     Every state-changing call takes a client-chosen `request_id` (UUID): a retry
     with the same id and body returns the first result and moves no money
     twice; the same id with a different body fails with FAILED_PRECONDITION
-    reason IDEMPOTENCY_KEY_REUSED. Every RPC needs an access token.
+    reason IDEMPOTENCY_KEY_REUSED. A definite answer is final: a request
+    refused after its fields were checked (FAILED_PRECONDITION such as
+    INSUFFICIENT_FUNDS, NOT_FOUND, PERMISSION_DENIED) stays refused for that
+    request_id, whatever happens since, and concurrent copies all get the same
+    answer; only INVALID_ARGUMENT (nothing was executed) is not remembered. So
+    a retry after a timeout is always safe. The request_ids of one caller are
+    one namespace across LedgerService and ChatService payments.
+
+    Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
+    free text, `amount_minor` + `currency` the amount. Every RPC needs an
+    access token.
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -150,7 +181,8 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """
     CreatePendingTransfer: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CreatePendingTransferRequest, _ledger_pb2.CreatePendingTransferResponse]  # type: ignore[assignment]
     """CreatePendingTransfer reserves money for a later post or void.
-    Errors: as CreateTransfer, plus INVALID_ARGUMENT for an expiry in the past.
+    Errors: as CreateTransfer, plus INVALID_ARGUMENT for an expiry in the
+    past or more than 365 days ahead.
     """
     PostPendingTransfer: _aio.UnaryUnaryMultiCallable[_ledger_pb2.PostPendingTransferRequest, _ledger_pb2.PostPendingTransferResponse]  # type: ignore[assignment]
     """PostPendingTransfer settles a pending transfer, in full or for less (the
@@ -208,7 +240,22 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     Every state-changing call takes a client-chosen `request_id` (UUID): a retry
     with the same id and body returns the first result and moves no money
     twice; the same id with a different body fails with FAILED_PRECONDITION
-    reason IDEMPOTENCY_KEY_REUSED. Every RPC needs an access token.
+    reason IDEMPOTENCY_KEY_REUSED. A definite answer is final: a request
+    refused after its fields were checked (FAILED_PRECONDITION such as
+    INSUFFICIENT_FUNDS, NOT_FOUND, PERMISSION_DENIED) stays refused for that
+    request_id, whatever happens since, and concurrent copies all get the same
+    answer; only INVALID_ARGUMENT (nothing was executed) is not remembered. So
+    a retry after a timeout is always safe. The request_ids of one caller are
+    one namespace across LedgerService and ChatService payments.
+
+    Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
+    free text, `amount_minor` + `currency` the amount. Every RPC needs an
+    access token.
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
 
     @_abc_1.abstractmethod
@@ -263,7 +310,8 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.CreatePendingTransferResponse, _abc.Awaitable[_ledger_pb2.CreatePendingTransferResponse]]:
         """CreatePendingTransfer reserves money for a later post or void.
-        Errors: as CreateTransfer, plus INVALID_ARGUMENT for an expiry in the past.
+        Errors: as CreateTransfer, plus INVALID_ARGUMENT for an expiry in the
+        past or more than 365 days ahead.
         """
 
     @_abc_1.abstractmethod

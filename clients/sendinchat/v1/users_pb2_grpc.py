@@ -29,7 +29,14 @@ class UserServiceStub:
     """UserService registers people, signs them in and hands out JWT token pairs.
 
     Register, Login and RefreshToken are public; every other RPC needs
-    `authorization: Bearer <access token>` metadata.
+    `authorization: Bearer <access token>` metadata. An expired access token
+    gets UNAUTHENTICATED with google.rpc.ErrorInfo reason TOKEN_EXPIRED (refresh
+    and retry); an ended session's token, reason SESSION_ENDED (log in again).
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
 
     def __init__(self, channel):
@@ -79,7 +86,14 @@ class UserServiceServicer:
     """UserService registers people, signs them in and hands out JWT token pairs.
 
     Register, Login and RefreshToken are public; every other RPC needs
-    `authorization: Bearer <access token>` metadata.
+    `authorization: Bearer <access token>` metadata. An expired access token
+    gets UNAUTHENTICATED with google.rpc.ErrorInfo reason TOKEN_EXPIRED (refresh
+    and retry); an ended session's token, reason SESSION_ENDED (log in again).
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
 
     def Register(self, request, context):
@@ -93,9 +107,13 @@ class UserServiceServicer:
 
     def Login(self, request, context):
         """Login checks a username and password and returns a fresh token pair.
-        Errors: INVALID_ARGUMENT (empty field), UNAUTHENTICATED (unknown user or
-        wrong password, indistinguishable), RESOURCE_EXHAUSTED (too many attempts
-        for this username or from this peer, with RetryInfo).
+        Attempts are throttled so that a guesser cannot lock the owner out: per
+        username from one peer, per peer, and a much looser ceiling per username
+        from everywhere.
+        Errors: INVALID_ARGUMENT (empty field, a username that breaks the
+        username rule), UNAUTHENTICATED (unknown user or wrong password,
+        indistinguishable), RESOURCE_EXHAUSTED (too many attempts, with
+        RetryInfo).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,7 +219,14 @@ class UserService:
     """UserService registers people, signs them in and hands out JWT token pairs.
 
     Register, Login and RefreshToken are public; every other RPC needs
-    `authorization: Bearer <access token>` metadata.
+    `authorization: Bearer <access token>` metadata. An expired access token
+    gets UNAUTHENTICATED with google.rpc.ErrorInfo reason TOKEN_EXPIRED (refresh
+    and retry); an ended session's token, reason SESSION_ENDED (log in again).
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
 
     @staticmethod

@@ -30,7 +30,14 @@ class UserServiceStub:
     """UserService registers people, signs them in and hands out JWT token pairs.
 
     Register, Login and RefreshToken are public; every other RPC needs
-    `authorization: Bearer <access token>` metadata.
+    `authorization: Bearer <access token>` metadata. An expired access token
+    gets UNAUTHENTICATED with google.rpc.ErrorInfo reason TOKEN_EXPIRED (refresh
+    and retry); an ended session's token, reason SESSION_ENDED (log in again).
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
 
     @_typing.overload
@@ -44,9 +51,13 @@ class UserServiceStub:
     """
     Login: _grpc.UnaryUnaryMultiCallable[_users_pb2.LoginRequest, _users_pb2.LoginResponse]
     """Login checks a username and password and returns a fresh token pair.
-    Errors: INVALID_ARGUMENT (empty field), UNAUTHENTICATED (unknown user or
-    wrong password, indistinguishable), RESOURCE_EXHAUSTED (too many attempts
-    for this username or from this peer, with RetryInfo).
+    Attempts are throttled so that a guesser cannot lock the owner out: per
+    username from one peer, per peer, and a much looser ceiling per username
+    from everywhere.
+    Errors: INVALID_ARGUMENT (empty field, a username that breaks the
+    username rule), UNAUTHENTICATED (unknown user or wrong password,
+    indistinguishable), RESOURCE_EXHAUSTED (too many attempts, with
+    RetryInfo).
     """
     RefreshToken: _grpc.UnaryUnaryMultiCallable[_users_pb2.RefreshTokenRequest, _users_pb2.RefreshTokenResponse]
     """RefreshToken exchanges a refresh token for a new pair. Each refresh token
@@ -84,7 +95,14 @@ class UserServiceAsyncStub(UserServiceStub):
     """UserService registers people, signs them in and hands out JWT token pairs.
 
     Register, Login and RefreshToken are public; every other RPC needs
-    `authorization: Bearer <access token>` metadata.
+    `authorization: Bearer <access token>` metadata. An expired access token
+    gets UNAUTHENTICATED with google.rpc.ErrorInfo reason TOKEN_EXPIRED (refresh
+    and retry); an ended session's token, reason SESSION_ENDED (log in again).
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -95,9 +113,13 @@ class UserServiceAsyncStub(UserServiceStub):
     """
     Login: _aio.UnaryUnaryMultiCallable[_users_pb2.LoginRequest, _users_pb2.LoginResponse]  # type: ignore[assignment]
     """Login checks a username and password and returns a fresh token pair.
-    Errors: INVALID_ARGUMENT (empty field), UNAUTHENTICATED (unknown user or
-    wrong password, indistinguishable), RESOURCE_EXHAUSTED (too many attempts
-    for this username or from this peer, with RetryInfo).
+    Attempts are throttled so that a guesser cannot lock the owner out: per
+    username from one peer, per peer, and a much looser ceiling per username
+    from everywhere.
+    Errors: INVALID_ARGUMENT (empty field, a username that breaks the
+    username rule), UNAUTHENTICATED (unknown user or wrong password,
+    indistinguishable), RESOURCE_EXHAUSTED (too many attempts, with
+    RetryInfo).
     """
     RefreshToken: _aio.UnaryUnaryMultiCallable[_users_pb2.RefreshTokenRequest, _users_pb2.RefreshTokenResponse]  # type: ignore[assignment]
     """RefreshToken exchanges a refresh token for a new pair. Each refresh token
@@ -134,7 +156,14 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     """UserService registers people, signs them in and hands out JWT token pairs.
 
     Register, Login and RefreshToken are public; every other RPC needs
-    `authorization: Bearer <access token>` metadata.
+    `authorization: Bearer <access token>` metadata. An expired access token
+    gets UNAUTHENTICATED with google.rpc.ErrorInfo reason TOKEN_EXPIRED (refresh
+    and retry); an ended session's token, reason SESSION_ENDED (log in again).
+
+    Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
+    violations) for a request body that does not parse as its message, a
+    string field holding NUL or over 16 KiB, an enum number the contract does
+    not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
 
     @_abc_1.abstractmethod
@@ -155,9 +184,13 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.LoginResponse, _abc.Awaitable[_users_pb2.LoginResponse]]:
         """Login checks a username and password and returns a fresh token pair.
-        Errors: INVALID_ARGUMENT (empty field), UNAUTHENTICATED (unknown user or
-        wrong password, indistinguishable), RESOURCE_EXHAUSTED (too many attempts
-        for this username or from this peer, with RetryInfo).
+        Attempts are throttled so that a guesser cannot lock the owner out: per
+        username from one peer, per peer, and a much looser ceiling per username
+        from everywhere.
+        Errors: INVALID_ARGUMENT (empty field, a username that breaks the
+        username rule), UNAUTHENTICATED (unknown user or wrong password,
+        indistinguishable), RESOURCE_EXHAUSTED (too many attempts, with
+        RetryInfo).
         """
 
     @_abc_1.abstractmethod
