@@ -18,6 +18,7 @@ from server.health import HealthState
 from server.ledger import service
 from server.ledger.audit import AuditReport, audit_ledger
 from server.ledger.batching import TransferBatcher
+from server.ledger.currencies import EXPONENTS
 from server.ledger.models import Account, Transfer
 from server.ledger.pagination import EventKey
 from server.ledger.watch import WatchHub
@@ -167,6 +168,21 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
                 await service.expire_due(self._pool)
             except Exception:  # keep sweeping; the next round retries
                 log.warning("expiring pending transfers failed; will retry", exc_info=True)
+
+    async def ListCurrencies(
+        self,
+        request: ledger_pb2.ListCurrenciesRequest,
+        context: grpc.aio.ServicerContext[
+            ledger_pb2.ListCurrenciesRequest, ledger_pb2.ListCurrenciesResponse
+        ],
+    ) -> ledger_pb2.ListCurrenciesResponse:
+        """LedgerService.ListCurrencies."""
+        return ledger_pb2.ListCurrenciesResponse(
+            currencies=[
+                ledger_pb2.Currency(code=code, minor_unit_exponent=exponent)
+                for code, exponent in sorted(EXPONENTS.items())
+            ]
+        )
 
     async def OpenAccount(
         self,

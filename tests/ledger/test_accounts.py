@@ -129,3 +129,17 @@ class TestListAccounts:
             )
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in field_violations(caught.value)
+
+
+class TestListCurrencies:
+    async def test_lists_every_ledger_currency_with_its_exponent_when_signed_in(self, server):
+        alice = await signed_up(server.stubs)
+        reply = await server.stubs.ledger.ListCurrencies(
+            ledger_pb2.ListCurrenciesRequest(), metadata=alice.auth
+        )
+        stored = {
+            r["code"]: r["exponent"] for r in await server.pool.fetch("SELECT code, exponent FROM currencies")
+        }
+        assert {c.code: c.minor_unit_exponent for c in reply.currencies} == stored
+        assert [c.code for c in reply.currencies] == sorted(stored)
+        assert (stored["USD"], stored["JPY"]) == (2, 0)

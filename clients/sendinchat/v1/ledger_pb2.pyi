@@ -251,6 +251,73 @@ class Transfer(_message.Message):
 Global___Transfer: _TypeAlias = Transfer  # noqa: Y015
 
 @_typing.final
+class Currency(_message.Message):
+    """Currency is one ISO-4217 currency the ledger holds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    MINOR_UNIT_EXPONENT_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """ISO-4217 code, e.g. "USD"."""
+    minor_unit_exponent: _builtins.int
+    """Digits after the decimal point (2 for USD, 0 for JPY)."""
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        minor_unit_exponent: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "minor_unit_exponent", b"minor_unit_exponent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Currency: _TypeAlias = Currency  # noqa: Y015
+
+@_typing.final
+class ListCurrenciesRequest(_message.Message):
+    """ListCurrenciesRequest has no fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCurrenciesRequest: _TypeAlias = ListCurrenciesRequest  # noqa: Y015
+
+@_typing.final
+class ListCurrenciesResponse(_message.Message):
+    """ListCurrenciesResponse carries every supported currency."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENCIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def currencies(self) -> _containers.RepeatedCompositeFieldContainer[Global___Currency]:
+        """Ordered by code."""
+
+    def __init__(
+        self,
+        *,
+        currencies: _abc.Iterable[Global___Currency] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["currencies", b"currencies"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCurrenciesResponse: _TypeAlias = ListCurrenciesResponse  # noqa: Y015
+
+@_typing.final
 class OpenAccountRequest(_message.Message):
     """OpenAccountRequest opens an account."""
 

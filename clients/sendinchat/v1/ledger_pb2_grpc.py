@@ -57,6 +57,11 @@ class LedgerServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.ListCurrencies = channel.unary_unary(
+                '/sendinchat.v1.LedgerService/ListCurrencies',
+                request_serializer=sendinchat_dot_v1_dot_ledger__pb2.ListCurrenciesRequest.SerializeToString,
+                response_deserializer=sendinchat_dot_v1_dot_ledger__pb2.ListCurrenciesResponse.FromString,
+                _registered_method=True)
         self.OpenAccount = channel.unary_unary(
                 '/sendinchat.v1.LedgerService/OpenAccount',
                 request_serializer=sendinchat_dot_v1_dot_ledger__pb2.OpenAccountRequest.SerializeToString,
@@ -149,6 +154,16 @@ class LedgerServiceServicer:
     string field holding NUL or over 16 KiB, an enum number the contract does
     not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
+
+    def ListCurrencies(self, request, context):
+        """ListCurrencies returns every currency the ledger holds, with its
+        minor-unit exponent (so clients can show 1234 USD minor units as 12.34).
+        The list is short and fixed, so it comes in one piece.
+        Errors: UNAUTHENTICATED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def OpenAccount(self, request, context):
         """OpenAccount opens the caller's account in a currency, or returns it if open.
@@ -278,6 +293,11 @@ class LedgerServiceServicer:
 
 def add_LedgerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'ListCurrencies': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCurrencies,
+                    request_deserializer=sendinchat_dot_v1_dot_ledger__pb2.ListCurrenciesRequest.FromString,
+                    response_serializer=sendinchat_dot_v1_dot_ledger__pb2.ListCurrenciesResponse.SerializeToString,
+            ),
             'OpenAccount': grpc.unary_unary_rpc_method_handler(
                     servicer.OpenAccount,
                     request_deserializer=sendinchat_dot_v1_dot_ledger__pb2.OpenAccountRequest.FromString,
@@ -376,6 +396,33 @@ class LedgerService:
     string field holding NUL or over 16 KiB, an enum number the contract does
     not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
+
+    @staticmethod
+    def ListCurrencies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sendinchat.v1.LedgerService/ListCurrencies',
+            sendinchat_dot_v1_dot_ledger__pb2.ListCurrenciesRequest.SerializeToString,
+            sendinchat_dot_v1_dot_ledger__pb2.ListCurrenciesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def OpenAccount(request,

@@ -56,6 +56,12 @@ class LedgerServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> LedgerServiceAsyncStub: ...
+    ListCurrencies: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.ListCurrenciesRequest, _ledger_pb2.ListCurrenciesResponse]
+    """ListCurrencies returns every currency the ledger holds, with its
+    minor-unit exponent (so clients can show 1234 USD minor units as 12.34).
+    The list is short and fixed, so it comes in one piece.
+    Errors: UNAUTHENTICATED.
+    """
     OpenAccount: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.OpenAccountRequest, _ledger_pb2.OpenAccountResponse]
     """OpenAccount opens the caller's account in a currency, or returns it if open.
     Errors: INVALID_ARGUMENT (unsupported currency), UNAUTHENTICATED.
@@ -158,6 +164,12 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
+    ListCurrencies: _aio.UnaryUnaryMultiCallable[_ledger_pb2.ListCurrenciesRequest, _ledger_pb2.ListCurrenciesResponse]  # type: ignore[assignment]
+    """ListCurrencies returns every currency the ledger holds, with its
+    minor-unit exponent (so clients can show 1234 USD minor units as 12.34).
+    The list is short and fixed, so it comes in one piece.
+    Errors: UNAUTHENTICATED.
+    """
     OpenAccount: _aio.UnaryUnaryMultiCallable[_ledger_pb2.OpenAccountRequest, _ledger_pb2.OpenAccountResponse]  # type: ignore[assignment]
     """OpenAccount opens the caller's account in a currency, or returns it if open.
     Errors: INVALID_ARGUMENT (unsupported currency), UNAUTHENTICATED.
@@ -257,6 +269,18 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     string field holding NUL or over 16 KiB, an enum number the contract does
     not define, or a Timestamp outside 0001-01-01..9999-12-31.
     """
+
+    @_abc_1.abstractmethod
+    def ListCurrencies(
+        self,
+        request: _ledger_pb2.ListCurrenciesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ledger_pb2.ListCurrenciesResponse, _abc.Awaitable[_ledger_pb2.ListCurrenciesResponse]]:
+        """ListCurrencies returns every currency the ledger holds, with its
+        minor-unit exponent (so clients can show 1234 USD minor units as 12.34).
+        The list is short and fixed, so it comes in one piece.
+        Errors: UNAUTHENTICATED.
+        """
 
     @_abc_1.abstractmethod
     def OpenAccount(
