@@ -20,7 +20,6 @@ from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, 
 from server.auth.passwords import PasswordHasher
 from server.auth.sessions import EndedSessions
 from server.auth.tokens import TokenCodec
-from server.chat import payments
 from server.chat.hub import ChatHub
 from server.chat.servicer import ChatServicer
 from server.config import MIN_JWT_SECRET_BYTES, Config, ConfigError
@@ -29,12 +28,15 @@ from server.db.migrate import migrate
 from server.db.pool import create_pool
 from server.errors import UnavailableError
 from server.health import HealthState
-from server.interceptor import RpcInterceptor, StreamLifetimes
+from server.interceptor import RpcInterceptor
+from server.jobs import Jobs
 from server.ledger.batching import TransferBatcher
 from server.ledger.servicer import LedgerServicer
+from server.ledger.watch import WatchHub
 from server.observability import Metrics, RpcObserver, configure_logging
 from server.reflection import enable_reflection
 from server.scheduling import use_batch_scheduling
+from server.streams import StreamLifetimes
 from server.users import service as users
 from server.users.servicer import UserServicer
 from server.users.throttle import LoginLimits
@@ -80,8 +82,9 @@ def user_deps(config: Config, jwt_secret: str) -> users.UserDeps:
         hasher=PasswordHasher(config.bcrypt_rounds),
         tokens=token_codec(config, jwt_secret),
         login_limits=LoginLimits(
-            per_username=config.login_attempts_per_username,
+            per_username_and_peer=config.login_attempts_per_username_and_peer,
             per_peer=config.login_attempts_per_peer,
+            per_username=config.login_attempts_per_username,
             window_seconds=config.login_window_seconds,
         ),
         ended_sessions=EndedSessions(access_ttl_seconds=config.access_token_ttl_seconds),
@@ -121,14 +124,14 @@ async def create_server(
     )
     server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
     users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(pool, deps), server)
-    batcher = TransferBatcher(pool, linger_seconds=config.transfer_batch_linger_ms / 1000)
-    ledger = LedgerServicer(pool, batcher)
-    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(ledger, server)
     own_dsn = dsn or config.database_url
     if own_dsn is None:
         raise ConfigError(
-            "DATABASE_URL: the chat hub and the session poller need it for their own connections"
+            "DATABASE_URL: the listeners and the session poller need it for their own connections"
         )
+    batcher = TransferBatcher(pool, linger_seconds=config.transfer_batch_linger_ms / 1000)
+    watch_hub = WatchHub(pool, own_dsn)
+    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(pool, batcher, watch_hub), server)
     hub = ChatHub(pool, own_dsn)
     chat_pb2_grpc.add_ChatServiceServicer_to_server(
         ChatServicer(pool, hub, stream_buffer=config.chat_stream_buffer), server
@@ -148,16 +151,17 @@ async def create_server(
     await hub.start()
     await server.start()
     await health_state.probe_database(pool)
-    await ledger.audit_into(health_state)
+    jobs = Jobs(pool, health_state)
+    await jobs.audit()
     await health_state.publish()
     running = RunningServer(
         server, port, health_state, streams, config.shutdown_grace_seconds, deps.ended_sessions
     )
     running.tasks.append(session_poller)
     running.tasks.append(asyncio.create_task(health_state.watch_database(pool)))
-    running.tasks.append(asyncio.create_task(ledger.run_background(health_state)))
+    running.tasks.append(asyncio.create_task(jobs.run()))
+    running.tasks.append(asyncio.create_task(watch_hub.run()))
     running.tasks.append(asyncio.create_task(hub.run_until_cancelled()))
-    running.tasks.append(asyncio.create_task(payments.sweep_expired_requests(pool)))
     return running
 
 

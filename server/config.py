@@ -33,8 +33,9 @@ class Config:
     db_pool_size: int = 10
     metrics_address: str = "127.0.0.1:9464"
     shutdown_grace_seconds: float = 10.0
-    login_attempts_per_username: int = 10
+    login_attempts_per_username_and_peer: int = 10
     login_attempts_per_peer: int = 60
+    login_attempts_per_username: int = 100
     login_window_seconds: int = 60
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
@@ -75,6 +76,11 @@ class Config:
             metrics_address=reader.get("SENDINCHAT_METRICS_ADDRESS", cls.metrics_address, _optional_address),
             shutdown_grace_seconds=reader.get(
                 "SENDINCHAT_SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, _float_between(0, 600)
+            ),
+            login_attempts_per_username_and_peer=reader.get(
+                "SENDINCHAT_LOGIN_ATTEMPTS_PER_USERNAME_AND_PEER",
+                cls.login_attempts_per_username_and_peer,
+                _int_between(1, 10**6),
             ),
             login_attempts_per_username=reader.get(
                 "SENDINCHAT_LOGIN_ATTEMPTS_PER_USERNAME",

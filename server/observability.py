@@ -89,7 +89,14 @@ class RpcObserver:
         self._histograms: dict[str, Histogram] = {}
 
     def record(
-        self, *, method: str, code: grpc.StatusCode, seconds: float, user_id: str | None, peer: str
+        self,
+        *,
+        method: str,
+        code: grpc.StatusCode,
+        seconds: float,
+        user_id: str | None,
+        peer: str,
+        reason: str = "",
     ) -> None:
         """Log and count one RPC. Never pass request bodies here: they may hold passwords."""
         counter = self._counters.get((method, code))
@@ -108,6 +115,8 @@ class RpcObserver:
                 "user_id": user_id,
                 "peer": peer,
             }
+            if reason:
+                fields["reason"] = reason
             _rpc_log.info("rpc", extra={"rpc": fields})
 
     def stream_opened(self, method: str) -> None:

@@ -30,6 +30,7 @@ TEST_CONFIG = Config(
     db_pool_size=8,
     metrics_address="",
     shutdown_grace_seconds=2.0,
+    login_attempts_per_username_and_peer=1000,
     login_attempts_per_username=1000,
     login_attempts_per_peer=100000,
 )

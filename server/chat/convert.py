@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from sendinchat.v1 import chat_pb2, ledger_pb2
 from server.chat.models import Member, MemberRole, Message, MessageKind, RequestState, Room, RoomKind
-from server.ledger.models import Transfer
-from server.ledger.servicer import transfer_proto
-from server.protoconv import timestamp
+from server.protoconv import timestamp, transfer_proto
 
 ROOM_KINDS = {RoomKind.DIRECT: chat_pb2.ROOM_KIND_DIRECT, RoomKind.GROUP: chat_pb2.ROOM_KIND_GROUP}
 ROOM_KINDS_FROM_PROTO = {v: k for k, v in ROOM_KINDS.items()}
@@ -64,11 +62,6 @@ def message(value: Message) -> chat_pb2.Message:
             )
         )
     return proto
-
-
-def transfer(value: Transfer) -> ledger_pb2.Transfer:
-    """A ledger Transfer (the ledger's own conversion)."""
-    return transfer_proto(value)
 
 
 def connect_message(value: Message) -> chat_pb2.ConnectResponse:

@@ -1,28 +1,25 @@
-"""A room's message log: sending, paging, read marks, and the live-stream signals (NOTIFY).
+"""A room's message log: sending, paging, read marks and typing.
 
-Sequences are assigned by chat_append() (migration 0003) under the room's row lock, so they are
-gap-free and in commit order; every change is announced with pg_notify in the same transaction.
-Rooms the caller is not a member of do not exist for the caller (NotFoundError).
+Sequences are assigned by chat_append() (server/db/functions/chat_log.sql) under the room's row
+lock, so they are gap-free and in commit order; every change is announced to the live streams in
+the same transaction (server/chat/events.py). Rooms the caller is not a member of do not exist for
+the caller (NotFoundError).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
-from datetime import timedelta
 from typing import TypeAlias
 
 import asyncpg
 
-from server.chat import validation as check
-from server.chat.models import (
-    MESSAGE_COLUMNS,
-    Message,
-    MessagePage,
-)
+from server import pagetokens
+from server.chat import validation as rules
+from server.chat.models import MESSAGE_COLUMNS, Message, MessagePage
 from server.db.pool import Connection
-from server.errors import InvalidArgumentError, NotFoundError
-from server.ledger.models import Transfer
+from server.errors import NotFoundError
+from server.ledger.models import TRANSFER_COLUMNS, Transfer
+from server.validation import INT64_MAX, Fields, parse_uuid
 
 _MEMBERSHIP = """
 SELECT r.kind, r.last_sequence, me.role
@@ -54,25 +51,12 @@ SELECT COALESCE(
            (SELECT last_read_sequence FROM mark),
            (SELECT last_read_sequence FROM room_members WHERE room_id = $1 AND user_id = $2)
        ) AS current,
-       (SELECT pg_notify('chat_events', 'r|' || $1::text || '|' || $2::text || '|' || last_read_sequence)
-        FROM mark) AS notified
+       (SELECT chat_notify_read($1, $2, last_read_sequence) FROM mark) AS notified
 """
 _TYPING = """
-SELECT pg_notify('chat_events', 't|' || room_id || '|' || user_id)
-FROM room_members WHERE room_id = $1 AND user_id = $2
+SELECT chat_notify_typing(room_id, user_id) FROM room_members WHERE room_id = $1 AND user_id = $2
 """
-_SET_PRESENCE = "SELECT chat_presence_set($1::uuid, $2::uuid, $3::uuid, $4)"
-_RECORDED_PRESENCE = "SELECT room_id::text, user_id::text FROM chat_presence WHERE replica = $1::uuid"
-_LEAVE_ALL = "SELECT chat_presence_leave_all($1::uuid, $2)"
-_REGISTER = "SELECT chat_presence_register($1::uuid, $2::interval)"
-_REAP = "SELECT chat_presence_reap($1::interval, $2)"
-# Rows one call locks at most (each lock holds a slot of PostgreSQL's shared lock table).
-PRESENCE_BATCH = 500
-_TRANSFERS = """
-SELECT t.id, t.request_id, t.kind, t.state, t.from_user_id, t.to_user_id, t.from_account_id, t.to_account_id,
-       t.currency, t.amount, t.posted_amount, t.memo, t.created_at, t.expires_at, t.resolved_at
-FROM transfers t WHERE t.id = ANY($1::uuid[])
-"""
+_TRANSFERS = f"SELECT {TRANSFER_COLUMNS} FROM transfers t WHERE t.id = ANY($1::uuid[])"
 NOT_FOUND = "room not found"
 
 # A connection, or the pool for calls of one statement (each then borrows a connection briefly).
@@ -94,7 +78,7 @@ async def room_position(conn: Db, *, user_id: str, room_id: str) -> int:
         InvalidArgumentError: room_id is not a UUID.
         NotFoundError: no such room, or the caller is not a member.
     """
-    row = await membership(conn, check.parse_uuid(room_id, "room_id"), user_id)
+    row = await membership(conn, parse_uuid(room_id, "room_id"), user_id)
     return int(row["last_sequence"])
 
 
@@ -109,22 +93,13 @@ async def send_message(
         InvalidArgumentError: text not 1-4000 characters, malformed ids.
         NotFoundError: no such room, or the caller is not a member.
     """
-    violations: dict[str, str] = {}
-    checks: tuple[Callable[[], object], ...] = (
-        lambda: check.parse_uuid(room_id, "room_id"),
-        lambda: check.check_text(text),
-        lambda: check.check_client_message_id(client_message_id, required=stream),
-    )
-    for run in checks:
-        try:
-            run()
-        except InvalidArgumentError as exc:
-            violations.update(exc.violations)
-    if violations:
-        raise InvalidArgumentError(violations)
-    client_id = client_message_id or None
+    fields = Fields()
+    room = fields.uuid("room_id", room_id)
+    rules.message_text(fields, text)
+    client_id = rules.client_message_id(fields, client_message_id, required=stream)
+    fields.done()
     try:
-        row = await conn.fetchrow(_SEND, check.parse_uuid(room_id, "room_id"), user_id, client_id, text)
+        row = await conn.fetchrow(_SEND, room, user_id, client_id, text)
     except asyncpg.exceptions.NoDataFoundError:  # raised by chat_send_message: not a member
         raise NotFoundError(NOT_FOUND) from None
     assert row is not None
@@ -147,21 +122,21 @@ async def list_messages(
         InvalidArgumentError: page size over 100, both bounds, negative bound, bad token.
         NotFoundError: no such room, or the caller is not a member.
     """
-    room_id = check.parse_uuid(room_id, "room_id")
-    size = check.page_size(page_size)
-    if before_sequence < 0 or after_sequence < 0:
-        field = "before_sequence" if before_sequence < 0 else "after_sequence"
-        raise InvalidArgumentError.field(field, "must not be negative")
+    fields = Fields()
+    room_id = fields.uuid("room_id", room_id)
+    size = fields.page_size(page_size)
+    fields.integer("before_sequence", before_sequence, 0, INT64_MAX)
+    fields.integer("after_sequence", after_sequence, 0, INT64_MAX)
     if before_sequence and after_sequence:
-        raise InvalidArgumentError.field(
-            "before_sequence", "set at most one of before_sequence and after_sequence"
-        )
+        fields.add("before_sequence", "set at most one of before_sequence and after_sequence")
     forward, bound = after_sequence > 0, after_sequence or before_sequence
     if page_token:
-        payload = check.decode_token(page_token)
-        if payload.get("r") != room_id or not isinstance(payload.get("s"), int):
-            raise InvalidArgumentError.field("page_token", "does not belong to this room")
-        forward, bound = bool(payload.get("f")), int(payload["s"])
+        token_room, forward, bound = fields.check(
+            lambda: pagetokens.MESSAGES.decode(page_token), (room_id, False, 0)
+        )
+        if token_room != room_id:
+            fields.add("page_token", "does not belong to this room")
+    fields.done()
     last = int((await membership(conn, room_id, user_id))["last_sequence"])
     if forward:
         rows = await conn.fetch(_MESSAGES_AFTER, room_id, bound, last, size + 1)
@@ -170,7 +145,7 @@ async def list_messages(
     messages = await attach_transfers(conn, [Message.from_record(r) for r in rows[:size]])
     token = ""
     if len(rows) > size:
-        token = check.encode_token({"r": room_id, "f": forward, "s": messages[-1].sequence})
+        token = pagetokens.MESSAGES.encode(room_id, forward, messages[-1].sequence)
     return MessagePage(tuple(messages), token)
 
 
@@ -206,9 +181,10 @@ async def mark_read(conn: Db, *, user_id: str, room_id: str, sequence: int) -> i
         InvalidArgumentError: malformed id or negative sequence.
         NotFoundError: no such room, or the caller is not a member.
     """
-    room_id = check.parse_uuid(room_id, "room_id")
-    if sequence < 0:
-        raise InvalidArgumentError.field("sequence", "must not be negative")
+    fields = Fields()
+    room_id = fields.uuid("room_id", room_id)
+    fields.integer("sequence", sequence, 0, INT64_MAX)
+    fields.done()
     row = await conn.fetchrow(_MARK_READ, room_id, user_id, sequence)
     if row is None or row["current"] is None:
         raise NotFoundError(NOT_FOUND)
@@ -222,38 +198,6 @@ async def announce_typing(conn: Db, *, user_id: str, room_id: str) -> None:
         InvalidArgumentError: room_id is not a UUID.
         NotFoundError: no such room, or the caller is not a member.
     """
-    room_id = check.parse_uuid(room_id, "room_id")
+    room_id = parse_uuid(room_id, "room_id")
     if await conn.fetchrow(_TYPING, room_id, user_id) is None:
         raise NotFoundError(NOT_FOUND)
-
-
-async def set_presence(conn: Db, *, room_id: str, user_id: str, replica: str, online: bool) -> None:
-    """This replica's streams of the user entered (or all left) the room.
-
-    The room's live streams everywhere hear of it when it changes the user's presence across all
-    replicas (migration 0006).
-    """
-    await conn.execute(_SET_PRESENCE, room_id, user_id, replica, online)
-
-
-async def recorded_presence(conn: Db, *, replica: str) -> set[tuple[str, str]]:
-    """The (room, user) pairs the database holds as present on this replica."""
-    return {(r[0], r[1]) for r in await conn.fetch(_RECORDED_PRESENCE, replica)}
-
-
-async def leave_all_rooms(conn: Db, *, replica: str) -> None:
-    """This replica is stopping: its users leave every room (announced where that makes them offline)."""
-    while await conn.fetchval(_LEAVE_ALL, replica, PRESENCE_BATCH) == PRESENCE_BATCH:
-        pass
-
-
-async def register_replica(conn: Db, *, replica: str, stale_after: timedelta) -> bool:
-    """Say this replica is alive; True if it was unknown or silent for `stale_after` until now."""
-    anew: bool = await conn.fetchval(_REGISTER, replica, stale_after)
-    return anew
-
-
-async def reap_silent_replicas(conn: Db, *, stale_after: timedelta) -> None:
-    """Take away the presence of replicas silent for `stale_after` (crashed, or cut off)."""
-    while await conn.fetchval(_REAP, stale_after, PRESENCE_BATCH) == PRESENCE_BATCH:
-        pass

@@ -1,4 +1,10 @@
-"""ChatService: transport for server/chat/service.py, the Connect stream and payments."""
+"""ChatService: transport for chat's domain modules.
+
+CreateRoom, GetRoom, ListRooms, AddMembers, RemoveMember, LeaveRoom: server/chat/rooms.py.
+SendMessage, ListMessages, MarkRead: server/chat/messages.py (the message log).
+SendPayment, RequestPayment, RespondToPaymentRequest: server/chat/payments.py.
+Connect: server/chat/stream.py (one session per stream), fed by server/chat/hub.py.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +14,11 @@ import grpc
 
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2
 from server.auth.principal import current_principal
-from server.chat import convert, messages, payments, service
+from server.chat import convert, messages, payments, rooms
 from server.chat.hub import ChatHub
 from server.chat.stream import ConnectSession
 from server.db.pool import Pool
-from server.protoconv import from_timestamp
+from server.protoconv import from_timestamp, transfer_proto
 
 _ACTIONS = {
     chat_pb2.PAYMENT_REQUEST_ACTION_ACCEPT: payments.RequestAction.ACCEPT,
@@ -22,7 +28,7 @@ _ACTIONS = {
 
 
 def _transfer(result: payments.PaymentResult) -> ledger_pb2.Transfer | None:
-    return None if result.transfer is None else convert.transfer(result.transfer)
+    return None if result.transfer is None else transfer_proto(result.transfer)
 
 
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
@@ -39,7 +45,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.CreateRoomRequest, chat_pb2.CreateRoomResponse],
     ) -> chat_pb2.CreateRoomResponse:
         """ChatService.CreateRoom."""
-        room, created = await service.create_room(
+        room, created = await rooms.create_room(
             self._pool,
             user_id=current_principal().user_id,
             kind=convert.ROOM_KINDS_FROM_PROTO.get(request.kind),
@@ -54,9 +60,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.GetRoomRequest, chat_pb2.GetRoomResponse],
     ) -> chat_pb2.GetRoomResponse:
         """ChatService.GetRoom."""
-        room = await service.get_room(
-            self._pool, user_id=current_principal().user_id, room_id=request.room_id
-        )
+        room = await rooms.get_room(self._pool, user_id=current_principal().user_id, room_id=request.room_id)
         return chat_pb2.GetRoomResponse(room=convert.room(room))
 
     async def ListRooms(
@@ -65,7 +69,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.ListRoomsRequest, chat_pb2.ListRoomsResponse],
     ) -> chat_pb2.ListRoomsResponse:
         """ChatService.ListRooms."""
-        page = await service.list_rooms(
+        page = await rooms.list_rooms(
             self._pool,
             user_id=current_principal().user_id,
             page_size=request.page_size,
@@ -81,7 +85,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.AddMembersRequest, chat_pb2.AddMembersResponse],
     ) -> chat_pb2.AddMembersResponse:
         """ChatService.AddMembers."""
-        room = await service.add_members(
+        room = await rooms.add_members(
             self._pool,
             user_id=current_principal().user_id,
             room_id=request.room_id,
@@ -95,7 +99,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.RemoveMemberRequest, chat_pb2.RemoveMemberResponse],
     ) -> chat_pb2.RemoveMemberResponse:
         """ChatService.RemoveMember."""
-        room = await service.remove_member(
+        room = await rooms.remove_member(
             self._pool,
             user_id=current_principal().user_id,
             room_id=request.room_id,
@@ -109,7 +113,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.LeaveRoomRequest, chat_pb2.LeaveRoomResponse],
     ) -> chat_pb2.LeaveRoomResponse:
         """ChatService.LeaveRoom."""
-        await service.leave_room(self._pool, user_id=current_principal().user_id, room_id=request.room_id)
+        await rooms.leave_room(self._pool, user_id=current_principal().user_id, room_id=request.room_id)
         return chat_pb2.LeaveRoomResponse()
 
     async def SendMessage(
@@ -171,10 +175,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             user_id=current_principal().user_id,
             request_id=request.request_id,
             room_id=request.room_id,
-            recipient_id=request.to_user_id,
+            to_user_id=request.to_user_id,
             currency=request.currency,
             amount=request.amount_minor,
-            note=request.memo,
+            memo=request.memo,
         )
         return chat_pb2.SendPaymentResponse(
             message=convert.message(result.message), transfer=_transfer(result)
@@ -191,10 +195,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             user_id=current_principal().user_id,
             request_id=request.request_id,
             room_id=request.room_id,
-            payer_id=request.from_user_id,
+            from_user_id=request.from_user_id,
             currency=request.currency,
             amount=request.amount_minor,
-            note=request.memo,
+            memo=request.memo,
             expire_at=from_timestamp(request.expire_time, request.HasField("expire_time")),
         )
         return chat_pb2.RequestPaymentResponse(message=convert.message(result.message))

@@ -16,19 +16,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from google.rpc import code_pb2
+import grpc
 
 from sendinchat.v1 import chat_pb2
-from server import status
+from server import boundary, status
 from server.chat import convert, messages
 from server.chat.hub import ChatHub, LiveMessage
-from server.chat.validation import parse_uuid
+from server.db import errors as db_errors
 from server.db.pool import Pool
-from server.errors import RateLimitedError, SendInChatError
+from server.errors import InvalidArgumentError, RateLimitedError, SendInChatError
+from server.validation import parse_uuid
 
 _REPLAY_PAGE = 100
 _EVERYTHING = 2**62
@@ -80,7 +82,7 @@ class ConnectSession:
     def drop_room(self, room_id: str) -> None:
         """The user left or was removed: nothing more of the room is sent, even if queued."""
         if self._subscriptions.pop(room_id, None) is not None:
-            self._put(_error(code_pb2.NOT_FOUND, "no longer a member of the room", room_id=room_id))
+            self._put(_error(grpc.StatusCode.NOT_FOUND, "no longer a member of the room", room_id=room_id))
 
     def _put(self, item: _Item) -> None:
         if self._overflowed.is_set():
@@ -137,50 +139,45 @@ class ConnectSession:
         await self._reader_done.wait()
         await self._queue.join()
 
-    async def _read(self, requests: AsyncIterator[chat_pb2.ConnectRequest]) -> None:
+    async def _read(self, requests: AsyncIterator[chat_pb2.ConnectRequest | boundary.Unparsable]) -> None:
         async for request in requests:
-            frame = request.WhichOneof("frame")
+            # Each frame gets its own answer; nothing one frame does ends the stream.
             try:
-                if frame == "subscribe":
-                    await self._subscribe(request.subscribe)
-                elif frame == "unsubscribe":
-                    room_id = parse_uuid(request.unsubscribe.room_id, "room_id")
-                    subscription = self._subscriptions.pop(room_id, None)
-                    if subscription is not None:
-                        self._hub.unsubscribe(subscription.room_id, self)
-                elif frame == "send":
-                    await self._send(request.send)
-                elif frame == "typing":
-                    await messages.announce_typing(
-                        self._pool, user_id=self._user_id, room_id=request.typing.room_id
-                    )
-                elif frame == "read":
-                    await messages.mark_read(
-                        self._pool,
-                        user_id=self._user_id,
-                        room_id=request.read.room_id,
-                        sequence=request.read.sequence,
-                    )
-                elif frame == "ping":
-                    self._put(chat_pb2.ConnectResponse(pong=chat_pb2.PongEvent(nonce=request.ping.nonce)))
-                else:
-                    self._put(_error(code_pb2.INVALID_ARGUMENT, "the frame is empty"))
-            except SendInChatError as exc:
-                self._put(
-                    _error(
-                        status.code_of(exc).value[0],
-                        exc.message,
-                        room_id=_room_of(request),
-                        client_message_id=request.send.client_message_id if frame == "send" else "",
-                    )
-                )
+                if isinstance(request, boundary.Unparsable):
+                    raise request.error()
+                boundary.check(request)
+                await self._handle(request)
+            except Exception as exc:
+                self._put(_frame_error(exc, request))
+
+    async def _handle(self, request: chat_pb2.ConnectRequest) -> None:
+        frame = request.WhichOneof("frame")
+        if frame == "subscribe":
+            await self._subscribe(request.subscribe)
+        elif frame == "unsubscribe":
+            room_id = parse_uuid(request.unsubscribe.room_id, "room_id")
+            subscription = self._subscriptions.pop(room_id, None)
+            if subscription is not None:
+                self._hub.unsubscribe(subscription.room_id, self)
+        elif frame == "send":
+            await self._send(request.send)
+        elif frame == "typing":
+            await messages.announce_typing(self._pool, user_id=self._user_id, room_id=request.typing.room_id)
+        elif frame == "read":
+            await messages.mark_read(
+                self._pool,
+                user_id=self._user_id,
+                room_id=request.read.room_id,
+                sequence=request.read.sequence,
+            )
+        elif frame == "ping":
+            self._put(chat_pb2.ConnectResponse(pong=chat_pb2.PongEvent(nonce=request.ping.nonce)))
+        else:
+            raise InvalidArgumentError.field("frame", "the frame is empty")
 
     async def _subscribe(self, frame: chat_pb2.SubscribeFrame) -> None:
         if frame.after_sequence < -1:
-            self._put(
-                _error(code_pb2.INVALID_ARGUMENT, "after_sequence must be -1 or more", room_id=frame.room_id)
-            )
-            return
+            raise InvalidArgumentError.field("after_sequence", "must be -1 or more")
         room_id = parse_uuid(frame.room_id, "room_id")
         # Register before checking membership: a removal that commits after the check then
         # reaches this subscription through the hub, and one that committed before fails the check.
@@ -265,21 +262,41 @@ class ConnectSession:
                 return
 
 
-def _room_of(request: chat_pb2.ConnectRequest) -> str:
+def _frame_error(
+    exc: Exception, request: chat_pb2.ConnectRequest | boundary.Unparsable
+) -> chat_pb2.ConnectResponse:
+    """The ErrorEvent answering a frame that failed: as a unary RPC would answer it, per frame."""
+    error = db_errors.translate(exc)
+    if error is None:
+        correlation_id = uuid.uuid4().hex
+        log.exception("unexpected error handling a Connect frame (correlation id %s)", correlation_id)
+        return _error(
+            grpc.StatusCode.INTERNAL, f"internal error (correlation id {correlation_id})", **_about(request)
+        )
+    return _error(
+        status.code_of(error), error.message, reason=getattr(error, "reason", ""), **_about(request)
+    )
+
+
+def _about(request: chat_pb2.ConnectRequest | boundary.Unparsable) -> dict[str, str]:
+    """The room and client message id a frame names, echoed in its ErrorEvent."""
+    if isinstance(request, boundary.Unparsable):
+        return {}
     frame = request.WhichOneof("frame")
     if frame is None or frame == "ping":
-        return ""
-    room_id: str = getattr(request, frame).room_id
-    return room_id
+        return {}
+    body = getattr(request, frame)
+    return {"room_id": body.room_id, "client_message_id": body.client_message_id if frame == "send" else ""}
 
 
 def _error(
-    code: int, message: str, *, room_id: str = "", client_message_id: str = ""
+    code: grpc.StatusCode, message: str, *, room_id: str = "", client_message_id: str = "", reason: str = ""
 ) -> chat_pb2.ConnectResponse:
     error = chat_pb2.ErrorEvent(
-        code=chat_pb2.ErrorCode.ValueType(code),
+        code=chat_pb2.ErrorCode.ValueType(code.value[0]),
         message=message,
         room_id=room_id,
         client_message_id=client_message_id,
+        reason=reason,
     )
     return chat_pb2.ConnectResponse(error=error)

@@ -1,4 +1,17 @@
-"""Numbered SQL migrations, applied in order under a PostgreSQL advisory lock."""
+"""The schema: numbered migrations applied once, then every function definition re-applied.
+
+Migrations (server/db/migrations/NNNN_name.sql) hold tables, constraints and data; each is applied
+once, in order, and an applied file that was edited is refused (checksums). Functions
+(server/db/functions/*.sql, `CREATE OR REPLACE` only) are re-applied by every run, so a function is
+edited in place and its history is its file's. A function whose arguments or result change needs
+a migration that drops the old one first. A run is one transaction under a PostgreSQL advisory
+lock: replicas starting together are safe, and a run that fails changes nothing. A server older
+than the database (it lacks an applied migration) leaves the functions alone: it must not put
+back older definitions under a newer schema.
+
+The first release squashed six earlier migrations into 0001_baseline.sql; a database they built is
+recognized by their names and recorded as having the baseline.
+"""
 
 from __future__ import annotations
 
@@ -11,9 +24,19 @@ from pathlib import Path
 import asyncpg
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+FUNCTIONS_DIR = Path(__file__).parent / "functions"
 # Any constant works; it only has to be the same for every replica of this service.
 _ADVISORY_LOCK_KEY = 0x5E11D_C4A7
 _FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
+# What 0001_baseline.sql replaced: a database with exactly these applied has the baseline's schema.
+SQUASHED_INTO_BASELINE = (
+    "0001_users.sql",
+    "0002_ledger.sql",
+    "0003_chat.sql",
+    "0004_ended_sessions.sql",
+    "0005_room_list_snapshots.sql",
+    "0006_chat_presence.sql",
+)
 
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -23,6 +46,7 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 """
+_RECORD = "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)"
 
 log = logging.getLogger(__name__)
 
@@ -59,31 +83,56 @@ def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
     return migrations
 
 
+def load_functions(directory: Path = FUNCTIONS_DIR) -> list[tuple[str, str]]:
+    """(file name, SQL) of every function file, in name order."""
+    return [(path.name, path.read_text()) for path in sorted(directory.glob("*.sql"))]
+
+
 async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:
-    """Apply the pending migrations; return the names applied. Safe to run from many replicas at once."""
+    """Apply the pending migrations and re-apply the functions; return the migrations applied."""
     migrations = load_migrations() if migrations is None else migrations
     applied_now: list[str] = []
     await conn.execute("SELECT pg_advisory_lock($1)", _ADVISORY_LOCK_KEY)
     try:
-        await conn.execute(_CREATE_TABLE)
-        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
-        applied = {int(r["version"]): (str(r["name"]), str(r["checksum"])) for r in rows}
-        for migration in migrations:
-            if migration.version in applied:
-                name, checksum = applied[migration.version]
-                if checksum != migration.checksum:
-                    raise MigrationError(f"migration {name} was changed after it was applied")
-                continue
-            async with conn.transaction():
+        async with conn.transaction():
+            await conn.execute(_CREATE_TABLE)
+            applied = await _applied(conn, migrations)
+            for migration in migrations:
+                if migration.version in applied:
+                    name, checksum = applied[migration.version]
+                    if checksum != migration.checksum:
+                        raise MigrationError(f"migration {name} was changed after it was applied")
+                    continue
                 await conn.execute(migration.sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-                    migration.version,
-                    migration.name,
-                    migration.checksum,
+                await conn.execute(_RECORD, migration.version, migration.name, migration.checksum)
+                log.info("applied migration %s", migration.name)
+                applied_now.append(migration.name)
+            newer = sorted(set(applied) - {m.version for m in migrations})
+            if newer:
+                log.warning(
+                    "the database has migrations this server lacks (%s): functions left as they are", newer
                 )
-            log.info("applied migration %s", migration.name)
-            applied_now.append(migration.name)
+            else:
+                for name, sql in load_functions():
+                    await conn.execute(sql)
+                    log.debug("applied functions %s", name)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _ADVISORY_LOCK_KEY)
     return applied_now
+
+
+async def _applied(conn: asyncpg.Connection, migrations: list[Migration]) -> dict[int, tuple[str, str]]:
+    rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations ORDER BY version")
+    applied = {int(r["version"]): (str(r["name"]), str(r["checksum"])) for r in rows}
+    names = tuple(name for name, _ in applied.values())
+    if names[: len(SQUASHED_INTO_BASELINE)] == SQUASHED_INTO_BASELINE and migrations:
+        baseline = migrations[0]
+        await conn.execute("DELETE FROM schema_migrations WHERE version <= $1", len(SQUASHED_INTO_BASELINE))
+        await conn.execute(_RECORD, baseline.version, baseline.name, baseline.checksum)
+        log.info("database built by the pre-release migrations: recorded as %s", baseline.name)
+        return {baseline.version: (baseline.name, baseline.checksum)}
+    if any(name in SQUASHED_INTO_BASELINE for name in names):
+        raise MigrationError(
+            "the database was partly migrated by a pre-release build; finish with that build first"
+        )
+    return applied

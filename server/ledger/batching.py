@@ -2,16 +2,16 @@
 
 A batch leaves once as many requests wait as left in the previous one, or after a short linger,
 so a lone caller waits for nobody; requests that arrive while `max_in_flight` batches run wait for
-one to return. One batch in flight per process measured best (bench/README.md): a second one halves
-both batches, so the database and the server do more work per transfer; it lost even when it took
-only orders whose accounts the first did not lock.
+one to return (one batch in flight measured best: bench/README.md).
 One batch is one call of the PL/pgSQL function `ledger_create_transfers`: one round trip, one
 transaction, one row per request (by position).
 Plain immediate user-to-user transfers (the bulk of the traffic) go instead through the leaner
 `ledger_transfer_batch`, which creates every one that cannot fail in one statement; the rare rest
 (a retry, short funds, a recipient without an account...) then goes through `ledger_create_transfers`
-for its outcome, in a second round trip. If a statement itself fails, every request of that batch is
-retried alone, so an unexpected error reaches only the request that causes it.
+for its outcome, in a second round trip. If a statement fails because the database is unavailable,
+its connection is discarded and every request of the batch gets that error (UNAVAILABLE: retry with
+the same request_id); if it fails otherwise, every request is retried alone, so an unexpected error
+reaches only the request that causes it.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from datetime import datetime
 import asyncpg
 
 from server.config import Config
+from server.db import errors as db_errors
 from server.db.pool import Connection
 from server.ledger.models import Transfer
 
@@ -31,8 +32,8 @@ log = logging.getLogger(__name__)
 
 _CREATE_TRANSFERS = """
 SELECT * FROM ledger_create_transfers(
-    $1::uuid[], $2::uuid[], $3::text[], $4::boolean[], $5::uuid[], $6::uuid[], $7::text[], $8::text[],
-    $9::bigint[], $10::text[], $11::timestamptz[])
+    $1::uuid[], $2::uuid[], $3::text[], $4::boolean[], $5::uuid[], $6::text[], $7::uuid[], $8::text[],
+    $9::text[], $10::bigint[], $11::text[], $12::timestamptz[])
 """
 _TRANSFER_BATCH = """
 SELECT * FROM ledger_transfer_batch($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[], $6::text[])
@@ -54,6 +55,7 @@ class TransferOrder:
     amount: int
     memo: str
     expires_at: datetime | None = None
+    from_username: str | None = None
 
     @property
     def plain(self) -> bool:
@@ -93,9 +95,6 @@ class TransferBatcher:
         # At steady load that keeps batches as large as the load makes them (less database, server
         # and client work per transfer); a lone caller waits for nobody; when load falls, one batch
         # leaves on the timer and sets the smaller size, so a request waits at most one linger.
-        # Measured (bench/README.md): waiting for one fewer let batches shrink by one a round (5 %
-        # fewer transfers/s at 4 and 16 callers); a 5 ms linger beat 1.5 ms by 10-16 % at 16 and
-        # 64 callers, level at 1 and 2, 7 % behind at 4 (SENDINCHAT_TRANSFER_BATCH_LINGER_MS).
         self._expected = 1
         self._linger: asyncio.TimerHandle | None = None
         self._linger_seconds = linger_seconds
@@ -146,10 +145,15 @@ class TransferBatcher:
                     await self._create(conn, live)
                 except Exception as exc:
                     failure = exc
+                    if db_errors.is_unavailable(exc):
+                        conn.terminate()  # whatever state it is in, the pool opens a fresh one
                 else:
                     in_flight = False
                     self._returned()
-            if failure is not None:
+            if failure is not None and db_errors.is_unavailable(failure):
+                for _, future in live:
+                    _settle_error(future, failure)
+            elif failure is not None:
                 await self._retry_alone(live, failure)  # on fresh connections, this one given back
         except Exception as exc:  # the pool gave no connection (or failed to take it back)
             log.warning("a batch of %d transfers: the pool failed (%r)", len(live), exc)
@@ -251,6 +255,7 @@ class TransferBatcher:
             [o.kind for o in orders],
             [o.two_phase for o in orders],
             [o.from_user_id for o in orders],
+            [o.from_username for o in orders],
             [o.to_user_id for o in orders],
             [o.to_username for o in orders],
             [o.currency for o in orders],

@@ -1,4 +1,4 @@
-"""The ledger's domain values: accounts, transfers, and how rows become them."""
+"""The ledger's domain values: accounts, transfers, the columns that select them, how rows bind to them."""
 
 from __future__ import annotations
 
@@ -9,6 +9,26 @@ from typing import Any
 import asyncpg
 
 from server.ledger.currencies import exponent
+
+# Every query that returns accounts selects these, from `accounts a`. What pending transfers
+# reserve and promise leaves out reservations past their expiry, before the sweeper records them so.
+ACCOUNT_COLUMNS = """
+a.id, a.user_id, a.currency, a.balance, a.created_at,
+a.pending_debit - coalesce((SELECT sum(t.amount) FROM transfers t WHERE t.from_account_id = a.id
+    AND t.state = 'pending' AND t.expires_at <= now()), 0)::bigint AS pending_debit,
+coalesce((SELECT sum(t.amount) FROM transfers t WHERE t.to_account_id = a.id
+    AND t.state = 'pending' AND (t.expires_at IS NULL OR t.expires_at > now())), 0)::bigint AS pending_credit
+"""
+# Every query that returns transfers selects these, from `transfers t` (chat's payment messages
+# too). A reservation past its expiry is shown as expired before the sweeper records it so.
+TRANSFER_COLUMNS = """
+t.id, t.request_id, t.kind,
+CASE WHEN t.state = 'pending' AND t.expires_at <= now() THEN 'expired' ELSE t.state END AS state,
+t.from_user_id, t.to_user_id, t.from_account_id, t.to_account_id, t.currency, t.amount,
+t.posted_amount, t.memo, t.created_at, t.expires_at,
+CASE WHEN t.state = 'pending' AND t.expires_at <= now() THEN t.expires_at ELSE t.resolved_at END
+    AS resolved_at
+"""
 
 
 def _text(value: Any) -> str | None:

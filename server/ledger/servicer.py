@@ -1,45 +1,30 @@
-"""LedgerService: transport for server/ledger/service.py (and the audit, and the watch hub)."""
+"""LedgerService: transport for the ledger's domain modules.
+
+ListCurrencies, OpenAccount, GetAccount, ListAccounts: server/ledger/accounts.py.
+CreateTransfer, CreatePendingTransfer, PostPendingTransfer, VoidPendingTransfer, GetTransfer,
+ListTransfers: server/ledger/transfers.py (creations through the TransferBatcher).
+WatchTransfers: server/ledger/watch.py. Deposit, Withdraw, AuditLedger: server/ledger/admin.py.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
 
 import grpc
-from google.protobuf import timestamp_pb2
 
 from sendinchat.v1 import ledger_pb2, ledger_pb2_grpc
 from server.auth.principal import current_principal
-from server.db.pool import DATABASE_ERRORS, Pool
-from server.health import HealthState
-from server.ledger import service
-from server.ledger.audit import AuditReport, audit_ledger
+from server.db.pool import Pool
+from server.ledger import accounts, admin, transfers
+from server.ledger.audit import AuditReport
 from server.ledger.batching import TransferBatcher
 from server.ledger.currencies import EXPONENTS
-from server.ledger.models import Account, Transfer
-from server.ledger.pagination import EventKey
-from server.ledger.watch import WatchHub
-from server.protoconv import from_timestamp, timestamp
+from server.ledger.models import Account
+from server.ledger.watch import EventKey, WatchHub
+from server.protoconv import from_timestamp, timestamp, transfer_proto
 
-log = logging.getLogger(__name__)
-
-EXPIRY_SWEEP_SECONDS = 1.0
-
-_KINDS = {
-    "transfer": ledger_pb2.TRANSFER_KIND_TRANSFER,
-    "deposit": ledger_pb2.TRANSFER_KIND_DEPOSIT,
-    "withdrawal": ledger_pb2.TRANSFER_KIND_WITHDRAWAL,
-}
-_STATES = {
-    "pending": ledger_pb2.TRANSFER_STATE_PENDING,
-    "posted": ledger_pb2.TRANSFER_STATE_POSTED,
-    "voided": ledger_pb2.TRANSFER_STATE_VOIDED,
-    "expired": ledger_pb2.TRANSFER_STATE_EXPIRED,
-}
-_DIRECTIONS: dict[int, service.Direction] = {
+_DIRECTIONS: dict[int, transfers.Direction] = {
     ledger_pb2.TRANSFER_DIRECTION_UNSPECIFIED: "all",
     ledger_pb2.TRANSFER_DIRECTION_ALL: "all",
     ledger_pb2.TRANSFER_DIRECTION_SENT: "sent",
@@ -58,39 +43,6 @@ def _account(account: Account) -> ledger_pb2.Account:
         pending_credit_minor=account.pending_credit,
         available_minor=account.available,
         create_time=timestamp(account.created_at),
-    )
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def _stamp(value: datetime | None) -> timestamp_pb2.Timestamp | None:
-    # Timestamp.FromDatetime costs several times this on the CreateTransfer hot path.
-    if value is None:
-        return None
-    micros = (value - _EPOCH) // _MICROSECOND
-    return timestamp_pb2.Timestamp(seconds=micros // 1_000_000, nanos=micros % 1_000_000 * 1000)
-
-
-def transfer_proto(transfer: Transfer) -> ledger_pb2.Transfer:
-    """The wire form of a ledger Transfer (also used by chat for payment messages)."""
-    return ledger_pb2.Transfer(
-        id=transfer.id,
-        request_id=transfer.request_id,
-        kind=_KINDS[transfer.kind],
-        state=_STATES[transfer.state],
-        from_user_id=transfer.from_user_id or "",
-        to_user_id=transfer.to_user_id or "",
-        currency=transfer.currency,
-        amount_minor=transfer.amount,
-        posted_amount_minor=transfer.posted_amount,
-        memo=transfer.memo,
-        create_time=_stamp(transfer.created_at),
-        expire_time=_stamp(transfer.expires_at) if transfer.state == "pending" else None,
-        resolve_time=_stamp(transfer.resolved_at),
-        from_account_id=transfer.from_account_id if transfer.from_user_id else "",
-        to_account_id=transfer.to_account_id if transfer.to_user_id else "",
     )
 
 
@@ -123,51 +75,10 @@ def _oneof(request: object, group: str, first: str, second: str) -> tuple[str | 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     """Accounts, transfers, two-phase holds, the live feed, minting and the audit."""
 
-    def __init__(self, pool: Pool, batcher: TransferBatcher) -> None:
+    def __init__(self, pool: Pool, batcher: TransferBatcher, watch_hub: WatchHub) -> None:
         self._pool = pool
         self._batcher = batcher
-        self._hub = WatchHub(pool)
-        self._audited = False
-
-    async def audit_into(self, health: HealthState) -> None:
-        """Audit the ledger and close the `ledger_audit` health gate if it is broken.
-
-        When the database cannot be reached the audit is left for run_background to retry (the
-        database gate already reports NOT_SERVING meanwhile).
-        """
-        try:
-            report = await audit_ledger(self._pool)
-        except DATABASE_ERRORS:
-            log.warning("ledger audit could not run; will retry", exc_info=True)
-            return
-        self._audited = True
-        for violation in report.violations:
-            log.error(
-                "ledger audit: %s %s %s %s",
-                violation.kind,
-                violation.currency,
-                violation.account_id,
-                violation.detail,
-            )
-        health.set_gate("ledger_audit", report.ok)
-        await health.publish()
-
-    async def run_background(self, health: HealthState) -> None:
-        """The watch hub, the expiry sweeper and (if the start-up one could not run) the audit."""
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._hub.run())
-            group.create_task(self._sweep_expired(health))
-
-    async def _sweep_expired(self, health: HealthState) -> None:
-        while True:
-            await asyncio.sleep(EXPIRY_SWEEP_SECONDS)
-            if not self._audited:
-                with contextlib.suppress(Exception):  # audit_into logs; retried next round
-                    await self.audit_into(health)
-            try:
-                await service.expire_due(self._pool)
-            except Exception:  # keep sweeping; the next round retries
-                log.warning("expiring pending transfers failed; will retry", exc_info=True)
+        self._hub = watch_hub
 
     async def ListCurrencies(
         self,
@@ -190,7 +101,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.OpenAccountRequest, ledger_pb2.OpenAccountResponse],
     ) -> ledger_pb2.OpenAccountResponse:
         """LedgerService.OpenAccount."""
-        account = await service.open_account(
+        account = await accounts.open_account(
             self._pool, principal=current_principal(), currency=request.currency
         )
         return ledger_pb2.OpenAccountResponse(account=_account(account))
@@ -202,7 +113,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.GetAccountResponse:
         """LedgerService.GetAccount."""
         account_id, currency = _oneof(request, "key", "account_id", "currency")
-        account = await service.get_account(
+        account = await accounts.get_account(
             self._pool, principal=current_principal(), account_id=account_id, currency=currency
         )
         return ledger_pb2.GetAccountResponse(account=_account(account))
@@ -213,15 +124,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.ListAccountsRequest, ledger_pb2.ListAccountsResponse],
     ) -> ledger_pb2.ListAccountsResponse:
         """LedgerService.ListAccounts."""
-        accounts, token = await service.list_accounts(
+        page, token = await accounts.list_accounts(
             self._pool,
             principal=current_principal(),
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        return ledger_pb2.ListAccountsResponse(
-            accounts=[_account(a) for a in accounts], next_page_token=token
-        )
+        return ledger_pb2.ListAccountsResponse(accounts=[_account(a) for a in page], next_page_token=token)
 
     async def CreateTransfer(
         self,
@@ -232,7 +141,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.CreateTransferResponse:
         """LedgerService.CreateTransfer."""
         to_user_id, to_username = _oneof(request, "recipient", "to_user_id", "to_username")
-        transfer = await service.create_transfer(
+        transfer = await transfers.create_transfer(
             self._batcher,
             principal=current_principal(),
             request_id=request.request_id,
@@ -253,7 +162,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.CreatePendingTransferResponse:
         """LedgerService.CreatePendingTransfer."""
         to_user_id, to_username = _oneof(request, "recipient", "to_user_id", "to_username")
-        transfer = await service.create_transfer(
+        transfer = await transfers.create_transfer(
             self._batcher,
             principal=current_principal(),
             request_id=request.request_id,
@@ -275,7 +184,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         ],
     ) -> ledger_pb2.PostPendingTransferResponse:
         """LedgerService.PostPendingTransfer."""
-        transfer = await service.post_pending_transfer(
+        transfer = await transfers.post_pending_transfer(
             self._pool,
             principal=current_principal(),
             request_id=request.request_id,
@@ -292,7 +201,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         ],
     ) -> ledger_pb2.VoidPendingTransferResponse:
         """LedgerService.VoidPendingTransfer."""
-        transfer = await service.void_pending_transfer(
+        transfer = await transfers.void_pending_transfer(
             self._pool,
             principal=current_principal(),
             request_id=request.request_id,
@@ -306,7 +215,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.GetTransferRequest, ledger_pb2.GetTransferResponse],
     ) -> ledger_pb2.GetTransferResponse:
         """LedgerService.GetTransfer."""
-        transfer = await service.get_transfer(
+        transfer = await transfers.get_transfer(
             self._pool, principal=current_principal(), transfer_id=request.transfer_id
         )
         return ledger_pb2.GetTransferResponse(transfer=transfer_proto(transfer))
@@ -317,16 +226,16 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.ListTransfersRequest, ledger_pb2.ListTransfersResponse],
     ) -> ledger_pb2.ListTransfersResponse:
         """LedgerService.ListTransfers."""
-        transfers, token = await service.list_transfers(
+        page, token = await transfers.list_transfers(
             self._pool,
             principal=current_principal(),
             page_size=request.page_size,
             page_token=request.page_token,
-            direction=_DIRECTIONS.get(request.direction, "all"),
+            direction=_DIRECTIONS[request.direction],
             currency=request.currency,
         )
         return ledger_pb2.ListTransfersResponse(
-            transfers=[transfer_proto(t) for t in transfers], next_page_token=token
+            transfers=[transfer_proto(t) for t in page], next_page_token=token
         )
 
     async def WatchTransfers(
@@ -360,7 +269,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.DepositResponse:
         """LedgerService.Deposit."""
         to_user_id, to_username = _oneof(request, "recipient", "to_user_id", "to_username")
-        transfer = await service.deposit(
+        transfer = await admin.deposit(
             self._batcher,
             principal=current_principal(),
             request_id=request.request_id,
@@ -379,8 +288,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> ledger_pb2.WithdrawResponse:
         """LedgerService.Withdraw."""
         from_user_id, from_username = _oneof(request, "source", "from_user_id", "from_username")
-        transfer = await service.withdraw(
-            self._pool,
+        transfer = await admin.withdraw(
             self._batcher,
             principal=current_principal(),
             request_id=request.request_id,
@@ -398,4 +306,4 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.AuditLedgerRequest, ledger_pb2.AuditLedgerResponse],
     ) -> ledger_pb2.AuditLedgerResponse:
         """LedgerService.AuditLedger."""
-        return _audit(await service.audit(self._pool, principal=current_principal()))
+        return _audit(await admin.audit(self._pool, principal=current_principal()))

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from server import pagetokens
+from server.db.listener import Listener
 from server.ledger.models import Transfer
-from server.ledger.pagination import EventKey
 
 log = logging.getLogger(__name__)
 
 CHANNEL = "ledger_events"
+APPLICATION_NAME = "sendinchat-ledger-watch"  # how the listener's connection shows in pg_stat_activity
 POLL_SECONDS = 1.0  # also read without a notification, in case one was missed
 BUFFER = 1024
 _PAGE = 500
@@ -49,6 +51,24 @@ ORDER BY e.xid, e.seq LIMIT $4
 """
 
 
+@dataclass(frozen=True, order=True, slots=True)
+class EventKey:
+    """A position in the ledger event log: (transaction id, sequence), totally ordered."""
+
+    xid: int
+    seq: int
+
+    def encode(self) -> str:
+        """The opaque cursor handed to WatchTransfers clients."""
+        return pagetokens.WATCH.encode(self.xid, self.seq)
+
+    @classmethod
+    def decode(cls, cursor: str) -> EventKey:
+        """Parse a cursor, or InvalidArgumentError on field `cursor`."""
+        xid, seq = pagetokens.WATCH.decode(cursor, "cursor")
+        return cls(xid, seq)
+
+
 @dataclass(frozen=True, slots=True)
 class TransferEvent:
     """A transfer as it was right after one state change, and where that change sits in the log."""
@@ -70,7 +90,7 @@ class _Snapshot:
     running: frozenset[int]
 
     @classmethod
-    def parse(cls, text: str) -> _Snapshot:
+    def parse(cls, text: str) -> _Snapshot:  # PostgreSQL's own pg_snapshot text
         xmin, xmax, running = text.split(":")
         return cls(int(xmin), int(xmax), frozenset(int(x) for x in running.split(",") if x))
 
@@ -99,8 +119,9 @@ class _Watcher:
 class WatchHub:
     """The process's one LISTEN connection (held only while someone watches) and its fan-out."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
         self._pool = pool
+        self._dsn = dsn
         self._watchers: dict[str, set[_Watcher]] = defaultdict(set)
         self._count = 0
         self._wanted = asyncio.Event()
@@ -112,40 +133,47 @@ class WatchHub:
         """Serve watchers until cancelled (the server runs this as a background task)."""
         while True:
             await self._wanted.wait()
+            listener = Listener(
+                self._dsn,
+                CHANNEL,
+                self._notified,
+                on_connect=self._wake.set,
+                application_name=APPLICATION_NAME,
+            )
+            listening = asyncio.create_task(listener.run())
             try:
-                await self._listen()
-            except Exception:  # the listener must outlive any one failure; watchers resume from the log
-                log.warning("ledger event listener failed; retrying", exc_info=True)
+                await self._fan_out(listener)
+            except Exception:  # the hub must outlive any one failure; watchers resume from the log
+                log.warning("ledger event fan-out failed; retrying", exc_info=True)
                 await asyncio.sleep(1.0)
+            finally:
+                self._ready.clear()
+                listening.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listening
             if self._count == 0:
                 self._wanted.clear()
                 self._cursor = None
 
-    async def _listen(self) -> None:
-        async with self._pool.acquire() as conn:
-            # A pooled connection must not keep session state: UNLISTEN before it goes back.
-            await conn.add_listener(CHANNEL, self._notified)
-            try:
-                if self._cursor is None:
-                    self._cursor = EventKey(int(await conn.fetchval(_HORIZON)), 0)
-                self._ready.set()
-                while self._count > 0:
-                    self._wake.clear()
-                    await self._drain(conn)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(POLL_SECONDS):
-                            await self._wake.wait()
-            finally:
-                self._ready.clear()
-                await conn.remove_listener(CHANNEL, self._notified)
+    async def _fan_out(self, listener: Listener) -> None:
+        await listener.listening.wait()
+        if self._cursor is None:
+            self._cursor = EventKey(int(await self._pool.fetchval(_HORIZON)), 0)
+        self._ready.set()
+        while self._count > 0:
+            self._wake.clear()
+            await self._drain()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(POLL_SECONDS):
+                    await self._wake.wait()
 
-    def _notified(self, *_: object) -> None:
+    def _notified(self, _payload: str) -> None:
         self._wake.set()
 
-    async def _drain(self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record]) -> None:
+    async def _drain(self) -> None:
         assert self._cursor is not None
         while True:
-            rows = await conn.fetch(_EVENTS, self._cursor.xid, self._cursor.seq, _PAGE)
+            rows = await self._pool.fetch(_EVENTS, self._cursor.xid, self._cursor.seq, _PAGE)
             for row in rows:
                 event = _event(row)
                 self._cursor = event.key

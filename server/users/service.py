@@ -21,7 +21,8 @@ from server.errors import (
     UnauthenticatedError,
 )
 from server.users import throttle
-from server.users.validation import check_password, normalize_display_name, normalize_username, parse_uuid
+from server.users.validation import check_password, normalize_display_name, normalize_username
+from server.validation import parse_uuid
 
 _USER_COLUMNS = "id::text, username, display_name, role, created_at"
 _INSERT_USER = f"""
@@ -155,7 +156,7 @@ async def login(
     """Check credentials and open a session.
 
     Raises:
-        InvalidArgumentError: username or password is empty.
+        InvalidArgumentError: username or password is empty, or the username breaks the username rule.
         RateLimitedError: too many attempts for this username or from this peer.
         UnauthenticatedError: unknown user or wrong password (indistinguishable, also in time).
     """
@@ -163,7 +164,7 @@ async def login(
         raise InvalidArgumentError(
             {"username": "required"} if not username.strip() else {"password": "required"}
         )
-    name = username.strip().lower()
+    name = normalize_username(username)  # no such user can exist under a name that breaks the rule
     async with pool.acquire() as conn:
         await throttle.count_login_attempt(conn, deps.login_limits, username=name, peer_host=peer_host)
         row = await conn.fetchrow(_CREDENTIALS_BY_NAME, name)
@@ -176,7 +177,7 @@ async def login(
         tokens = await _issue_pair(
             conn, deps.tokens, user_id=user.id, role=user.role, session_id=session_id, new=True
         )
-        await throttle.forget_username_attempts(conn, username=name)
+        await throttle.forget_username_attempts(conn, username=name, peer_host=peer_host)
     return tokens, user
 
 

@@ -1,4 +1,11 @@
-"""Login throttling: fixed-window attempt counters in PostgreSQL, shared by every replica."""
+"""Login throttling: fixed-window attempt counters in PostgreSQL, shared by every replica.
+
+Three counters, so that a guesser cannot lock the owner out (OWASP's authentication guidance):
+attempts at one username from one peer (tight: a guesser at one address is stopped, the owner
+elsewhere is not), attempts from one peer at any username (against spraying many names), and a much
+looser ceiling on one username from everywhere (against guessing spread over many addresses, which
+does make the owner wait too). A successful login clears its username-and-peer counter only.
+"""
 
 from __future__ import annotations
 
@@ -23,26 +30,32 @@ _FORGET = "DELETE FROM login_attempts WHERE key = $1"
 
 @dataclass(frozen=True)
 class LoginLimits:
-    """How many login attempts a username and a peer get per window."""
+    """How many login attempts a username from one peer, a peer, and a username get per window."""
 
-    per_username: int
+    per_username_and_peer: int
     per_peer: int
+    per_username: int
     window_seconds: int
 
+    def limit_of(self, key: str) -> int:
+        """The limit of a counter key."""
+        if key.startswith("pair:"):
+            return self.per_username_and_peer
+        return self.per_peer if key.startswith("peer:") else self.per_username
 
-def _keys(username: str, peer_host: str) -> tuple[str, str]:
-    return f"user:{username}", f"peer:{peer_host}"
+
+def _pair_key(username: str, peer_host: str) -> str:
+    return f"pair:{peer_host}|{username}"
 
 
 async def count_login_attempt(
     conn: Connection, limits: LoginLimits, *, username: str, peer_host: str
 ) -> None:
-    """Count one attempt for the username and the peer; RateLimitedError when either is over its limit."""
-    user_key, peer_key = _keys(username, peer_host)
-    rows = await conn.fetch(_COUNT_ATTEMPT, [user_key, peer_key], limits.window_seconds)
+    """Count one attempt on all three counters; RateLimitedError when any is over its limit."""
+    keys = [_pair_key(username, peer_host), f"peer:{peer_host}", f"user:{username}"]
+    rows = await conn.fetch(_COUNT_ATTEMPT, keys, limits.window_seconds)
     for row in rows:
-        limit = limits.per_username if row["key"] == user_key else limits.per_peer
-        if int(row["attempts"]) > limit:
+        if int(row["attempts"]) > limits.limit_of(str(row["key"])):
             raise RateLimitedError(
                 "too many login attempts; retry later",
                 retry_after_seconds=max(1.0, float(row["retry_after"])),
@@ -59,9 +72,9 @@ async def count_registration(conn: Connection, limits: LoginLimits, *, peer_host
         )
 
 
-async def forget_username_attempts(conn: Connection, *, username: str) -> None:
-    """After a successful login the username's counter starts over."""
-    await conn.execute(_FORGET, f"user:{username}")
+async def forget_username_attempts(conn: Connection, *, username: str, peer_host: str) -> None:
+    """After a successful login the username's counter at that peer starts over."""
+    await conn.execute(_FORGET, _pair_key(username, peer_host))
 
 
 def peer_host(peer: str) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-import uuid
 
 from server.auth.passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES
 from server.errors import InvalidArgumentError
@@ -30,8 +29,6 @@ def check_password(password: str, field: str = "password") -> None:
         raise InvalidArgumentError.field(
             field, f"must be at most {MAX_PASSWORD_BYTES} bytes (bcrypt's limit)"
         )
-    if "\x00" in password:
-        raise InvalidArgumentError.field(field, "must not contain NUL characters")
 
 
 def normalize_display_name(raw: str) -> str:
@@ -42,11 +39,3 @@ def normalize_display_name(raw: str) -> str:
     if any(unicodedata.category(ch).startswith("C") for ch in name):
         raise InvalidArgumentError.field("display_name", "must not contain control characters")
     return name
-
-
-def parse_uuid(raw: str, field: str) -> str:
-    """The canonical form of a UUID string, or InvalidArgumentError naming the field."""
-    try:
-        return str(uuid.UUID(raw))
-    except ValueError:
-        raise InvalidArgumentError.field(field, "must be a UUID") from None

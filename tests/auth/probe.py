@@ -12,8 +12,9 @@ from server.app import token_codec
 from server.auth.principal import Role
 from server.auth.sessions import EndedSessions
 from server.auth.tokens import TokenCodec
-from server.interceptor import RpcInterceptor, StreamLifetimes
+from server.interceptor import RpcInterceptor
 from server.observability import Metrics, RpcObserver
+from server.streams import StreamLifetimes
 from tests.harness import TEST_CONFIG, TEST_JWT_SECRET
 
 COLLECT = "/test.Probe/Collect"

@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from sendinchat.v1 import ledger_pb2
-from server.ledger.pagination import EventKey
+from server.ledger.watch import EventKey
 from tests.helpers import Account, field_violations, request_id, signed_up
 from tests.ledger.support import transfer_request
 

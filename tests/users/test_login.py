@@ -10,6 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from sendinchat.v1 import users_pb2
+from tests.harness import Stubs
 from tests.helpers import PASSWORD, field_violations, random_name, retry_delay_seconds, signed_up
 
 WRONG = "not-the-password"
@@ -64,18 +65,26 @@ class TestLogin:
 
     @pytest.mark.parametrize(
         ("username", "password", "field"),
-        [("", PASSWORD, "username"), ("   ", PASSWORD, "username"), ("someone", "", "password")],
+        [
+            ("", PASSWORD, "username"),
+            ("   ", PASSWORD, "username"),
+            ("someone", "", "password"),
+            ("a" * 4000, PASSWORD, "username"),  # once failed inside the throttle's primary key
+            ("a\u0000", PASSWORD, "username"),  # once reached PostgreSQL, which refuses NUL
+        ],
     )
-    async def test_is_invalid_argument_when_a_field_is_empty(self, stubs, username, password, field):
+    async def test_is_invalid_argument_when_a_field_is_empty_or_malformed(
+        self, stubs, username, password, field
+    ):
         error = await _login_error(stubs, username, password)
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in field_violations(error)
 
 
 class TestLoginThrottling:
-    async def test_is_resource_exhausted_with_retry_info_when_username_limit_is_hit(self, servers):
-        server = await servers.start(login_attempts_per_username=3)
-        account = await signed_up(server.stubs)  # a successful login resets the username's counter
+    async def test_is_resource_exhausted_with_retry_info_when_username_and_peer_limit_is_hit(self, servers):
+        server = await servers.start(login_attempts_per_username_and_peer=3)
+        account = await signed_up(server.stubs)  # a successful login resets its username-and-peer counter
         for _ in range(3):
             error = await _login_error(server.stubs, account.username, WRONG)
             assert error.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -83,8 +92,31 @@ class TestLoginThrottling:
         assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert retry_delay_seconds(refused) > 0
 
-    async def test_other_username_from_same_peer_logs_in_when_only_username_limit_is_hit(self, servers):
-        server = await servers.start(login_attempts_per_username=3)
+    async def test_the_owner_logs_in_from_another_peer_when_one_peer_hammers_the_username(self, servers):
+        server = await servers.start(address="[::]:0", login_attempts_per_username_and_peer=3)
+        owner = await signed_up(server.stubs)
+        for _ in range(10):  # the attacker, over IPv4
+            await _login_error(server.stubs, owner.username, WRONG)
+        assert (await _login_error(server.stubs, owner.username, PASSWORD)).code() == (
+            grpc.StatusCode.RESOURCE_EXHAUSTED
+        )
+        async with grpc.aio.insecure_channel(f"[::1]:{server.running.port}") as elsewhere:  # the owner, IPv6
+            reply = await _login(Stubs(elsewhere), owner.username, PASSWORD)
+        assert reply.user.id == owner.id
+
+    async def test_is_resource_exhausted_from_every_peer_when_the_username_ceiling_is_hit(self, servers):
+        server = await servers.start(address="[::]:0", login_attempts_per_username=4)
+        owner = await signed_up(server.stubs)  # one attempt
+        for _ in range(3):
+            await _login_error(server.stubs, owner.username, WRONG)
+        async with grpc.aio.insecure_channel(f"[::1]:{server.running.port}") as elsewhere:
+            refused = await _login_error(Stubs(elsewhere), owner.username, PASSWORD)
+        assert refused.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    async def test_other_username_from_same_peer_logs_in_when_only_username_and_peer_limit_is_hit(
+        self, servers
+    ):
+        server = await servers.start(login_attempts_per_username_and_peer=3)
         victim = await signed_up(server.stubs)
         other = await signed_up(server.stubs)
         for _ in range(4):

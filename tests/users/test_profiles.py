@@ -160,7 +160,7 @@ class TestChangePassword:
         assert "new_password" in field_violations(error)
 
     async def test_is_resource_exhausted_when_old_password_is_guessed_too_often(self, servers):
-        server = await servers.start(login_attempts_per_username=3)
+        server = await servers.start(login_attempts_per_username_and_peer=3)
         account = await signed_up(server.stubs)
         for _ in range(3):
             error = await _change_error(server.stubs, account, "wrong-old-password", NEW_PASSWORD)

@@ -1,29 +1,18 @@
--- Presence across server processes. Each process (replica) keeps a row per (room, user) that has
--- a live stream there; a user is present in a room while any replica has that row. A change is
--- announced (NOTIFY 'p|room|user|1' or '…|0') only when it flips the user's presence across all
--- replicas. Replicas register and heartbeat in chat_replicas; the rows of one silent for too long
--- (a crash, a lost database connection) are taken away, announcing who went offline with it. Each
--- replica also reconciles its rows with its streams at every heartbeat, so a lost write, a reap of
--- a replica that was only cut off, or the unlogged tables emptied by a crash all heal by themselves.
+-- Presence across server processes (tables chat_replicas and chat_presence). Each process
+-- (replica) keeps a row per (room, user) that has a live stream there; a user is present in a
+-- room while any replica has that row. A change is announced (chat_notify_presence) only when it
+-- flips the user's presence across all replicas. Replicas register and heartbeat in
+-- chat_replicas; the rows of one silent for too long (a crash, a lost database connection) are
+-- taken away, announcing who went offline with it. Each replica also reconciles its rows with its
+-- streams at every heartbeat (server/chat/presence.py), so a lost write, a reap of a replica that
+-- was only cut off, or the unlogged tables emptied by a crash all heal by themselves.
 -- Functions that take several (room, user) locks take them in (room, user) order, in batches
 -- (each lock holds a slot of the shared lock table until commit), and wait at most 2 s for one.
-CREATE UNLOGGED TABLE chat_replicas (
-    replica uuid PRIMARY KEY,
-    seen_at timestamptz NOT NULL
-);
-
-CREATE UNLOGGED TABLE chat_presence (
-    room_id uuid NOT NULL,
-    user_id uuid NOT NULL,
-    replica uuid NOT NULL,
-    PRIMARY KEY (room_id, user_id, replica)
-);
-CREATE INDEX chat_presence_replica_idx ON chat_presence (replica);
 
 -- One replica's users entered (p_online) or all left a room; announces only a change of presence.
 -- The (room, user) lock makes concurrent calls from several replicas agree on who flips it. With
 -- p_if_silent_for (reaping), the row goes only if its replica is still silent once the lock is held.
-CREATE FUNCTION chat_presence_set(
+CREATE OR REPLACE FUNCTION chat_presence_set(
     p_room uuid, p_user uuid, p_replica uuid, p_online boolean, p_if_silent_for interval DEFAULT NULL
 ) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -42,14 +31,13 @@ BEGIN
     IF FOUND AND NOT EXISTS (
         SELECT 1 FROM chat_presence WHERE room_id = p_room AND user_id = p_user AND replica <> p_replica
     ) THEN
-        PERFORM pg_notify('chat_events',
-                          'p|' || p_room || '|' || p_user || '|' || CASE WHEN p_online THEN '1' ELSE '0' END);
+        PERFORM chat_notify_presence(p_room, p_user, p_online);
     END IF;
 END $$;
 
 -- A replica is stopping: up to p_batch of its rows go (call again while it returns p_batch); the
 -- last call forgets the replica.
-CREATE FUNCTION chat_presence_leave_all(p_replica uuid, p_batch integer) RETURNS integer
+CREATE OR REPLACE FUNCTION chat_presence_leave_all(p_replica uuid, p_batch integer) RETURNS integer
 LANGUAGE plpgsql
 SET lock_timeout = '2s'
 AS $$
@@ -70,7 +58,7 @@ END $$;
 
 -- A replica says it is alive (its own short transaction: it takes no presence lock). True when it
 -- was unknown or silent for p_stale until now (its rows may have been taken away).
-CREATE FUNCTION chat_presence_register(p_replica uuid, p_stale interval) RETURNS boolean
+CREATE OR REPLACE FUNCTION chat_presence_register(p_replica uuid, p_stale interval) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     v_seen timestamptz;
@@ -83,7 +71,7 @@ END $$;
 
 -- Take away up to p_batch rows of replicas silent for p_stale (call again while it returns
 -- p_batch); one reaper at a time, the others skip. The last call forgets the silent replicas.
-CREATE FUNCTION chat_presence_reap(p_stale interval, p_batch integer) RETURNS integer
+CREATE OR REPLACE FUNCTION chat_presence_reap(p_stale interval, p_batch integer) RETURNS integer
 LANGUAGE plpgsql
 SET lock_timeout = '2s'
 AS $$

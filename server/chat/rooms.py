@@ -1,8 +1,8 @@
 """Chat rooms: creating them, what a member sees of them, and membership changes.
 
 A room the caller is not a member of does not exist for the caller (NotFoundError). Membership
-changes post SYSTEM messages to the room's log and announce removals (pg_notify) in the same
-transaction, so live streams drop a removed member's subscription at once.
+changes post SYSTEM messages to the room's log and announce removals (server/chat/events.py) in the
+same transaction, so live streams drop a removed member's subscription at once.
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ from datetime import datetime
 
 import asyncpg
 
-from server.chat import validation as check
+from server import pagetokens
+from server.chat import validation as rules
 from server.chat.messages import NOT_FOUND, Db, attach_transfers, membership
 from server.chat.models import (
     MESSAGE_COLUMNS,
@@ -24,6 +25,7 @@ from server.chat.models import (
 )
 from server.db.pool import Connection
 from server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError
+from server.validation import Fields, parse_uuid
 
 _ROOM_SELECT = f"""
 SELECT r.id::text AS room_key, r.kind AS room_kind, r.name AS room_name, r.created_at AS room_created_at,
@@ -100,7 +102,7 @@ ORDER BY x.n
 """
 _DELETE_MEMBER = """
 WITH gone AS (DELETE FROM room_members WHERE room_id = $1 AND user_id = $2 RETURNING role)
-SELECT role, pg_notify('chat_events', 'x|' || $1::text || '|' || $2::text) FROM gone
+SELECT role, chat_notify_removed($1, $2) FROM gone
 """
 _PROMOTE_OLDEST = """
 UPDATE room_members SET role = 'owner'
@@ -121,22 +123,23 @@ async def create_room(
         InvalidArgumentError: bad kind, name or member list.
         NotFoundError: a member does not exist.
     """
+    fields = Fields()
     if kind is None:
-        raise InvalidArgumentError.field("kind", "must be DIRECT or GROUP")
-    others = [m for m in check.user_ids(member_ids, "member_user_ids") if m != user_id]
+        fields.add("kind", "must be DIRECT or GROUP")
+    others = [m for m in rules.user_ids(fields, member_ids, "member_user_ids") if m != user_id]
+    if kind is RoomKind.GROUP:
+        name = rules.room_name(fields, name)
+    elif kind is RoomKind.DIRECT:
+        if name:
+            fields.add("name", "must be empty for a direct room")
+        if len(member_ids) != 1 or not others:
+            fields.add("member_user_ids", "a direct room needs exactly one other user")
+    fields.done()
     async with pool.acquire() as conn, conn.transaction():
         if kind is RoomKind.GROUP:
-            rows = await _insert_members(
-                conn, _INSERT_GROUP, check.room_name(name), user_id, [user_id, *others]
-            )
+            rows = await _insert_members(conn, _INSERT_GROUP, name, user_id, [user_id, *others])
             room_id, created = str(rows[0]["room_id"]), True
         else:
-            if name:
-                raise InvalidArgumentError.field("name", "must be empty for a direct room")
-            if len(member_ids) != 1 or not others:
-                raise InvalidArgumentError.field(
-                    "member_user_ids", "a direct room needs exactly one other user"
-                )
             room_id, created = await _direct_room(conn, user_id, others[0])
         return await _load_room(conn, user_id, room_id), created
 
@@ -167,7 +170,7 @@ async def get_room(conn: Db, *, user_id: str, room_id: str) -> Room:
         InvalidArgumentError: room_id is not a UUID.
         NotFoundError: no such room, or the caller is not a member.
     """
-    return await _load_room(conn, user_id, check.parse_uuid(room_id, "room_id"))
+    return await _load_room(conn, user_id, parse_uuid(room_id, "room_id"))
 
 
 async def _load_room(conn: Db, user_id: str, room_id: str) -> Room:
@@ -214,27 +217,19 @@ async def list_rooms(conn: Db, *, user_id: str, page_size: int, page_token: str)
     Raises:
         InvalidArgumentError: bad page size or token.
     """
-    size = check.page_size(page_size)
-    after_time: datetime | None = None
-    after_id: str | None = None
-    snapshot: str | None = None
+    fields = Fields()
+    size = fields.page_size(page_size)
+    after: tuple[datetime | None, str | None, str | None] = (None, None, None)
     if page_token:
-        payload = check.decode_token(page_token)
-        try:
-            after_time = check.token_time(str(payload["t"]))
-            after_id = check.parse_uuid(str(payload["i"]), "page_token")
-            # A token from before snapshots existed: this page is taken as of now, as it was then.
-            snapshot = check.token_snapshot(str(payload["x"])) if "x" in payload else None
-        except (KeyError, ValueError, OverflowError):
-            raise InvalidArgumentError.field("page_token", "malformed") from None
+        after = fields.check(lambda: pagetokens.ROOMS.decode(page_token), after)
+    fields.done()
+    after_time, after_id, snapshot = after
     rows = await conn.fetch(_ROOMS_PAGE, user_id, after_time, after_id, size + 1, snapshot)
     token = ""
     if len(rows) > size:
         rows = rows[:size]
         last = rows[-1]
-        token = check.encode_token(
-            {"t": last["room_activity"].isoformat(), "i": last["room_key"], "x": last["snapshot"]}
-        )
+        token = pagetokens.ROOMS.encode(last["room_activity"], last["room_key"], last["snapshot"])
     return RoomPage(tuple(await _rooms_with_members(conn, rows)), token)
 
 
@@ -245,10 +240,12 @@ async def add_members(pool: asyncpg.Pool, *, user_id: str, room_id: str, member_
         InvalidArgumentError: direct room, empty or malformed list.
         NotFoundError: the room (for the caller) or a user.
     """
-    room_id = check.parse_uuid(room_id, "room_id")
-    ids = check.user_ids(member_ids, "user_ids")
-    if not ids:
-        raise InvalidArgumentError.field("user_ids", "at least one user")
+    fields = Fields()
+    room_id = fields.uuid("room_id", room_id)
+    ids = rules.user_ids(fields, member_ids, "user_ids")
+    if not member_ids:
+        fields.add("user_ids", "at least one user")
+    fields.done()
     async with pool.acquire() as conn, conn.transaction():
         mine = await membership(conn, room_id, user_id, for_update=True)
         if mine["kind"] != RoomKind.GROUP:
@@ -269,8 +266,10 @@ async def remove_member(pool: asyncpg.Pool, *, user_id: str, room_id: str, membe
         PermissionDeniedError: the caller is not the owner.
         FailedPreconditionError: removing the owner (reason CANNOT_REMOVE_OWNER).
     """
-    room_id = check.parse_uuid(room_id, "room_id")
-    member_id = check.parse_uuid(member_id, "user_id")
+    fields = Fields()
+    room_id = fields.uuid("room_id", room_id)
+    member_id = fields.uuid("user_id", member_id)
+    fields.done()
     async with pool.acquire() as conn, conn.transaction():
         mine = await membership(conn, room_id, user_id, for_update=True)
         if mine["kind"] != RoomKind.GROUP:
@@ -294,7 +293,7 @@ async def leave_room(pool: asyncpg.Pool, *, user_id: str, room_id: str) -> None:
         InvalidArgumentError: malformed id or a direct room.
         NotFoundError: the room (for the caller).
     """
-    room_id = check.parse_uuid(room_id, "room_id")
+    room_id = parse_uuid(room_id, "room_id")
     async with pool.acquire() as conn, conn.transaction():
         mine = await membership(conn, room_id, user_id, for_update=True)
         if mine["kind"] != RoomKind.GROUP:
