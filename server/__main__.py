@@ -29,7 +29,7 @@ async def _migrate(config: Config) -> None:
 
     dsn, embedded = await open_database(config)
     try:
-        applied = await run_migrations(dsn)
+        applied = await run_migrations(dsn, wait_seconds=config.db_connect_timeout_seconds)
         print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     finally:
         if embedded is not None:
@@ -43,7 +43,7 @@ async def _create_admin(config: Config, username: str, password: str) -> None:
 
     dsn, embedded = await open_database(config)
     try:
-        await run_migrations(dsn)
+        await run_migrations(dsn, wait_seconds=config.db_connect_timeout_seconds)
         pool = await create_pool(dsn, size=1)
         try:
             admin = await ensure_admin(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -23,6 +24,7 @@ from server.auth.tokens import TokenCodec
 from server.chat.hub import ChatHub
 from server.chat.servicer import ChatServicer
 from server.config import MIN_JWT_SECRET_BYTES, Config, ConfigError
+from server.db import errors as db_errors
 from server.db.embedded import EmbeddedPostgres
 from server.db.migrate import migrate
 from server.db.pool import create_pool
@@ -49,6 +51,9 @@ SERVICE_NAMES = [
     chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name,
 ]
 _JWT_SECRET_FILE = "jwt_secret"
+_FIRST_RETRY_SECONDS = 0.5
+_MAX_RETRY_SECONDS = 5.0
+_CONNECT_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass
@@ -214,16 +219,40 @@ async def open_database(config: Config) -> tuple[str, EmbeddedPostgres | None]:
     return await embedded.ensure_database(), embedded
 
 
-async def run_migrations(dsn: str) -> list[str]:
-    """Apply pending migrations on a dedicated connection."""
-    try:
-        conn = await asyncpg.connect(dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise UnavailableError(f"cannot reach the database to migrate it: {exc}") from None
+async def run_migrations(dsn: str, *, wait_seconds: float = 0.0) -> list[str]:
+    """Apply pending migrations on a dedicated connection, waiting up to `wait_seconds` for the database."""
+    conn = await connect_patiently(dsn, wait_seconds=wait_seconds)
     try:
         return await migrate(conn)
     finally:
         await conn.close()
+
+
+async def connect_patiently(dsn: str, *, wait_seconds: float) -> asyncpg.Connection:
+    """A connection, retried with backoff (a log line per attempt) while the database is unreachable.
+
+    A replica started while PostgreSQL is down (or still starting, or failing over) comes up by
+    itself once it answers; after `wait_seconds` it gives up with UnavailableError.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait_seconds
+    delay = _FIRST_RETRY_SECONDS
+    for attempt in itertools.count(1):
+        try:
+            return await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT_SECONDS)
+        except Exception as exc:
+            if not db_errors.is_unavailable(exc) and not isinstance(exc, asyncpg.PostgresError):
+                raise
+            left = deadline - loop.time()
+            if left <= 0:
+                raise UnavailableError(
+                    f"cannot reach the database after {attempt} attempts in {wait_seconds:g} s "
+                    f"(last: {type(exc).__name__}: {exc})"
+                ) from None
+            log.warning("cannot reach the database (attempt %d: %s); retrying in %.1f s", attempt, exc, delay)
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, _MAX_RETRY_SECONDS)
+    raise AssertionError("unreachable")
 
 
 async def serve(config: Config) -> None:
@@ -242,7 +271,7 @@ async def _serve(config: Config) -> None:
         # After the embedded PostgreSQL has started (it keeps the default policy), before any gRPC thread.
         log.info("threads started from here on run under SCHED_BATCH")
     try:
-        await run_migrations(dsn)
+        await run_migrations(dsn, wait_seconds=config.db_connect_timeout_seconds)
         pool = await create_pool(dsn, size=config.db_pool_size)
         try:
             await _serve_with_pool(config, pool, jwt_secret, dsn)

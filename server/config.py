@@ -31,6 +31,7 @@ class Config:
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
     bcrypt_rounds: int = 12
     db_pool_size: int = 10
+    db_connect_timeout_seconds: float = 60.0
     metrics_address: str = "127.0.0.1:9464"
     shutdown_grace_seconds: float = 10.0
     login_attempts_per_username_and_peer: int = 10
@@ -73,6 +74,11 @@ class Config:
             ),
             bcrypt_rounds=reader.get("SENDINCHAT_BCRYPT_ROUNDS", cls.bcrypt_rounds, _int_between(4, 16)),
             db_pool_size=reader.get("SENDINCHAT_DB_POOL_SIZE", cls.db_pool_size, _int_between(1, 200)),
+            db_connect_timeout_seconds=reader.get(
+                "SENDINCHAT_DB_CONNECT_TIMEOUT_SECONDS",
+                cls.db_connect_timeout_seconds,
+                _float_between(0, 3600),
+            ),
             metrics_address=reader.get("SENDINCHAT_METRICS_ADDRESS", cls.metrics_address, _optional_address),
             shutdown_grace_seconds=reader.get(
                 "SENDINCHAT_SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, _float_between(0, 600)
