@@ -1,0 +1,1 @@
+"""Tests that drive the server from Node.js."""
