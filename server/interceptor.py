@@ -224,6 +224,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         started = time.perf_counter()
         principal: Principal | None = None
         code = grpc.StatusCode.OK
+        reason: str | None = None  # the ErrorInfo reason of a domain error, for the log line
         try:
             if not public:
                 principal = self._authenticate(context)
@@ -233,6 +234,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             return await call()
         except errors.SendInChatError as exc:
             code = status.code_of(exc)
+            reason = getattr(exc, "reason", None)
             await _abort_with(context, status.to_status(exc))
             raise  # unreachable: abort raises AbortError
         except grpc.aio.AbortError:
@@ -263,6 +265,7 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
                 seconds=time.perf_counter() - started,
                 user_id=None if principal is None else principal.user_id,
                 peer=context.peer(),
+                reason=reason,
             )
 
     def _authenticate(self, context: Context) -> Principal:
