@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
@@ -127,7 +128,11 @@ class StderrRouter:
         with os.fdopen(read_end, "rb") as pipe:
             for raw in pipe:
                 line = foreign_line(raw)
-                if line is not None:
+                if line is None:
+                    continue
+                # Keep draining even when the real stderr is gone: a full pipe would block every
+                # writer of fd 2, gRPC's core threads included.
+                with contextlib.suppress(OSError):
                     self.stream.write(line + "\n")
 
     def close(self, timeout: float = 2.0) -> None:
