@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import os
 import sys
+import traceback
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,22 @@ def _healthcheck(config: Config, ca_file: Path | None, server_name: str) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _say(message: str) -> None:
+    print(f"sendinchat: {message}", file=sys.stderr)
+
+
+def _log(message: str, **fields: object) -> None:
+    """The server's stderr is its JSON log, even for a failure before logging starts or after it ends."""
+    from server.observability import json_line
+
+    print(json_line("ERROR", "server", message, **fields), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m server` and `sendinchat-server`."""
+    # The server forks only to exec (pg_ctl, initdb): gRPC's fork handlers have nothing to do, and
+    # would log a non-JSON line ("skipping fork() handlers") whenever gRPC threads are busy.
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = argparse.ArgumentParser(prog="python -m server", description="SendInChat gRPC server")
     commands = parser.add_subparsers(dest="command")
     commands.add_parser("serve", help="run the server (the default)")
@@ -105,10 +120,12 @@ def main(argv: list[str] | None = None) -> None:
     check.add_argument("--ca-file", type=Path, help="TLS: trust roots (default: SENDINCHAT_TLS_CERT_FILE)")
     check.add_argument("--server-name", default="localhost", help="TLS: a name the certificate is valid for")
     args = parser.parse_args(argv)
+    serving = args.command in (None, "serve")
+    report = _log if serving else _say
     try:
         config = Config.from_env()
     except ConfigError as exc:
-        print(f"sendinchat: configuration error: {exc}", file=sys.stderr)
+        report(f"configuration error: {exc}")
         raise SystemExit(2) from None
     try:
         if args.command == "migrate":
@@ -123,13 +140,18 @@ def main(argv: list[str] | None = None) -> None:
 
             _run(serve(config))
     except ConfigError as exc:
-        print(f"sendinchat: configuration error: {exc}", file=sys.stderr)
+        report(f"configuration error: {exc}")
         raise SystemExit(2) from None
     except (UnavailableError, PermissionDeniedError) as exc:
-        print(f"sendinchat: {exc}", file=sys.stderr)
+        report(str(exc))
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         pass
+    except Exception:
+        if not serving:
+            raise
+        _log("unexpected error", traceback=traceback.format_exc())
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,17 +1,43 @@
-"""One structured log line and Prometheus metrics per RPC; the metrics HTTP endpoint."""
+"""JSON log lines on stderr (gRPC core's own lines included), per-RPC log and metrics, /metrics."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import logging.handlers
+import os
 import queue
+import re
 import sys
+import threading
+import time
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _rpc_log = logging.getLogger("sendinchat.rpc")
+
+# gRPC's C core logs through absl: `E1202 00:31:27.439939   11571 add_port.cc:83] Failed to add port ...`.
+_CORE_LINE = re.compile(r"([IWEF])\d{4} [\d:.]+\s+\d+ ([^\s\]]+:\d+)\] ?(.*)")
+_CORE_LEVELS = {"I": "INFO", "W": "WARNING", "E": "ERROR", "F": "CRITICAL"}
+# absl's once-per-process notice, and other programs' `LEVEL: message` lines.
+_TAGGED_LINE = re.compile(r"(DEBUG|INFO|WARNING|ERROR|FATAL|CRITICAL): (.*)")
+_OWN_LINE_PREFIX = b'{"time": "'
+
+
+def iso_time(seconds: float) -> str:
+    """`seconds` since the epoch as ISO-8601 UTC with milliseconds: 2026-12-02T00:20:40.123Z."""
+    whole = int(seconds)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{int((seconds - whole) * 1000):03d}Z"
+
+
+def json_line(level: str, logger: str, message: str, **fields: object) -> str:
+    """One log line (no newline) in the shape JsonFormatter writes, stamped now."""
+    entry: dict[str, object] = {"time": iso_time(time.time()), "level": level, "logger": logger}
+    entry["message"] = message
+    entry.update(fields)
+    return json.dumps(entry, default=str)
 
 
 class JsonFormatter(logging.Formatter):
@@ -19,7 +45,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "time": iso_time(record.created),
             "level": record.levelname,
             "logger": record.name,
             "message": record.getMessage(),
@@ -32,15 +58,112 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def foreign_line(raw: bytes) -> str | None:
+    """A line written to fd 2 by something other than `logging`, as a JSON log line (None: blank).
+
+    JSON objects pass unchanged; gRPC core (absl) lines keep their severity and source location;
+    anything else (a traceback printed at exit, a child process's complaint) is logged as ERROR.
+    """
+    text = raw.decode(errors="replace").rstrip("\r\n")
+    if not text.strip():
+        return None
+    if raw.startswith(_OWN_LINE_PREFIX):
+        return text
+    if text.lstrip().startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            return text
+    core = _CORE_LINE.fullmatch(text)
+    if core is not None:
+        return json_line(_CORE_LEVELS[core[1]], "grpc", core[3], source=core[2])
+    tagged = _TAGGED_LINE.fullmatch(text)
+    if tagged is not None:
+        level = {"FATAL": "CRITICAL"}.get(tagged[1], tagged[1])
+        return json_line(level, "stderr", tagged[2])
+    return json_line("ERROR", "stderr", text)
+
+
+class _LineWriter:
+    """Writes whole lines to a file descriptor under a lock, so two writer threads never interleave."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> int:
+        data = memoryview(text.encode(errors="replace"))
+        with self._lock:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        return len(text)
+
+    def flush(self) -> None:
+        """Nothing is buffered."""
+
+
+class StderrRouter:
+    """Takes over fd 2, so that every line on the process's stderr is a JSON object.
+
+    gRPC's C core, child processes and Python's last-resort printing write to fd 2 directly; they
+    now write into a pipe whose reader thread passes each line through `foreign_line`. `stream`
+    writes to the real stderr, for the log handler. `close()` gives fd 2 back.
+    """
+
+    def __init__(self) -> None:
+        sys.stderr.flush()
+        self._real_stderr = os.dup(2)
+        read_end, write_end = os.pipe()
+        os.dup2(write_end, 2)
+        os.close(write_end)
+        self.stream = _LineWriter(self._real_stderr)
+        self._reader = threading.Thread(
+            target=self._pump, args=(read_end,), name="stderr-router", daemon=True
+        )
+        self._reader.start()
+
+    def _pump(self, read_end: int) -> None:
+        with os.fdopen(read_end, "rb") as pipe:
+            for raw in pipe:
+                line = foreign_line(raw)
+                if line is None:
+                    continue
+                # Keep draining even when the real stderr is gone: a full pipe would block every
+                # writer of fd 2, gRPC's core threads included.
+                with contextlib.suppress(OSError):
+                    self.stream.write(line + "\n")
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Restore fd 2 and let the reader drain what was written before (children may keep it open)."""
+        sys.stderr.flush()
+        os.dup2(self._real_stderr, 2)
+        self._reader.join(timeout)
+
+
+class _LogWriter(logging.handlers.QueueListener):
+    """The log thread; stopping it flushes the log and gives fd 2 back."""
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord], router: StderrRouter) -> None:
+        handler = logging.StreamHandler(router.stream)
+        handler.setFormatter(JsonFormatter())
+        super().__init__(records, handler)
+        self._router = router
+
+    def stop(self) -> None:
+        super().stop()
+        self._router.close()
+
+
 def configure_logging(level: str) -> logging.handlers.QueueListener:
     """JSON lines on stderr for the whole process; stop the returned listener at exit to flush.
 
-    A thread writes them, so a slow log sink never blocks the event loop.
+    A thread writes them, so a slow log sink never blocks the event loop. fd 2 is routed through
+    StderrRouter until then, so gRPC core's own lines (a port conflict, say) are JSON too.
     """
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(records, handler)
+    listener = _LogWriter(records, StderrRouter())
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(level)
@@ -98,7 +221,7 @@ class RpcObserver:
         peer: str,
         reason: str = "",
     ) -> None:
-        """Log and count one RPC. Never pass request bodies here: they may hold passwords."""
+        """Log and count one RPC; `reason` is the ErrorInfo reason of a refusal. Never pass request bodies."""
         counter = self._counters.get((method, code))
         if counter is None:
             counter = self._counters[(method, code)] = self._metrics.rpcs.labels(method, code.name)

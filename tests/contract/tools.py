@@ -1,9 +1,13 @@
-"""Run the dev tools (buf, grpcurl, hadolint) the contract tests need, failing loudly when one is missing."""
+"""Run the dev tools (buf, grpcurl, hadolint) the contract tests need, failing loudly when one is missing.
+
+The project installs them into its venv, so they are found next to the running interpreter: an
+activated venv (and so `PATH`) is never needed, as the README's commands promise.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +28,20 @@ class Result:
     stderr: str
 
 
+BIN_DIR = Path(sys.executable).parent
+
+
 def require(tool: str) -> str:
-    """The tool's path; a dev dependency, so its absence fails the test instead of skipping it."""
-    path = shutil.which(tool)
-    if path is None:
-        pytest.fail(f"{tool} is not on PATH; it is a dev dependency: pip install -e '.[dev]'")
-    return path
+    """The tool's path (a name is looked up next to the interpreter, never on `PATH`).
+
+    The tools are dev dependencies, so a missing one fails the test instead of skipping it.
+    """
+    if Path(tool).is_absolute():
+        return tool
+    path = BIN_DIR / tool
+    if not path.is_file():
+        pytest.fail(f"{tool} is not in {BIN_DIR}; it is a dev dependency: pip install -e '.[dev]'")
+    return str(path)
 
 
 async def run(tool: str, *args: str, cwd: Path = REPO, env: Mapping[str, str] | None = None) -> Result:

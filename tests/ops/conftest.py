@@ -1,16 +1,7 @@
-"""Fixtures for tests that run the server as a child process."""
+"""Fixtures: servers as child processes, data folders for embedded-mode servers."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from tests.ops.fixtures import embedded_data_dir, processes
 
-import pytest_asyncio
-
-from tests.ops.process import ServerProcesses, server_processes
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def processes() -> AsyncIterator[ServerProcesses]:
-    """Start `python -m server` processes; any still running are killed after the test."""
-    async for launcher in server_processes():
-        yield launcher
+__all__ = ["embedded_data_dir", "processes"]

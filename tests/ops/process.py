@@ -9,7 +9,8 @@ import os
 import re
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -44,9 +45,25 @@ class ServerProcess:
     @classmethod
     async def start(cls, database_url: str, **env: str) -> ServerProcess:
         """Start a server on a free port of 127.0.0.1 (metrics off unless `env` says otherwise)."""
+        return await cls.spawn(
+            [sys.executable, "-m", "server"],
+            DATABASE_URL=database_url,
+            SENDINCHAT_JWT_SECRET=TEST_JWT_SECRET,
+            **env,
+        )
+
+    @classmethod
+    async def start_embedded(cls, data_dir: Path, **env: str) -> ServerProcess:
+        """Start a server in embedded mode: its own PostgreSQL in `data_dir` (see embedded_data_dir)."""
+        return await cls.spawn([sys.executable, "-m", "server"], SENDINCHAT_DATA_DIR=str(data_dir), **env)
+
+    @classmethod
+    async def spawn(cls, argv: Sequence[str], **env: str) -> ServerProcess:
+        """Run `argv` (a server command, say the README's through `bash -c`) with the test settings.
+
+        A free port of 127.0.0.1, metrics off, cheap bcrypt, a short grace; `env` overrides them.
+        """
         settings = {
-            "DATABASE_URL": database_url,
-            "SENDINCHAT_JWT_SECRET": TEST_JWT_SECRET,
             "SENDINCHAT_ADDRESS": "127.0.0.1:0",
             "SENDINCHAT_METRICS_ADDRESS": "off",
             "SENDINCHAT_BCRYPT_ROUNDS": "4",
@@ -54,9 +71,7 @@ class ServerProcess:
             **env,
         }
         process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "server",
+            *argv,
             cwd=REPO,
             env=server_env(**settings),
             stdin=asyncio.subprocess.DEVNULL,
@@ -143,7 +158,17 @@ class ServerProcesses:
 
     async def start(self, database_url: str, **env: str) -> ServerProcess:
         """A new server process (see ServerProcess.start)."""
-        process = await ServerProcess.start(database_url, **env)
+        return self._track(await ServerProcess.start(database_url, **env))
+
+    async def start_embedded(self, data_dir: Path, **env: str) -> ServerProcess:
+        """A new server process with its own PostgreSQL (see ServerProcess.start_embedded)."""
+        return self._track(await ServerProcess.start_embedded(data_dir, **env))
+
+    async def spawn(self, argv: Sequence[str], **env: str) -> ServerProcess:
+        """A new server process running `argv` (see ServerProcess.spawn)."""
+        return self._track(await ServerProcess.spawn(argv, **env))
+
+    def _track(self, process: ServerProcess) -> ServerProcess:
         self._started.append(process)
         return process
 
@@ -160,6 +185,53 @@ async def server_processes() -> AsyncIterator[ServerProcesses]:
         yield launcher
     finally:
         await launcher.close()
+
+
+def postmaster_pid(data_dir: Path) -> int | None:
+    """The pid of the embedded PostgreSQL running in `data_dir`, if one runs."""
+    pid_file = data_dir / "pgdata" / "postmaster.pid"
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+    except (FileNotFoundError, ValueError):
+        return None
+    return pid if pid_alive(pid) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process runs as `pid` (this test's processes are reaped, so no zombie is counted)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def stop_leftover_postgres(data_dir: Path, seconds: float = 20.0) -> None:
+    """Stop (immediate shutdown) an embedded PostgreSQL that a failed test left running in `data_dir`."""
+    pid = postmaster_pid(data_dir)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGQUIT)
+    await wait_gone(pid, seconds)
+
+
+async def wait_gone(pid: int, seconds: float = 20.0) -> None:
+    """Wait until no process runs as `pid`; TimeoutError after `seconds`."""
+    async with asyncio.timeout(seconds):
+        while True:
+            if not pid_alive(pid):
+                return
+            await asyncio.sleep(0.05)
+
+
+async def embedded_data_dirs(root: Path) -> AsyncIterator[Path]:
+    """Yield a fresh SENDINCHAT_DATA_DIR under `root`; afterwards, stop any PostgreSQL left in it."""
+    data_dir = root / "data"
+    data_dir.mkdir()
+    try:
+        yield data_dir
+    finally:
+        await stop_leftover_postgres(data_dir)
 
 
 def run_server_command(*args: str, env: Mapping[str, str]) -> tuple[int, str]:

@@ -3,14 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import urllib.request
+from pathlib import Path
 
 import grpc
+import pytest
 
 from sendinchat.v1 import users_pb2, users_pb2_grpc
+from server.observability import foreign_line
 from tests.helpers import bearer, random_name
+from tests.ops.process import ServerProcess, ServerProcesses, postmaster_pid
 
 DISTINCTIVE_PASSWORD = "Zebra-Quartz-7731-Mango"
+ISO_MILLIS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def _json_lines(process: ServerProcess) -> list[dict[str, object]]:
+    """Every stderr line of `process`, each parsed; fails on the first that is not a JSON object."""
+    records = []
+    for line in process.lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise AssertionError(f"a stderr line is not JSON: {line!r}") from None
+        assert isinstance(record, dict), line
+        assert ISO_MILLIS_UTC.fullmatch(str(record.get("time"))), line
+        assert {"level", "logger", "message"} <= record.keys(), line
+        records.append(record)
+    return records
 
 
 def _get(url: str) -> str:
@@ -77,3 +99,62 @@ class TestMetrics:
         assert "sendinchat_rpcs_total" in text
         assert 'method="/sendinchat.v1.UserService/Register"' in text
         assert "sendinchat_database_up 1.0" in text
+
+
+class TestStderr:
+    async def test_every_line_is_json_when_a_server_serves_refuses_and_another_meets_its_port(
+        self, processes: ServerProcesses, embedded_data_dir: Path
+    ) -> None:
+        first = await processes.start_embedded(embedded_data_dir)
+        address = await first.wait_serving()
+        name = random_name()
+        async with grpc.aio.insecure_channel(address) as channel:
+            users = users_pb2_grpc.UserServiceStub(channel)
+            await users.Register(users_pb2.RegisterRequest(username=name, password=DISTINCTIVE_PASSWORD))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await users.Login(
+                    users_pb2.LoginRequest(username=name, password="not-" + DISTINCTIVE_PASSWORD)
+                )
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        conflict = await processes.start_embedded(embedded_data_dir, SENDINCHAT_ADDRESS=address)
+        assert await conflict.wait() == 2
+        first.terminate()
+        assert await first.wait() == 0
+        assert postmaster_pid(embedded_data_dir) is None
+
+        conflict_records = _json_lines(conflict)
+        assert any(
+            record["logger"] == "grpc"
+            and record["level"] == "ERROR"
+            and "add_port" in str(record.get("source"))
+            for record in conflict_records
+        ), conflict.stderr
+        assert "SENDINCHAT_ADDRESS" in str(conflict_records[-1]["message"])
+        records = _json_lines(first)
+        [login] = [record for record in records if str(record.get("method", "")).endswith("/Login")]
+        assert (login["code"], login["reason"]) == ("UNAUTHENTICATED", "WRONG_CREDENTIALS")
+        [register] = [record for record in records if str(record.get("method", "")).endswith("/Register")]
+        assert register["code"] == "OK" and "reason" not in register
+        assert DISTINCTIVE_PASSWORD not in first.stderr
+
+    def test_wraps_grpc_core_lines_as_json_with_their_severity_when_they_reach_fd_2(self) -> None:
+        fork = (
+            b"I1202 00:31:27.501982   11448 fork_posix.cc:71] Other threads are currently calling into gRPC\n"
+        )
+        record = json.loads(foreign_line(fork) or "")
+        assert (record["level"], record["logger"], record["source"]) == ("INFO", "grpc", "fork_posix.cc:71")
+        assert record["message"] == "Other threads are currently calling into gRPC"
+        assert ISO_MILLIS_UTC.fullmatch(record["time"])
+        port = b"E1202 00:31:27.439939   11571 add_port.cc:83] Failed to add port to server: in use\n"
+        assert json.loads(foreign_line(port) or "")["level"] == "ERROR"
+
+    def test_passes_json_and_wraps_other_lines_when_they_reach_fd_2(self) -> None:
+        own = json.dumps({"time": "2026-12-02T00:20:40.123Z", "level": "INFO", "logger": "x", "message": "m"})
+        assert foreign_line(own.encode() + b"\n") == own
+        notice = b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+        assert json.loads(foreign_line(notice) or "")["level"] == "WARNING"
+        traceback_line = json.loads(foreign_line(b'  File "x.py", line 1, in <module>\n') or "")
+        assert (traceback_line["level"], traceback_line["logger"]) == ("ERROR", "stderr")
+        assert traceback_line["message"] == '  File "x.py", line 1, in <module>'
+        assert foreign_line(b"\n") is None
+        assert json.loads(foreign_line(b"{not json\n") or "")["message"] == "{not json"

@@ -1,0 +1,48 @@
+"""The embedded PostgreSQL: shared by the servers of one data folder, stopped by the last to leave."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.ops.process import ServerProcesses, pid_alive, postmaster_pid, wait_gone
+
+
+class TestEmbeddedPostgres:
+    async def test_next_server_takes_it_over_and_stops_it_when_its_starter_was_killed(
+        self, processes: ServerProcesses, embedded_data_dir: Path
+    ) -> None:
+        first = await processes.start_embedded(embedded_data_dir)
+        await first.wait_serving()
+        postmaster = postmaster_pid(embedded_data_dir)
+        assert postmaster is not None
+        first.process.kill()
+        await first.wait()
+        assert postmaster_pid(embedded_data_dir) == postmaster, "SIGKILL leaves PostgreSQL running"
+        second = await processes.start_embedded(embedded_data_dir)
+        await second.wait_serving()
+        assert postmaster_pid(embedded_data_dir) == postmaster, "the next server reuses it"
+        second.terminate()
+        assert await second.wait() == 0
+        await wait_gone(postmaster)
+        assert not (embedded_data_dir / "pgdata" / "postmaster.pid").exists()
+        assert any(
+            "taking over" in str(record.get("message")) and str(first.process.pid) in str(record["message"])
+            for record in second.records()
+        )
+
+    async def test_keeps_it_running_when_a_living_server_still_uses_it(
+        self, processes: ServerProcesses, embedded_data_dir: Path
+    ) -> None:
+        first = await processes.start_embedded(embedded_data_dir)
+        await first.wait_serving()
+        second = await processes.start_embedded(embedded_data_dir)
+        await second.wait_serving()
+        postmaster = postmaster_pid(embedded_data_dir)
+        assert postmaster is not None
+        second.terminate()
+        assert await second.wait() == 0
+        assert pid_alive(postmaster), "the first server still uses it"
+        await first.wait_serving()
+        first.terminate()
+        assert await first.wait() == 0
+        await wait_gone(postmaster)
