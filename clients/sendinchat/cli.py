@@ -68,24 +68,24 @@ async def _run(args: argparse.Namespace) -> None:
             assert client.tokens is not None
             print(f"export SENDINCHAT_TOKEN={client.tokens.access_token}")
         elif args.command == "me":
-            print(await client.me())
+            print(await client.get_me())
         elif args.command == "logout":
             ended = await client.logout(all_sessions=args.all)
             print(f"ended {ended} session{'' if ended == 1 else 's'}; unset SENDINCHAT_TOKEN")
         elif args.command == "balance":
-            account = await client.account(args.currency.upper())
+            account = await client.get_account(currency=args.currency.upper())
             print(f"{account.currency}: {account.available_minor} available ({account.balance_minor} posted)")
         elif args.command == "pay":
             currency = args.currency.upper()
             # The server knows each currency's minor unit (2 for USD, 0 for JPY, ...).
-            exponent = (await client.account(currency)).minor_unit_exponent
+            exponent = (await client.get_account(currency=currency)).minor_unit_exponent
             amount_minor = _minor_units(args.amount, currency, exponent)
-            transfer = await client.transfer(
+            transfer = await client.create_transfer(
                 to_username=args.username, currency=currency, amount_minor=amount_minor
             )
             print(f"sent: transfer {transfer.id}")
         elif args.command == "rooms":
-            for room in await client.rooms():
+            async for room in client.list_rooms():
                 print(f"{room.id}  {room.name or '(direct)'}  unread={room.unread_count}")
         elif args.command == "chat":
             await _chat(client, args.room_id)
