@@ -57,6 +57,22 @@ class TestSession:
         assert after.refresh_token != before.refresh_token
         assert session.username == await _name(bob)
 
+    async def test_two_processes_sharing_the_file_refresh_the_session_once(self, server, bob, tmp_path):
+        env = await logged_in_env(server.address, tmp_path, await _name(bob))
+        tokens = SessionFile(server.address, tmp_path).load()
+        assert tokens is not None
+        SessionFile(server.address, tmp_path).save(expired_copy(tokens))
+        files = [SessionFile(server.address, tmp_path) for _ in range(2)]
+        # Both clients load the same pair, as two processes started at once would.
+        async with (
+            Client(server.address, token_store=files[0]) as first,
+            Client(server.address, token_store=files[1]) as second,
+        ):
+            await first.get_me()  # refreshes: the refresh token both loaded is now spent
+            await second.get_me()  # must take the pair first stored, or the session ends
+            assert second.tokens == first.tokens
+        assert (await run_cli(env, "me")).returncode == 0
+
     async def test_logout_ends_the_session_and_removes_it(self, server, bob, tmp_path):
         env = await logged_in_env(server.address, tmp_path, await _name(bob))
         tokens = SessionFile(server.address, tmp_path).load()

@@ -23,6 +23,7 @@ from sendinchat.v1 import users_pb2
 
 SESSIONS_FILE = "sessions.json"
 _LOCK_FILE = "sessions.lock"
+_LOCK_POLL_SECONDS = 0.02
 
 
 def config_dir() -> Path:
@@ -76,8 +77,12 @@ class SessionFile:
         """Hold the lock every process of the user takes before refreshing."""
         fd = self._open_lock()
         try:
-            # flock blocks; in a thread, so the loop (and Ctrl-C) keeps working meanwhile.
-            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_EX)
+            while True:  # polled, not waited for in a thread: Ctrl-C still leaves at once
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(_LOCK_POLL_SECONDS)
             self._held = True
             try:
                 yield
