@@ -16,6 +16,7 @@ from sendinchat.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
+from sendinchat.tokens import TokenStore
 
 __all__ = [
     "AlreadyExistsError",
@@ -31,6 +32,7 @@ __all__ = [
     "PermissionDeniedError",
     "RateLimitedError",
     "SendInChatError",
+    "TokenStore",
     "UnauthenticatedError",
     "UnavailableError",
 ]

@@ -1,32 +1,204 @@
-"""sendinchat-cli as a user runs it: a subprocess against the real server, the token in the environment."""
+"""sendinchat-cli as a user runs it: subprocesses against the real server, the session in a config dir."""
 
 from __future__ import annotations
 
-import os
-import sys
+import argparse
+import json
+import stat
 
-from tests import harness
-from tests.contract import tools
-from tests.helpers import signed_up
+import pytest
+
+from sendinchat import Client, UnauthenticatedError
+from sendinchat.cli import build_parser
+from sendinchat.cli.session import SessionFile
+from sendinchat.v1 import users_pb2
+from tests.helpers import PASSWORD, random_name, signed_up
+from tests.sdk.cli import cli_env, logged_in_env, run_cli
+from tests.sdk.test_client import expired_copy
 
 
-async def _cli(server: harness.TestServer, token: str, *args: str) -> tools.Result:
-    env = {**os.environ, "SENDINCHAT_TOKEN": token}
-    return await tools.run(sys.executable, "-m", "sendinchat.cli", "--target", server.address, *args, env=env)
+async def _name(client: Client) -> str:
+    return (await client.get_me()).username
 
 
-class TestCli:
-    async def test_me_prints_the_user_when_the_token_is_valid(self, server):
-        account = await signed_up(server.stubs)
-        result = await _cli(server, account.tokens.access_token, "me")
+class TestSession:
+    async def test_login_keeps_the_session_in_a_private_file_that_later_commands_use(
+        self, server, bob, tmp_path
+    ):
+        env = await logged_in_env(server.address, tmp_path / "cfg", await _name(bob))
+        sessions = tmp_path / "cfg" / "sessions.json"
+        assert stat.S_IMODE(sessions.stat().st_mode) == 0o600
+        assert set(json.loads(sessions.read_text())[server.address]["tokens"]) >= {
+            "accessToken",
+            "refreshToken",
+        }
+        me = await run_cli(env, "me")
+        assert me.returncode == 0, me.stderr
+        assert me.stdout.startswith(await _name(bob))
+        assert "member since:" in me.stdout
+        assert "seconds" not in me.stdout
+
+    async def test_the_session_lives_under_xdg_config_home_without_an_override(self, server, bob, tmp_path):
+        env = cli_env(server.address, None, XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+        result = await run_cli(env, "login", await _name(bob), "--password-stdin", stdin=PASSWORD + "\n")
         assert result.returncode == 0, result.stderr
-        assert account.username in result.stdout
+        assert (tmp_path / "xdg" / "sendinchat" / "sessions.json").exists()
 
-    async def test_logout_ends_the_session_and_the_token_stops_working(self, server):
-        account = await signed_up(server.stubs)
-        logout = await _cli(server, account.tokens.access_token, "logout")
+    async def test_commands_refresh_an_expired_session_by_themselves(self, server, bob, tmp_path):
+        env = await logged_in_env(server.address, tmp_path, await _name(bob))
+        session = SessionFile(server.address, tmp_path)
+        before = session.load()
+        assert before is not None
+        session.save(expired_copy(before))
+        me = await run_cli(env, "me")
+        assert me.returncode == 0, me.stderr
+        after = session.load()
+        assert after is not None
+        assert after.refresh_token != before.refresh_token
+        assert session.username == await _name(bob)
+
+    async def test_two_processes_sharing_the_file_refresh_the_session_once(self, server, bob, tmp_path):
+        env = await logged_in_env(server.address, tmp_path, await _name(bob))
+        tokens = SessionFile(server.address, tmp_path).load()
+        assert tokens is not None
+        SessionFile(server.address, tmp_path).save(expired_copy(tokens))
+        files = [SessionFile(server.address, tmp_path) for _ in range(2)]
+        # Both clients load the same pair, as two processes started at once would.
+        async with (
+            Client(server.address, token_store=files[0]) as first,
+            Client(server.address, token_store=files[1]) as second,
+        ):
+            await first.get_me()  # refreshes: the refresh token both loaded is now spent
+            await second.get_me()  # must take the pair first stored, or the session ends
+            assert second.tokens == first.tokens
+        assert (await run_cli(env, "me")).returncode == 0
+
+    async def test_logout_ends_the_session_and_removes_it(self, server, bob, tmp_path):
+        env = await logged_in_env(server.address, tmp_path, await _name(bob))
+        tokens = SessionFile(server.address, tmp_path).load()
+        assert tokens is not None
+        logout = await run_cli(env, "logout")
         assert logout.returncode == 0, logout.stderr
-        assert "ended 1 session;" in logout.stdout
-        me = await _cli(server, account.tokens.access_token, "me")
+        assert "ended 1 session" in logout.stdout
+        assert SessionFile(server.address, tmp_path).load() is None
+        me = await run_cli(env, "me")
         assert me.returncode == 1
-        assert "UNAUTHENTICATED" in me.stderr
+        assert "not logged in" in me.stderr
+        bob.tokens = tokens
+        with pytest.raises(UnauthenticatedError):
+            await bob.get_me()
+
+    async def test_a_wrong_password_is_refused_and_nothing_is_saved(self, server, bob, tmp_path):
+        env = cli_env(server.address, tmp_path)
+        result = await run_cli(env, "login", await _name(bob), "--password-stdin", stdin="wrong-password\n")
+        assert result.returncode == 1
+        assert "log in" in result.stderr
+        assert not (tmp_path / "sessions.json").exists()
+
+    async def test_register_creates_the_user_and_logs_in(self, server, tmp_path):
+        env = cli_env(server.address, tmp_path)
+        name = random_name()
+        result = await run_cli(env, "register", name, "--password-stdin", stdin=PASSWORD + "\n")
+        assert result.returncode == 0, result.stderr
+        assert (await run_cli(env, "me")).stdout.startswith(name)
+
+    async def test_an_access_token_in_the_environment_overrides_the_session(self, server, tmp_path):
+        account = await signed_up(server.stubs)
+        env = cli_env(server.address, tmp_path, SENDINCHAT_TOKEN=account.tokens.access_token)
+        me = await run_cli(env, "me")
+        assert me.returncode == 0, me.stderr
+        assert account.username in me.stdout
+
+
+class TestMoney:
+    async def test_balance_shows_major_units_and_zero_for_a_never_funded_currency(
+        self, server, alice, tmp_path
+    ):
+        env = await logged_in_env(server.address, tmp_path, await _name(alice))
+        every = await run_cli(env, "balance")
+        assert every.stdout.split() == ["100.00", "USD"]
+        euros = await run_cli(env, "balance", "eur")
+        assert euros.returncode == 0, euros.stderr
+        assert euros.stdout.split() == ["0.00", "EUR"]
+
+    async def test_pay_takes_major_units_and_moves_them(self, server, alice, bob, tmp_path):
+        env = await logged_in_env(server.address, tmp_path, await _name(alice))
+        result = await run_cli(env, "pay", await _name(bob), "2.50", "usd", "lunch", "today")
+        assert result.returncode == 0, result.stderr
+        assert f"Sent 2.50 USD to {await _name(bob)}" in result.stdout
+        received = await bob.get_account(currency="USD")
+        assert received.balance_minor == 250
+        history = await run_cli(env, "history")
+        assert f"-2.50 USD  to {await _name(bob)}" in history.stdout
+        assert "lunch today" in history.stdout
+        assert "+100.00 USD  deposit" in history.stdout
+
+    async def test_pay_without_money_says_insufficient_funds(self, server, alice, bob, tmp_path):
+        env = await logged_in_env(server.address, tmp_path, await _name(bob))
+        result = await run_cli(env, "pay", await _name(alice), "1", "USD")
+        assert result.returncode == 1
+        assert "insufficient funds: you have 0.00 USD available" in result.stderr
+
+    @pytest.mark.parametrize(
+        ("amount", "currency", "complaint"),
+        [
+            ("2.505", "USD", "at most 2 decimal places"),
+            ("1.5", "JPY", "no decimal places"),
+            ("1", "XXX", "unknown"),
+        ],
+    )
+    async def test_pay_refuses_an_amount_the_currency_cannot_hold(
+        self, server, alice, bob, tmp_path, amount, currency, complaint
+    ):
+        env = await logged_in_env(server.address, tmp_path, await _name(alice))
+        result = await run_cli(env, "pay", await _name(bob), amount, currency)
+        assert result.returncode == 1
+        assert complaint in result.stderr
+
+
+class TestRooms:
+    async def test_creates_lists_and_shows_members_by_username(self, server, alice, bob, tmp_path):
+        env = await logged_in_env(server.address, tmp_path, await _name(alice))
+        created = await run_cli(env, "rooms", "create", "book-club", await _name(bob))
+        assert created.returncode == 0, created.stderr
+        listed = await run_cli(env, "rooms", "list")
+        assert listed.stdout.split()[:2] == ["book-club", "group"]
+        members = await run_cli(env, "rooms", "members", "book-club")
+        assert [line.split()[:2] for line in members.stdout.splitlines()] == [
+            [await _name(alice), "owner"],
+            [await _name(bob), "member"],
+        ]
+
+
+def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            seen: set[int] = set()
+            for name, child in action.choices.items():
+                if id(child) in seen:
+                    continue  # an alias (transfers is history)
+                seen.add(id(child))
+                found.append((*path, name))
+                found.extend(_subcommands(child, (*path, name)))
+    return found
+
+
+class TestHelp:
+    @pytest.mark.parametrize("command", _subcommands(build_parser()), ids=" ".join)
+    def test_every_subcommand_explains_itself(self, command, capsys):
+        with pytest.raises(SystemExit) as exited:
+            build_parser().parse_args([*command, "--help"])
+        assert exited.value.code == 0
+        usage, _, description = capsys.readouterr().out.partition("\n\n")
+        assert f"sendinchat-cli {' '.join(command)}" in usage
+        assert len(description.split("\n")[0]) > 10
+
+
+def test_session_file_forgets_a_server_when_saved_empty(tmp_path):
+    session = SessionFile("host:1", tmp_path)
+    session.save(users_pb2.TokenPair(access_token="a", refresh_token="r"), username="ann")
+    SessionFile("host:2", tmp_path).save(users_pb2.TokenPair(access_token="b"))
+    session.save(None)
+    assert session.load() is None
+    assert SessionFile("host:2", tmp_path).load() == users_pb2.TokenPair(access_token="b")

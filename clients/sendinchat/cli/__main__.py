@@ -1,0 +1,5 @@
+"""`python -m sendinchat.cli`: the same as `sendinchat-cli`."""
+
+from sendinchat.cli import main
+
+main()
