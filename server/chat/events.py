@@ -31,36 +31,32 @@ class MessageStored:
 
 
 @dataclass(frozen=True, slots=True)
-class MemberRemoved:
-    """A member left the room or was removed from it."""
-
+class _MemberEvent:
     room_id: str
     user_id: str
 
 
 @dataclass(frozen=True, slots=True)
-class ReadMarked:
+class MemberRemoved(_MemberEvent):
+    """A member left the room or was removed from it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Typing(_MemberEvent):
+    """A member is typing in the room."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadMarked(_MemberEvent):
     """A member has read the room up to a sequence."""
 
-    room_id: str
-    user_id: str
     sequence: int
 
 
 @dataclass(frozen=True, slots=True)
-class Typing:
-    """A member is typing in the room."""
-
-    room_id: str
-    user_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class PresenceChanged:
+class PresenceChanged(_MemberEvent):
     """A member came online in the room (on some replica) or went offline (on all)."""
 
-    room_id: str
-    user_id: str
     online: bool
 
 

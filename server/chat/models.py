@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
 import asyncpg
 
+from server.db.records import bind
 from server.ledger.models import Transfer
 
 
@@ -47,7 +48,7 @@ class RequestState(StrEnum):
 # Every query that returns messages selects these, from `messages m LEFT JOIN payment_requests pr`.
 MESSAGE_COLUMNS = """
 m.room_id::text AS room_id, m.sequence, m.sender_id::text AS sender_id, m.client_message_id, m.kind,
-m.body, m.created_at, m.transfer_id::text AS transfer_id, m.note, m.request_state,
+m.body, m.created_at, m.transfer_id::text AS transfer_id, m.note, m.request_state AS pr_state,
 pr.id::text AS pr_id, pr.requester_id::text AS pr_requester_id, pr.payer_id::text AS pr_payer_id,
 pr.currency AS pr_currency, pr.amount_minor AS pr_amount_minor, pr.note AS pr_note,
 pr.expire_at AS pr_expire_at,
@@ -84,36 +85,15 @@ class Message:
     transfer_id: str | None = None
     note: str | None = None
     payment_request: PaymentRequest | None = None
-    transfer: Transfer | None = None  # the PAYMENT's transfer, once read (service.attach_transfers)
+    transfer: Transfer | None = None  # the PAYMENT's transfer, once read (messages.attach_transfers)
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> Message:
         """Bind a row selected with MESSAGE_COLUMNS."""
-        request = None
-        if row["pr_id"] is not None:
-            request = PaymentRequest(
-                id=row["pr_id"],
-                requester_id=row["pr_requester_id"],
-                payer_id=row["pr_payer_id"],
-                currency=row["pr_currency"],
-                amount_minor=row["pr_amount_minor"],
-                note=row["pr_note"],
-                state=RequestState(row["request_state"]),
-                expire_at=row["pr_expire_at"],
-                transfer_id=row["pr_transfer_id"],
-            )
-        return cls(
-            room_id=row["room_id"],
-            sequence=row["sequence"],
-            sender_id=row["sender_id"],
-            client_message_id=row["client_message_id"],
-            kind=MessageKind(row["kind"]),
-            body=row["body"],
-            created_at=row["created_at"],
-            transfer_id=row["transfer_id"],
-            note=row["note"],
-            payment_request=request,
-        )
+        message = bind(cls, row)
+        if row["pr_id"] is None:
+            return message
+        return replace(message, payment_request=bind(PaymentRequest, row, prefix="pr_"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,15 +63,19 @@ async def _run(pool: asyncpg.Pool, sql: str, *args: object, other_party_field: s
     raise AssertionError("unreachable: raise_for raises for every other outcome")
 
 
-def _money_fields(
-    fields: Fields, *, request_id: str, room_id: str, currency: str, amount: int, memo: str
-) -> tuple[str, str]:
-    rid = fields.uuid("request_id", request_id)
+def _checked(
+    fields: Fields, *, user_id: str, room_id: str, money: rules.Money, party: str
+) -> tuple[str, rules.Money]:
     room = fields.uuid("room_id", room_id)
-    rules.currency(fields, currency)
-    rules.amount(fields, amount)
-    fields.text("memo", memo, rules.MEMO)
-    return rid, room
+    checked = rules.money(fields, money, party_prefix=party)
+    if checked.user_id == user_id:
+        fields.add(f"{party}_user_id", "must not be the caller")
+    return room, checked
+
+
+def _arguments(money: rules.Money) -> tuple[object, ...]:
+    """A checked money request as the chat payment functions take it, after the room and the caller."""
+    return money.request_id, money.user_id, money.currency, money.amount, money.memo
 
 
 async def _result(conn: Connection, room_id: object, sequence: object) -> PaymentResult:
@@ -86,17 +90,9 @@ async def _result(conn: Connection, room_id: object, sequence: object) -> Paymen
 
 
 async def send_payment(
-    pool: asyncpg.Pool,
-    *,
-    user_id: str,
-    request_id: str,
-    room_id: str,
-    to_user_id: str,
-    currency: str,
-    amount: int,
-    memo: str,
+    pool: asyncpg.Pool, *, user_id: str, room_id: str, money: rules.Money
 ) -> PaymentResult:
-    """Pay a member of a room: the transfer and its PAYMENT message commit together or not at all.
+    """Pay a member of a room (money.user_id): the transfer and its PAYMENT message commit together.
 
     A retry with the same request_id and body returns the first message and moves no money twice;
     a retry of a refused request gets the same refusal.
@@ -108,40 +104,22 @@ async def send_payment(
         IdempotencyKeyReusedError: request_id was used for a different request.
     """
     fields = Fields()
-    rid, room = _money_fields(
-        fields, request_id=request_id, room_id=room_id, currency=currency, amount=amount, memo=memo
-    )
-    recipient = fields.uuid("to_user_id", to_user_id)
-    if recipient and recipient == user_id:
-        fields.add("to_user_id", "must not be the caller")
+    room, checked = _checked(fields, user_id=user_id, room_id=room_id, money=money, party="to")
     fields.done()
     return await _run(
         pool,
         _SEND_PAYMENT,
         room,
         user_id,
-        rid,
-        recipient,
-        currency,
-        amount,
-        memo,
+        *_arguments(checked),
         other_party_field="to_user_id",
     )
 
 
 async def request_payment(
-    pool: asyncpg.Pool,
-    *,
-    user_id: str,
-    request_id: str,
-    room_id: str,
-    from_user_id: str,
-    currency: str,
-    amount: int,
-    memo: str,
-    expire_at: datetime | None,
+    pool: asyncpg.Pool, *, user_id: str, room_id: str, money: rules.Money, expire_at: datetime | None
 ) -> PaymentResult:
-    """Ask a member of a room for money with a PAYMENT_REQUEST message (state OPEN).
+    """Ask a member of a room (money.user_id) for money with a PAYMENT_REQUEST message (state OPEN).
 
     Raises:
         InvalidArgumentError: a malformed field, an expiry not within 365 days ahead, or the caller
@@ -150,12 +128,7 @@ async def request_payment(
         IdempotencyKeyReusedError: request_id was used for a different request.
     """
     fields = Fields()
-    rid, room = _money_fields(
-        fields, request_id=request_id, room_id=room_id, currency=currency, amount=amount, memo=memo
-    )
-    payer = fields.uuid("from_user_id", from_user_id)
-    if payer and payer == user_id:
-        fields.add("from_user_id", "must not be the caller")
+    room, checked = _checked(fields, user_id=user_id, room_id=room_id, money=money, party="from")
     expiry = fields.expiry("expire_time", expire_at)
     fields.done()
     return await _run(
@@ -163,11 +136,7 @@ async def request_payment(
         _REQUEST_PAYMENT,
         room,
         user_id,
-        rid,
-        payer,
-        currency,
-        amount,
-        memo,
+        *_arguments(checked),
         expiry,
         other_party_field="from_user_id",
     )

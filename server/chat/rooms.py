@@ -24,6 +24,7 @@ from server.chat.models import (
     RoomPage,
 )
 from server.db.pool import Connection
+from server.db.records import bind
 from server.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, PermissionDeniedError
 from server.validation import Fields, parse_uuid
 
@@ -183,15 +184,7 @@ async def _load_room(conn: Db, user_id: str, room_id: str) -> Room:
 async def _rooms_with_members(conn: Db, rows: list[asyncpg.Record]) -> list[Room]:
     members: dict[str, list[Member]] = {str(r["room_key"]): [] for r in rows}
     for m in await conn.fetch(_MEMBERS, list(members)):
-        members[m["room_id"]].append(
-            Member(
-                user_id=m["user_id"],
-                username=m["username"],
-                role=MemberRole(m["role"]),
-                last_read_sequence=m["last_read_sequence"],
-                joined_at=m["joined_at"],
-            )
-        )
+        members[m["room_id"]].append(bind(Member, m))
     last_messages = await attach_transfers(
         conn, [Message.from_record(r) for r in rows if r["sequence"] is not None]
     )

@@ -18,6 +18,7 @@ from server.chat import convert, messages, payments, rooms
 from server.chat.hub import ChatHub
 from server.chat.stream import ConnectSession
 from server.db.pool import Pool
+from server.ledger import rules
 from server.protoconv import from_timestamp, transfer_proto
 
 _ACTIONS = {
@@ -25,6 +26,17 @@ _ACTIONS = {
     chat_pb2.PAYMENT_REQUEST_ACTION_DECLINE: payments.RequestAction.DECLINE,
     chat_pb2.PAYMENT_REQUEST_ACTION_CANCEL: payments.RequestAction.CANCEL,
 }
+
+
+def _money(request: chat_pb2.SendPaymentRequest | chat_pb2.RequestPaymentRequest, other: str) -> rules.Money:
+    return rules.Money(
+        request_id=request.request_id,
+        user_id=other,
+        username=None,
+        currency=request.currency,
+        amount=request.amount_minor,
+        memo=request.memo,
+    )
 
 
 def _transfer(result: payments.PaymentResult) -> ledger_pb2.Transfer | None:
@@ -173,12 +185,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         result = await payments.send_payment(
             self._pool,
             user_id=current_principal().user_id,
-            request_id=request.request_id,
             room_id=request.room_id,
-            to_user_id=request.to_user_id,
-            currency=request.currency,
-            amount=request.amount_minor,
-            memo=request.memo,
+            money=_money(request, request.to_user_id),
         )
         return chat_pb2.SendPaymentResponse(
             message=convert.message(result.message), transfer=_transfer(result)
@@ -193,12 +201,8 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         result = await payments.request_payment(
             self._pool,
             user_id=current_principal().user_id,
-            request_id=request.request_id,
             room_id=request.room_id,
-            from_user_id=request.from_user_id,
-            currency=request.currency,
-            amount=request.amount_minor,
-            memo=request.memo,
+            money=_money(request, request.from_user_id),
             expire_at=from_timestamp(request.expire_time, request.HasField("expire_time")),
         )
         return chat_pb2.RequestPaymentResponse(message=convert.message(result.message))

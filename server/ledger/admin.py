@@ -14,17 +14,7 @@ from server.ledger.transfers import submit
 from server.validation import Fields
 
 
-async def deposit(
-    batcher: TransferBatcher,
-    *,
-    principal: Principal,
-    request_id: str,
-    to_user_id: str | None,
-    to_username: str | None,
-    currency: str,
-    amount: int,
-    memo: str = "",
-) -> Transfer:
+async def deposit(batcher: TransferBatcher, *, principal: Principal, money: rules.Money) -> Transfer:
     """Mint money from the currency's system account into a user's account (admin only).
 
     Raises:
@@ -33,39 +23,10 @@ async def deposit(
         NotFoundError: no such user.
         IdempotencyKeyReusedError: request_id was used for a different request.
     """
-    _require_admin(principal)
-    fields = Fields()
-    rid, code = rules.money(
-        fields, request_id=request_id, currency_code=currency, amount_minor=amount, memo=memo
-    )
-    to_id, to_name = rules.party(fields, to_user_id, to_username, "to")
-    fields.done()
-    order = TransferOrder(
-        initiator_id=principal.user_id,
-        request_id=rid,
-        kind="deposit",
-        two_phase=False,
-        from_user_id=None,
-        to_user_id=to_id,
-        to_username=to_name,
-        currency=code,
-        amount=amount,
-        memo=memo,
-    )
-    return await submit(batcher, order)
+    return await _mint_or_burn(batcher, principal, money, "deposit")
 
 
-async def withdraw(
-    batcher: TransferBatcher,
-    *,
-    principal: Principal,
-    request_id: str,
-    from_user_id: str | None,
-    from_username: str | None,
-    currency: str,
-    amount: int,
-    memo: str = "",
-) -> Transfer:
+async def withdraw(batcher: TransferBatcher, *, principal: Principal, money: rules.Money) -> Transfer:
     """Burn money from a user's account into the currency's system account (admin only).
 
     Raises:
@@ -75,25 +36,30 @@ async def withdraw(
         InsufficientFundsError: the user's available balance is below the amount.
         IdempotencyKeyReusedError: request_id was used for a different request.
     """
-    _require_admin(principal)
+    return await _mint_or_burn(batcher, principal, money, "withdrawal")
+
+
+async def _mint_or_burn(
+    batcher: TransferBatcher, principal: Principal, money: rules.Money, kind: str
+) -> Transfer:
+    if not principal.is_admin:
+        raise PermissionDeniedError("only an admin may mint or burn money")
     fields = Fields()
-    rid, code = rules.money(
-        fields, request_id=request_id, currency_code=currency, amount_minor=amount, memo=memo
-    )
-    from_id, from_name = rules.party(fields, from_user_id, from_username, "from")
+    deposit = kind == "deposit"
+    checked = rules.money(fields, money, party_prefix="to" if deposit else "from")
     fields.done()
     order = TransferOrder(
         initiator_id=principal.user_id,
-        request_id=rid,
-        kind="withdrawal",
+        request_id=checked.request_id,
+        kind=kind,
         two_phase=False,
-        from_user_id=from_id,
-        from_username=from_name,
-        to_user_id=None,
-        to_username=None,
-        currency=code,
-        amount=amount,
-        memo=memo,
+        from_user_id=None if deposit else checked.user_id,
+        from_username=None if deposit else checked.username,
+        to_user_id=checked.user_id if deposit else None,
+        to_username=checked.username if deposit else None,
+        currency=checked.currency,
+        amount=checked.amount,
+        memo=checked.memo,
     )
     return await submit(batcher, order)
 
@@ -107,8 +73,3 @@ async def audit(pool: asyncpg.Pool, *, principal: Principal) -> AuditReport:
     if not principal.is_admin:
         raise PermissionDeniedError("only an admin may audit the ledger")
     return await audit_ledger(pool)
-
-
-def _require_admin(principal: Principal) -> None:
-    if not principal.is_admin:
-        raise PermissionDeniedError("only an admin may mint or burn money")

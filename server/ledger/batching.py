@@ -38,6 +38,22 @@ SELECT * FROM ledger_create_transfers(
 _TRANSFER_BATCH = """
 SELECT * FROM ledger_transfer_batch($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::bigint[], $6::text[])
 """
+# The TransferOrder field behind each argument of the two functions, in order.
+_CREATE_TRANSFERS_FIELDS = (
+    "initiator_id",
+    "request_id",
+    "kind",
+    "two_phase",
+    "from_user_id",
+    "from_username",
+    "to_user_id",
+    "to_username",
+    "currency",
+    "amount",
+    "memo",
+    "expires_at",
+)
+_TRANSFER_BATCH_FIELDS = ("initiator_id", "request_id", "to_user_id", "currency", "amount", "memo")
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,15 +221,7 @@ class TransferBatcher:
             orders = [order for order, _ in plain]
             self.batches += 1
             self.orders += len(orders)
-            rows = await conn.fetch(
-                _TRANSFER_BATCH,
-                [o.initiator_id for o in orders],
-                [o.request_id for o in orders],
-                [o.to_user_id for o in orders],
-                [o.currency for o in orders],
-                [o.amount for o in orders],
-                [o.memo for o in orders],
-            )
+            rows = await conn.fetch(_TRANSFER_BATCH, *_columns(orders, _TRANSFER_BATCH_FIELDS))
             for row in rows:
                 order, future = plain[row[0] - 1]
                 created_at = row[4]
@@ -248,26 +256,17 @@ class TransferBatcher:
     ) -> list[asyncpg.Record]:
         self.batches += 1
         self.orders += len(orders)
-        return await db.fetch(
-            _CREATE_TRANSFERS,
-            [o.initiator_id for o in orders],
-            [o.request_id for o in orders],
-            [o.kind for o in orders],
-            [o.two_phase for o in orders],
-            [o.from_user_id for o in orders],
-            [o.from_username for o in orders],
-            [o.to_user_id for o in orders],
-            [o.to_username for o in orders],
-            [o.currency for o in orders],
-            [o.amount for o in orders],
-            [o.memo for o in orders],
-            [o.expires_at for o in orders],
-        )
+        return await db.fetch(_CREATE_TRANSFERS, *_columns(orders, _CREATE_TRANSFERS_FIELDS))
+
+
+def _columns(orders: list[TransferOrder], names: tuple[str, ...]) -> list[list[object]]:
+    """The orders as one array per argument of a batch function (arrays in, one row per item out)."""
+    return [[getattr(order, name) for order in orders] for name in names]
 
 
 def _result(row: asyncpg.Record) -> Result:
     outcome: str = row["outcome"]
-    return outcome, Transfer.from_record(row) if outcome in ("CREATED", "REPLAYED") else None
+    return outcome, Transfer.from_record(row["transfer"]) if outcome in ("CREATED", "REPLAYED") else None
 
 
 def _settle(future: asyncio.Future[Result], result: Result) -> None:

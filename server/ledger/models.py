@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
+from server.db.records import bind
 from server.ledger.currencies import exponent
 
 # Every query that returns accounts selects these, from `accounts a`. What pending transfers
@@ -31,10 +31,6 @@ CASE WHEN t.state = 'pending' AND t.expires_at <= now() THEN t.expires_at ELSE t
 """
 
 
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
 @dataclass(frozen=True, slots=True)
 class Account:
     """One user's money in one currency, with what pending transfers reserve and promise."""
@@ -42,11 +38,15 @@ class Account:
     id: str
     user_id: str
     currency: str
-    exponent: int
     balance: int
     pending_debit: int
     pending_credit: int
     created_at: datetime
+
+    @property
+    def exponent(self) -> int:
+        """Digits after the decimal point in this account's currency."""
+        return exponent(self.currency)
 
     @property
     def available(self) -> int:
@@ -55,17 +55,8 @@ class Account:
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> Account:
-        """Bind a row selected with the account columns."""
-        return cls(
-            id=str(row["id"]),
-            user_id=str(row["user_id"]),
-            currency=row["currency"],
-            exponent=exponent(row["currency"]),
-            balance=row["balance"],
-            pending_debit=row["pending_debit"],
-            pending_credit=row["pending_credit"],
-            created_at=row["created_at"],
-        )
+        """Bind a row selected with ACCOUNT_COLUMNS."""
+        return bind(cls, row)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,21 +85,5 @@ class Transfer:
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> Transfer:
-        """Bind a row with the transfer columns (as the ledger functions return them)."""
-        return cls(
-            id=str(row["id"]),
-            request_id=str(row["request_id"]),
-            kind=row["kind"],
-            state=row["state"],
-            from_user_id=_text(row["from_user_id"]),
-            to_user_id=_text(row["to_user_id"]),
-            from_account_id=str(row["from_account_id"]),
-            to_account_id=str(row["to_account_id"]),
-            currency=row["currency"],
-            amount=row["amount"],
-            posted_amount=row["posted_amount"],
-            memo=row["memo"],
-            created_at=row["created_at"],
-            expires_at=row["expires_at"],
-            resolved_at=row["resolved_at"],
-        )
+        """Bind a row with TRANSFER_COLUMNS (as the ledger functions return them)."""
+        return bind(cls, row)

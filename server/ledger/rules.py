@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from server.ledger.currencies import EXPONENTS
 from server.users.validation import normalize_username
 from server.validation import Fields, Text
@@ -9,6 +11,22 @@ from server.validation import Fields, Text
 MEMO = Text(max_chars=256)
 MAX_AMOUNT = 10**15  # far beyond any real payment, far from int64 overflow of summed balances
 _CURRENCY_RULE = "must be a supported ISO-4217 code such as USD, EUR or JPY (see ListCurrencies)"
+
+
+@dataclass(frozen=True, slots=True)
+class Money:
+    """What a money-moving request says: its id, the other party, how much, and a memo.
+
+    The other party is named by id or by username (the request's oneof), never both. Once checked
+    (see `money`), the id is canonical, the username normalized and the currency one the ledger holds.
+    """
+
+    request_id: str
+    user_id: str | None
+    username: str | None
+    currency: str
+    amount: int
+    memo: str = ""
 
 
 def currency(fields: Fields, raw: str, field: str = "currency") -> str:
@@ -21,15 +39,17 @@ def amount(fields: Fields, value: int, *, allow_zero: bool = False, field: str =
     return fields.integer(field, value, 0 if allow_zero else 1, MAX_AMOUNT)
 
 
-def money(
-    fields: Fields, *, request_id: str, currency_code: str, amount_minor: int, memo: str
-) -> tuple[str, str]:
-    """The request_id (canonical), currency, amount and memo of a money request; (request_id, currency)."""
-    rid = fields.uuid("request_id", request_id)
-    code = currency(fields, currency_code)
-    amount(fields, amount_minor)
-    fields.text("memo", memo, MEMO)
-    return rid, code
+def money(fields: Fields, request: Money, *, party_prefix: str) -> Money:
+    """The request with every field checked (the party's fields are named `<party_prefix>_user_id`, ...)."""
+    user_id, username = party(fields, request.user_id, request.username, party_prefix)
+    return Money(
+        request_id=fields.uuid("request_id", request.request_id),
+        user_id=user_id,
+        username=username,
+        currency=currency(fields, request.currency),
+        amount=amount(fields, request.amount),
+        memo=fields.text("memo", request.memo, MEMO),
+    )
 
 
 def party(

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TypeAlias
 
 import grpc
 
 from sendinchat.v1 import ledger_pb2, ledger_pb2_grpc
 from server.auth.principal import current_principal
 from server.db.pool import Pool
-from server.ledger import accounts, admin, transfers
+from server.ledger import accounts, admin, rules, transfers
 from server.ledger.audit import AuditReport
 from server.ledger.batching import TransferBatcher
 from server.ledger.currencies import EXPONENTS
@@ -69,6 +70,26 @@ def _oneof(request: object, group: str, first: str, second: str) -> tuple[str | 
     return (
         getattr(request, first) if which == first else None,
         getattr(request, second) if which == second else None,
+    )
+
+
+_MoneyRequest: TypeAlias = (
+    ledger_pb2.CreateTransferRequest
+    | ledger_pb2.CreatePendingTransferRequest
+    | ledger_pb2.DepositRequest
+    | ledger_pb2.WithdrawRequest
+)
+
+
+def _money(request: _MoneyRequest, party: str, prefix: str) -> rules.Money:
+    user_id, username = _oneof(request, party, f"{prefix}_user_id", f"{prefix}_username")
+    return rules.Money(
+        request_id=request.request_id,
+        user_id=user_id,
+        username=username,
+        currency=request.currency,
+        amount=request.amount_minor,
+        memo=request.memo,
     )
 
 
@@ -140,16 +161,8 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         ],
     ) -> ledger_pb2.CreateTransferResponse:
         """LedgerService.CreateTransfer."""
-        to_user_id, to_username = _oneof(request, "recipient", "to_user_id", "to_username")
         transfer = await transfers.create_transfer(
-            self._batcher,
-            principal=current_principal(),
-            request_id=request.request_id,
-            to_user_id=to_user_id,
-            to_username=to_username,
-            currency=request.currency,
-            amount=request.amount_minor,
-            memo=request.memo,
+            self._batcher, principal=current_principal(), money=_money(request, "recipient", "to")
         )
         return ledger_pb2.CreateTransferResponse(transfer=transfer_proto(transfer))
 
@@ -161,16 +174,10 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         ],
     ) -> ledger_pb2.CreatePendingTransferResponse:
         """LedgerService.CreatePendingTransfer."""
-        to_user_id, to_username = _oneof(request, "recipient", "to_user_id", "to_username")
         transfer = await transfers.create_transfer(
             self._batcher,
             principal=current_principal(),
-            request_id=request.request_id,
-            to_user_id=to_user_id,
-            to_username=to_username,
-            currency=request.currency,
-            amount=request.amount_minor,
-            memo=request.memo,
+            money=_money(request, "recipient", "to"),
             pending=True,
             expires_at=from_timestamp(request.expire_time, request.HasField("expire_time")),
         )
@@ -268,16 +275,8 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.DepositRequest, ledger_pb2.DepositResponse],
     ) -> ledger_pb2.DepositResponse:
         """LedgerService.Deposit."""
-        to_user_id, to_username = _oneof(request, "recipient", "to_user_id", "to_username")
         transfer = await admin.deposit(
-            self._batcher,
-            principal=current_principal(),
-            request_id=request.request_id,
-            to_user_id=to_user_id,
-            to_username=to_username,
-            currency=request.currency,
-            amount=request.amount_minor,
-            memo=request.memo,
+            self._batcher, principal=current_principal(), money=_money(request, "recipient", "to")
         )
         return ledger_pb2.DepositResponse(transfer=transfer_proto(transfer))
 
@@ -287,16 +286,8 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         context: grpc.aio.ServicerContext[ledger_pb2.WithdrawRequest, ledger_pb2.WithdrawResponse],
     ) -> ledger_pb2.WithdrawResponse:
         """LedgerService.Withdraw."""
-        from_user_id, from_username = _oneof(request, "source", "from_user_id", "from_username")
         transfer = await admin.withdraw(
-            self._batcher,
-            principal=current_principal(),
-            request_id=request.request_id,
-            from_user_id=from_user_id,
-            from_username=from_username,
-            currency=request.currency,
-            amount=request.amount_minor,
-            memo=request.memo,
+            self._batcher, principal=current_principal(), money=_money(request, "source", "from")
         )
         return ledger_pb2.WithdrawResponse(transfer=transfer_proto(transfer))
 

@@ -58,12 +58,7 @@ async def create_transfer(
     batcher: TransferBatcher,
     *,
     principal: Principal,
-    request_id: str,
-    to_user_id: str | None,
-    to_username: str | None,
-    currency: str,
-    amount: int,
-    memo: str = "",
+    money: rules.Money,
     pending: bool = False,
     expires_at: datetime | None = None,
 ) -> Transfer:
@@ -80,28 +75,25 @@ async def create_transfer(
         IdempotencyKeyReusedError: request_id was used for a different request.
     """
     fields = Fields()
-    rid, code = rules.money(
-        fields, request_id=request_id, currency_code=currency, amount_minor=amount, memo=memo
-    )
-    to_id, to_name = rules.party(fields, to_user_id, to_username, "to")
-    if to_id is not None and to_id == principal.user_id:
+    checked = rules.money(fields, money, party_prefix="to")
+    if checked.user_id is not None and checked.user_id == principal.user_id:
         fields.add("to_user_id", "must not be the caller")
     expiry = fields.expiry("expire_time", expires_at) if pending else None
     fields.done()
     order = TransferOrder(
         initiator_id=principal.user_id,
-        request_id=rid,
+        request_id=checked.request_id,
         kind="transfer",
         two_phase=pending,
         from_user_id=principal.user_id,
-        to_user_id=to_id,
-        to_username=to_name,
-        currency=code,
-        amount=amount,
-        memo=memo,
+        to_user_id=checked.user_id,
+        to_username=checked.username,
+        currency=checked.currency,
+        amount=checked.amount,
+        memo=checked.memo,
         expires_at=expiry,
     )
-    return await submit(batcher, order, other_party_field="to_username" if to_name else "to_user_id")
+    return await submit(batcher, order, other_party_field="to_username" if checked.username else "to_user_id")
 
 
 async def post_pending_transfer(
@@ -146,8 +138,8 @@ async def _resolve(
     fields.done()
     row = await pool.fetchrow(_RESOLVE_PENDING, principal.user_id, rid, tid, action, amount)
     assert row is not None
-    outcomes.raise_for(row["outcome"], state=row["state"])
-    return Transfer.from_record(row)
+    outcomes.raise_for(row["outcome"], state=row["named_state"])
+    return Transfer.from_record(row["transfer"])
 
 
 async def get_transfer(

@@ -13,6 +13,7 @@ from server.auth.principal import Principal, Role
 from server.auth.sessions import EndedSessions
 from server.auth.tokens import TokenCodec
 from server.db.pool import Connection
+from server.db.records import bind
 from server.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
@@ -75,13 +76,7 @@ class User:
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> User:
         """Bind a users row (selected as _USER_COLUMNS)."""
-        return cls(
-            id=row["id"],
-            username=row["username"],
-            display_name=row["display_name"],
-            role=Role(row["role"]),
-            created_at=row["created_at"],
-        )
+        return bind(cls, row)
 
 
 @dataclass(frozen=True)

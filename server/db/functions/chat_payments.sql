@@ -16,7 +16,7 @@ CREATE OR REPLACE FUNCTION chat_transfer(
     OUT outcome text, OUT transfer_id uuid
 ) LANGUAGE plpgsql AS $$
 BEGIN
-    SELECT c.outcome, c.id INTO outcome, transfer_id
+    SELECT c.outcome, (c.transfer).id INTO outcome, transfer_id
     FROM ledger_create_transfers(
         ARRAY[p_from], ARRAY[p_request], ARRAY['transfer'], ARRAY[false], ARRAY[p_from], ARRAY[NULL::text],
         ARRAY[p_to], ARRAY[NULL::text], ARRAY[p_currency], ARRAY[p_amount], ARRAY[p_memo],
@@ -28,12 +28,14 @@ END
 $$;
 
 -- The answer a chat request already has: REPLAYED (p_replay says whether the message found is
--- this request's), IDEMPOTENCY_KEY_REUSED, a recorded refusal, or NULL when it has none yet.
--- The caller holds the key's lock.
+-- this request's), IDEMPOTENCY_KEY_REUSED, a recorded refusal, or NULL when it has none yet. With
+-- p_room, a request with no answer yet then locks the room of its two parties (chat_lock_parties),
+-- or is refused. The caller holds the key's lock.
 CREATE OR REPLACE FUNCTION chat_prior_answer(
     p_sender uuid, p_request uuid, p_fingerprint text, p_replay boolean, p_message messages,
+    p_room uuid DEFAULT NULL, p_other uuid DEFAULT NULL,
     OUT outcome text, OUT state text
-) LANGUAGE plpgsql STABLE AS $$
+) LANGUAGE plpgsql AS $$
 BEGIN
     IF p_message.sequence IS NOT NULL THEN
         outcome := CASE WHEN p_replay THEN 'REPLAYED' ELSE 'IDEMPOTENCY_KEY_REUSED' END;
@@ -41,7 +43,31 @@ BEGIN
         outcome := 'IDEMPOTENCY_KEY_REUSED';
     ELSE
         SELECT r.outcome, r.state INTO outcome, state FROM request_prior_refusal(p_sender, p_request, p_fingerprint) r;
+        IF outcome IS NULL AND p_room IS NOT NULL THEN
+            outcome := chat_lock_parties(p_room, p_sender, p_other, p_request, p_fingerprint);
+        END IF;
     END IF;
+END
+$$;
+
+-- Locks the room when both the caller and the other party are members of it; otherwise records and
+-- returns the refusal (ROOM_NOT_FOUND for the caller, MEMBER_NOT_FOUND for the other party).
+CREATE OR REPLACE FUNCTION chat_lock_parties(
+    p_room uuid, p_caller uuid, p_other uuid, p_request uuid, p_fingerprint text
+) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_outcome text;
+BEGIN
+    IF NOT chat_lock_room_of_member(p_room, p_caller) THEN
+        v_outcome := 'ROOM_NOT_FOUND';
+    ELSIF NOT EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = p_room AND m.user_id = p_other) THEN
+        v_outcome := 'MEMBER_NOT_FOUND';
+    ELSE
+        RETURN NULL;
+    END IF;
+    PERFORM request_refuse(p_caller, p_request, p_fingerprint, v_outcome);
+    RETURN v_outcome;
 END
 $$;
 
@@ -58,23 +84,13 @@ DECLARE
 BEGIN
     PERFORM request_lock(ARRAY[p_payer], ARRAY[p_request]);
     SELECT * INTO v_message FROM messages m WHERE m.sender_id = p_payer AND m.request_id = p_request;
-    SELECT a.outcome INTO outcome FROM chat_prior_answer(p_payer, p_request, v_fp,
+    SELECT a.outcome, v_message.room_id, v_message.sequence INTO outcome, room_id, sequence
+    FROM chat_prior_answer(p_payer, p_request, v_fp,
         v_message.kind = 'payment' AND v_message.room_id = p_room AND v_message.note = p_note
         AND EXISTS (SELECT 1 FROM transfers t WHERE t.id = v_message.transfer_id
                     AND t.to_user_id = p_recipient AND t.currency = p_currency AND t.amount = p_amount),
-        v_message) a;
+        v_message, p_room, p_recipient) a;
     IF outcome IS NOT NULL THEN
-        room_id := v_message.room_id;
-        sequence := v_message.sequence;
-        RETURN;
-    END IF;
-    IF NOT chat_lock_room_of_member(p_room, p_payer) THEN
-        outcome := 'ROOM_NOT_FOUND';
-    ELSIF NOT EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = p_room AND m.user_id = p_recipient) THEN
-        outcome := 'MEMBER_NOT_FOUND';
-    END IF;
-    IF outcome IS NOT NULL THEN
-        PERFORM request_refuse(p_payer, p_request, v_fp, outcome);
         RETURN;
     END IF;
     SELECT t.outcome, t.transfer_id INTO outcome, v_transfer
@@ -107,24 +123,14 @@ BEGIN
     PERFORM request_lock(ARRAY[p_requester], ARRAY[p_request]);
     SELECT * INTO v_message FROM messages m WHERE m.sender_id = p_requester AND m.request_id = p_request;
     SELECT * INTO v_pr FROM payment_requests r WHERE r.id = v_message.payment_request_id;
-    SELECT a.outcome INTO outcome FROM chat_prior_answer(p_requester, p_request, v_fp,
+    SELECT a.outcome, v_message.room_id, v_message.sequence INTO outcome, room_id, sequence
+    FROM chat_prior_answer(p_requester, p_request, v_fp,
         v_message.request_state = 'open'
         AND (v_pr.room_id, v_pr.payer_id, v_pr.currency, v_pr.amount_minor, v_pr.note)
             = (p_room, p_payer, p_currency, p_amount, p_note)
         AND v_pr.expire_at IS NOT DISTINCT FROM p_expire,
-        v_message) a;
+        v_message, p_room, p_payer) a;
     IF outcome IS NOT NULL THEN
-        room_id := v_message.room_id;
-        sequence := v_message.sequence;
-        RETURN;
-    END IF;
-    IF NOT chat_lock_room_of_member(p_room, p_requester) THEN
-        outcome := 'ROOM_NOT_FOUND';
-    ELSIF NOT EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = p_room AND m.user_id = p_payer) THEN
-        outcome := 'MEMBER_NOT_FOUND';
-    END IF;
-    IF outcome IS NOT NULL THEN
-        PERFORM request_refuse(p_requester, p_request, v_fp, outcome);
         RETURN;
     END IF;
     INSERT INTO payment_requests (request_id, room_id, requester_id, payer_id, currency, amount_minor, note, expire_at)
@@ -176,12 +182,11 @@ DECLARE
 BEGIN
     PERFORM request_lock(ARRAY[p_actor], ARRAY[p_request]);
     SELECT * INTO v_message FROM messages m WHERE m.sender_id = p_actor AND m.request_id = p_request;
-    SELECT a.outcome, a.state INTO outcome, state FROM chat_prior_answer(p_actor, p_request, v_fp,
+    SELECT a.outcome, a.state, v_message.room_id, v_message.sequence INTO outcome, state, room_id, sequence
+    FROM chat_prior_answer(p_actor, p_request, v_fp,
         v_message.payment_request_id IS NOT DISTINCT FROM p_pr AND v_message.request_state = v_state,
         v_message) a;
     IF outcome IS NOT NULL THEN
-        room_id := v_message.room_id;
-        sequence := v_message.sequence;
         RETURN;
     END IF;
     SELECT r.room_id INTO v_room FROM payment_requests r WHERE r.id = p_pr;

@@ -7,7 +7,7 @@
 -- (user_id NULLS FIRST, currency) order, so concurrent calls cannot deadlock.
 
 -- Create many transfers (immediate or pending, user, deposit or withdrawal) in one statement,
--- each with its own outcome. A NULL p_from_user / p_to_user with no username is the system
+-- each with its own outcome and, when CREATED or REPLAYED, the transfer. A NULL p_from_user / p_to_user with no username is the system
 -- account; a username names the party instead of an id. p_fingerprint (optional) is the caller's
 -- description of each request, recorded with a refusal (chat payments pass their own; the
 -- default describes the transfer asked for). Returns one row per item, `idx` being its 1-based
@@ -36,34 +36,8 @@ CREATE OR REPLACE FUNCTION ledger_create_transfers(
     p_memo          text[],
     p_expires       timestamptz[],
     p_fingerprint   text[] DEFAULT NULL
-) RETURNS TABLE (
-    idx             integer,
-    outcome         text,
-    id              uuid,
-    request_id      uuid,
-    kind            text,
-    state           text,
-    from_user_id    uuid,
-    to_user_id      uuid,
-    from_account_id uuid,
-    to_account_id   uuid,
-    currency        text,
-    amount          bigint,
-    posted_amount   bigint,
-    memo            text,
-    created_at      timestamptz,
-    expires_at      timestamptz,
-    resolved_at     timestamptz
-) LANGUAGE plpgsql
--- Its statements take arrays, so custom plans would be re-planned on every call for no gain. A
--- generic plan is made once per connection, often while the tables are small; the enable_*
--- settings keep it reading by key (see ledger_transfer_batch below).
-SET plan_cache_mode = force_generic_plan
-SET enable_seqscan = off
-SET enable_hashjoin = off
-SET enable_mergejoin = off
-SET enable_bitmapscan = off
-AS $$
+) RETURNS TABLE (idx integer, outcome text, transfer transfers)
+LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     n           integer := cardinality(p_request);
@@ -203,9 +177,7 @@ BEGIN
             SELECT ins.id, ins.from_user_id, ins.to_user_id, ins.state, ins.posted_amount, ins.resolved_at
             FROM ins ORDER BY ins.seq
         )
-        SELECT x.n::integer, 'CREATED'::text, ins.id, ins.request_id, ins.kind, ins.state, ins.from_user_id,
-               ins.to_user_id, ins.from_account_id, ins.to_account_id, ins.currency, ins.amount,
-               ins.posted_amount, ins.memo, ins.created_at, ins.expires_at, ins.resolved_at
+        SELECT x.n::integer, 'CREATED'::text, ROW(ins.*)::transfers
         FROM ins JOIN unnest(p_initiator, p_request) WITH ORDINALITY AS x(ini, req, n)
              ON ins.initiator_id = x.ini AND ins.request_id = x.req;
         v_notify := true;
@@ -286,19 +258,7 @@ BEGIN
                 END IF;
             END IF;
         END IF;
-        IF outcome IN ('CREATED', 'REPLAYED') THEN
-            id := v_t.id; request_id := v_t.request_id; kind := v_t.kind; state := v_t.state;
-            from_user_id := v_t.from_user_id; to_user_id := v_t.to_user_id;
-            from_account_id := v_t.from_account_id; to_account_id := v_t.to_account_id;
-            currency := v_t.currency; amount := v_t.amount; posted_amount := v_t.posted_amount;
-            memo := v_t.memo; created_at := v_t.created_at; expires_at := v_t.expires_at;
-            resolved_at := v_t.resolved_at;
-        ELSE
-            id := NULL; request_id := NULL; kind := NULL; state := NULL; from_user_id := NULL;
-            to_user_id := NULL; from_account_id := NULL; to_account_id := NULL; currency := NULL;
-            amount := NULL; posted_amount := NULL; memo := NULL; created_at := NULL; expires_at := NULL;
-            resolved_at := NULL;
-        END IF;
+        transfer := CASE WHEN outcome IN ('CREATED', 'REPLAYED') THEN v_t END;
         RETURN NEXT;
     END LOOP;
 
@@ -317,11 +277,6 @@ END $$;
 -- the caller then sends through ledger_create_transfers (so the outcomes stay that function's).
 -- The reply needs only what the database chose: the transfer id, both account ids and the time
 -- (the transfer is posted at creation: resolved then).
---
--- Every statement reads a handful of rows by key, and plans are generic (planned once per
--- connection): the enable_* settings keep a plan made while the tables were small from scanning or
--- hashing whole tables forever after (measured: a NOT EXISTS on transfers became a hash of the
--- whole table, a cost growing with every transfer).
 CREATE OR REPLACE FUNCTION ledger_transfer_batch(
     p_from     uuid[],
     p_request  uuid[],
@@ -330,13 +285,7 @@ CREATE OR REPLACE FUNCTION ledger_transfer_batch(
     p_amount   bigint[],
     p_memo     text[]
 ) RETURNS TABLE (idx integer, id uuid, from_account_id uuid, to_account_id uuid, created_at timestamptz)
-LANGUAGE plpgsql
-SET plan_cache_mode = force_generic_plan
-SET enable_seqscan = off
-SET enable_hashjoin = off
-SET enable_mergejoin = off
-SET enable_bitmapscan = off
-AS $$
+LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
     -- A statement of its own: the one below then sees whatever a holder of these keys committed.
@@ -389,4 +338,21 @@ BEGIN
     IF FOUND THEN
         PERFORM pg_notify('ledger_events', '');
     END IF;
+END $$;
+
+-- How both functions plan. Their statements take arrays, so custom plans would be re-planned on
+-- every call for no gain: a generic plan is made once per connection, often while the tables are
+-- small, and every statement reads a handful of rows by key. The enable_* settings keep such a
+-- plan from scanning or hashing whole tables forever after (measured: a NOT EXISTS on transfers
+-- became a hash of the whole table, a cost growing with every transfer).
+DO $$
+DECLARE
+    f regprocedure;
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+             WHERE p.proname IN ('ledger_create_transfers', 'ledger_transfer_batch')
+               AND p.pronamespace = 'public'::regnamespace LOOP
+        EXECUTE format('ALTER FUNCTION %s SET plan_cache_mode = force_generic_plan SET enable_seqscan = off'
+                       ' SET enable_hashjoin = off SET enable_mergejoin = off SET enable_bitmapscan = off', f);
+    END LOOP;
 END $$;

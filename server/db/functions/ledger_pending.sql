@@ -45,28 +45,11 @@ END $$;
 -- Outcomes: DONE, REPLAYED, IDEMPOTENCY_KEY_REUSED, AMOUNT_TOO_LARGE (an invalid argument, not
 -- recorded), and the refusals NOT_FOUND, PERMISSION_DENIED, TRANSFER_NOT_PENDING, TRANSFER_EXPIRED
 -- (recorded: a retry gets the same refusal, server/db/functions/requests.sql); with the transfer
--- as it is after (columns as ledger_create_transfers, without idx; `state` alone on a refusal
--- that names one).
+-- as it is after, or, on a refusal that names one, the state it names.
 CREATE OR REPLACE FUNCTION ledger_resolve_pending(
     p_initiator uuid, p_request uuid, p_transfer uuid, p_action text, p_amount bigint
-) RETURNS TABLE (
-    outcome         text,
-    id              uuid,
-    request_id      uuid,
-    kind            text,
-    state           text,
-    from_user_id    uuid,
-    to_user_id      uuid,
-    from_account_id uuid,
-    to_account_id   uuid,
-    currency        text,
-    amount          bigint,
-    posted_amount   bigint,
-    memo            text,
-    created_at      timestamptz,
-    expires_at      timestamptz,
-    resolved_at     timestamptz
-) LANGUAGE plpgsql AS $$
+) RETURNS TABLE (outcome text, named_state text, transfer transfers)
+LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
     v_t       transfers;
@@ -153,10 +136,5 @@ BEGIN
         PERFORM pg_notify('ledger_events', '');
         v_outcome := 'DONE';
     END;
-    IF v_outcome NOT IN ('DONE', 'REPLAYED') THEN
-        v_t := NULL;
-    END IF;
-    RETURN QUERY SELECT v_outcome, v_t.id, v_t.request_id, v_t.kind, coalesce(v_t.state, v_state), v_t.from_user_id,
-        v_t.to_user_id, v_t.from_account_id, v_t.to_account_id, v_t.currency, v_t.amount,
-        v_t.posted_amount, v_t.memo, v_t.created_at, v_t.expires_at, v_t.resolved_at;
+    RETURN QUERY SELECT v_outcome, v_state, CASE WHEN v_outcome IN ('DONE', 'REPLAYED') THEN v_t END;
 END $$;

@@ -37,6 +37,7 @@ ALTER TABLE payment_requests ADD CONSTRAINT payment_requests_expiry_bounded
 DROP FUNCTION IF EXISTS ledger_create_transfers(
     uuid[], uuid[], text[], boolean[], uuid[], uuid[], text[], text[], bigint[], text[], timestamptz[]);
 DROP FUNCTION IF EXISTS chat_transfer(uuid, uuid, uuid, text, bigint, text);
+DROP FUNCTION IF EXISTS ledger_resolve_pending(uuid, uuid, uuid, text, bigint);  -- now returns a transfers row
 
 -- Written but never read since ListRooms pages by snapshot.
 ALTER TABLE rooms DROP COLUMN last_activity_at;
