@@ -1,4 +1,8 @@
-"""UserService: transport for server/users/service.py."""
+"""UserService: transport for the users domain.
+
+Register, GetMe, GetUser, ChangePassword: server/users/service.py. Login, RefreshToken, Logout:
+server/users/signin.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from sendinchat.v1 import users_pb2, users_pb2_grpc
 from server.auth.principal import Role, current_principal
 from server.db.pool import Pool
 from server.protoconv import timestamp
-from server.users import service
+from server.users import service, signin
 from server.users.throttle import peer_host
 
 _ROLES = {Role.USER: users_pb2.ROLE_USER, Role.ADMIN: users_pb2.ROLE_ADMIN}
@@ -33,7 +37,7 @@ def _profile(user: service.User) -> users_pb2.UserProfile:
     )
 
 
-def _tokens(pair: service.TokenPair) -> users_pb2.TokenPair:
+def _tokens(pair: signin.TokenPair) -> users_pb2.TokenPair:
     return users_pb2.TokenPair(
         access_token=pair.access_token,
         access_token_expire_time=timestamp(pair.access_expires_at),
@@ -72,7 +76,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         context: grpc.aio.ServicerContext[users_pb2.LoginRequest, users_pb2.LoginResponse],
     ) -> users_pb2.LoginResponse:
         """UserService.Login."""
-        pair, user = await service.login(
+        pair, user = await signin.login(
             self._pool,
             self._deps,
             username=request.username,
@@ -87,7 +91,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         context: grpc.aio.ServicerContext[users_pb2.RefreshTokenRequest, users_pb2.RefreshTokenResponse],
     ) -> users_pb2.RefreshTokenResponse:
         """UserService.RefreshToken."""
-        pair = await service.refresh(self._pool, self._deps, refresh_token=request.refresh_token)
+        pair = await signin.refresh(self._pool, self._deps, refresh_token=request.refresh_token)
         return users_pb2.RefreshTokenResponse(tokens=_tokens(pair))
 
     async def Logout(
@@ -96,7 +100,7 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         context: grpc.aio.ServicerContext[users_pb2.LogoutRequest, users_pb2.LogoutResponse],
     ) -> users_pb2.LogoutResponse:
         """UserService.Logout."""
-        ended = await service.logout(
+        ended = await signin.logout(
             self._pool, self._deps, principal=current_principal(), all_sessions=request.all_sessions
         )
         return users_pb2.LogoutResponse(ended_sessions=ended)
