@@ -16,16 +16,14 @@ log = logging.getLogger(__name__)
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 # What servicers hold and pass on, without depending on asyncpg themselves.
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
-# What a call to the database can raise when the database, not the caller, is the problem.
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError)
 
 
 async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
     # Whatever stops a new connection (refused, reset, "database does not allow connections",
-    # too many clients) means the database is unavailable, not that the request was bad.
+    # too many clients, a standby) means the database is unavailable, not that the request was bad.
     try:
         return await asyncpg.connect(*args, **kwargs)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except Exception as exc:
         # The cause (host, port, database or role names) goes to the log, never to the client.
         log.warning("cannot connect to the database: %s", exc)
         raise UnavailableError("the database is unavailable; retry later") from exc
