@@ -211,6 +211,17 @@ class ConnectSession:
         )
         self._put(chat_pb2.ConnectResponse(ack=ack))
 
+    def _lose(self, subscription: _Subscription, exc: Exception) -> None:
+        """A room's history could not be read: drop the room and tell the client to subscribe again."""
+        if self._subscriptions.get(subscription.room_id) is subscription:
+            del self._subscriptions[subscription.room_id]
+            self._hub.unsubscribe(subscription.room_id, self)
+        error = _frame_error(
+            exc, chat_pb2.ConnectRequest(subscribe=chat_pb2.SubscribeFrame(room_id=subscription.room_id))
+        )
+        error.error.message += "; subscribe again from the last sequence"
+        self._put(error)
+
     async def _write_loop(self) -> None:
         while True:
             item = await self._queue.get()
@@ -246,13 +257,17 @@ class ConnectSession:
 
     async def _catch_up(self, subscription: _Subscription, *, upto: int) -> None:
         while True:
-            page = await messages.messages_after(
-                self._pool,
-                room_id=subscription.room_id,
-                after=subscription.last_sent,
-                upto=upto,
-                limit=_REPLAY_PAGE,
-            )
+            try:
+                page = await messages.messages_after(
+                    self._pool,
+                    room_id=subscription.room_id,
+                    after=subscription.last_sent,
+                    upto=upto,
+                    limit=_REPLAY_PAGE,
+                )
+            except Exception as exc:  # the subscription is lost, not the stream
+                self._lose(subscription, exc)
+                return
             for message in page:
                 if self._subscriptions.get(subscription.room_id) is not subscription:
                     return
