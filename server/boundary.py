@@ -61,11 +61,6 @@ def check(message: Message, prefix: str = "") -> None:
         raise InvalidArgumentError(violations)
 
 
-def violations_of(message: Message, prefix: str = "") -> dict[str, str]:
-    """The shape violations of `message`, by field path (empty when it is fine)."""
-    return dict(_violations(message, prefix))
-
-
 def _violations(message: Message, prefix: str) -> Iterator[tuple[str, str]]:
     full_name = message.DESCRIPTOR.full_name
     if full_name in (_TIMESTAMP, _DURATION):
@@ -80,9 +75,7 @@ def _violations(message: Message, prefix: str) -> Iterator[tuple[str, str]]:
             continue
         if field.is_repeated:
             if field.message_type is not None and field.message_type.GetOptions().map_entry:
-                items: Any = value.items()
-                for key, item in items:
-                    yield from checker(f"{path}[{key!r}]", item)
+                yield from _map_violations(path, field.message_type, value)
                 continue
             for index, item in enumerate(value):
                 yield from checker(f"{path}[{index}]", item)
@@ -100,7 +93,7 @@ def _checker(field: FieldDescriptor) -> _Checker | None:
     if field.enum_type is not None:
         return _enum_checker(frozenset(field.enum_type.values_by_number))
     if field.message_type is not None:
-        return _message_checker(field.message_type)
+        return _check_message
     return None  # numbers: protobuf already holds them to their type's range
 
 
@@ -122,11 +115,18 @@ def _enum_checker(known: frozenset[int]) -> _Checker:
     return check_enum
 
 
-def _message_checker(descriptor: Descriptor) -> _Checker:
-    def check_message(path: str, value: Message) -> Iterator[tuple[str, str]]:
-        yield from _violations(value, path + ".")
+def _check_message(path: str, value: Message) -> Iterator[tuple[str, str]]:
+    yield from _violations(value, path + ".")
 
-    return check_message
+
+def _map_violations(path: str, entry: Descriptor, value: Any) -> Iterator[tuple[str, str]]:
+    # Entries are named by position: a hostile key has no place in the answer.
+    check_key, check_value = _checker(entry.fields_by_name["key"]), _checker(entry.fields_by_name["value"])
+    for index, (key, item) in enumerate(value.items()):
+        if check_key is not None:
+            yield from check_key(f"{path}[{index}].key", key)
+        if check_value is not None:
+            yield from check_value(f"{path}[{index}]", item)
 
 
 def _time_violation(full_name: str, value: Any) -> str:

@@ -27,12 +27,22 @@ class SendInChatError(Exception):
         self.message = message
 
 
+# A request with more wrong fields is told about the first ones: the answer travels in headers,
+# which clients cap at 8-16 KB.
+MAX_VIOLATIONS = 10
+_MAX_FIELD_CHARS = 120
+
+
 class InvalidArgumentError(SendInChatError):
-    """The request is malformed; `violations` maps field names to what is wrong."""
+    """The request is malformed; `violations` maps field names to what is wrong (at most MAX_VIOLATIONS)."""
 
     def __init__(self, violations: Mapping[str, str]) -> None:
-        self.violations = dict(violations)
-        super().__init__("; ".join(f"{field}: {why}" for field, why in self.violations.items()))
+        listed = list(violations.items())
+        self.violations = {field[:_MAX_FIELD_CHARS]: why for field, why in listed[:MAX_VIOLATIONS]}
+        message = "; ".join(f"{field}: {why}" for field, why in self.violations.items())
+        if len(listed) > MAX_VIOLATIONS:
+            message += f"; and {len(listed) - MAX_VIOLATIONS} more"
+        super().__init__(message)
 
     @classmethod
     def field(cls, field: str, description: str) -> InvalidArgumentError:

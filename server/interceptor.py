@@ -18,7 +18,7 @@ import inspect
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, TypeVar, cast
 
 import grpc
@@ -44,6 +44,9 @@ PUBLIC_METHODS = frozenset(
     }
 )
 PUBLIC_SERVICE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Request-streaming methods whose handler answers a bad frame itself and keeps the stream; any other
+# ends with INVALID_ARGUMENT at the first frame that breaks the shape rules.
+FRAMES_CHECKED_BY_HANDLER = frozenset({"/sendinchat.v1.ChatService/Connect"})
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
@@ -101,23 +104,27 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             stream_unary = cast(Callable[..., Awaitable[Any]], handler.stream_unary)
 
             async def stream_unary_behavior(requests: Any, context: Context) -> Any:
+                frames = requests if method in FRAMES_CHECKED_BY_HANDLER else _checked_frames(requests)
                 return await self._run(
-                    method, public, context, lambda: stream_unary(requests, context), streaming=True
+                    method, public, context, lambda: stream_unary(frames, context), streaming=True
                 )
 
             return grpc.stream_unary_rpc_method_handler(stream_unary_behavior, **codecs)
         inner = cast(
             Callable[..., Any], handler.stream_stream if handler.request_streaming else handler.unary_stream
         )
-        # A single request (server streaming) is checked here; a stream's frames by its handler.
-        single = None if handler.request_streaming else True
+        # A single request (server streaming) is checked here; a stream's frames as they come, by
+        # _checked_frames or by a handler that answers each frame itself.
+        single = not handler.request_streaming
+        per_frame = method in FRAMES_CHECKED_BY_HANDLER
 
         async def streaming_behavior(request: Any, context: Context) -> None:
+            received = request if single or per_frame else _checked_frames(request)
             await self._run(
                 method,
                 public,
                 context,
-                lambda: _drive(inner, request, context),
+                lambda: _drive(inner, received, context),
                 request if single else None,
                 streaming=True,
             )
@@ -223,6 +230,14 @@ def _internal(method: str) -> grpc.Status:
     correlation_id = uuid.uuid4().hex
     log.exception("unexpected error in %s (correlation id %s)", method, correlation_id)
     return status.internal_status(correlation_id)
+
+
+async def _checked_frames(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, boundary.Unparsable):
+            raise request.error()
+        boundary.check(request)
+        yield request
 
 
 async def _drive(inner: Callable[..., Any], request: Any, context: Context) -> None:

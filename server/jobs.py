@@ -1,4 +1,4 @@
-"""Background jobs, started and stopped by app.py: the ledger audit at start, and the expiry sweepers.
+"""Background jobs, started and stopped by app.py: audit, expiry sweepers, ended login counters.
 
 Each sweep is one SQL function safe to run from every replica at once (SKIP LOCKED); a round that
 fails (the database away) is logged and the next round retries. The start-up audit keeps health
@@ -19,19 +19,22 @@ from server.db import errors as db_errors
 from server.health import HealthState
 from server.ledger import transfers
 from server.ledger.audit import audit_ledger
+from server.users import throttle
 
 log = logging.getLogger(__name__)
 
 PENDING_SWEEP_SECONDS = 1.0
 PAYMENT_REQUEST_SWEEP_SECONDS = 5.0
+LOGIN_COUNTER_SWEEP_SECONDS = 60.0
 
 
 class Jobs:
     """The periodic work of one replica."""
 
-    def __init__(self, pool: asyncpg.Pool, health: HealthState) -> None:
+    def __init__(self, pool: asyncpg.Pool, health: HealthState, login_limits: throttle.LoginLimits) -> None:
         self._pool = pool
         self._health = health
+        self._login_limits = login_limits
         self._audited = False
 
     async def audit(self) -> None:
@@ -66,11 +69,20 @@ class Jobs:
                     PAYMENT_REQUEST_SWEEP_SECONDS, "expiring payment requests", self._payment_request_round
                 )
             )
+            group.create_task(
+                _every(
+                    LOGIN_COUNTER_SWEEP_SECONDS, "forgetting ended login counters", self._login_counter_round
+                )
+            )
 
     async def _pending_round(self) -> None:
         if not self._audited:
             await self.audit()
         await transfers.expire_due(self._pool)
+
+    async def _login_counter_round(self) -> None:
+        async with self._pool.acquire() as conn:
+            await throttle.forget_ended_windows(conn, self._login_limits)
 
     async def _payment_request_round(self) -> None:
         while await payments.expire_due_requests(self._pool) > 0:

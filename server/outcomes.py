@@ -49,6 +49,7 @@ _ERRORS: dict[str, Callable[[str, str], SendInChatError]] = {
     "AMOUNT_TOO_LARGE": lambda _s, _f: InvalidArgumentError.field(
         "amount_minor", "must not exceed the reserved amount"
     ),
+    "EXPIRY_PASSED": lambda _s, _f: InvalidArgumentError.field("expire_time", "must be in the future"),
     "ROOM_NOT_FOUND": lambda _s, _f: NotFoundError("room not found"),
     "MEMBER_NOT_FOUND": lambda _s, _f: NotFoundError("that user is not a member of the room"),
     "REQUEST_NOT_FOUND": lambda _s, _f: NotFoundError("payment request not found"),

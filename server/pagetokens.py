@@ -67,6 +67,9 @@ def _snapshot(raw: str) -> str:
     running = [_int(x) for x in match[3].split(",")] if match[3] else []
     if not 0 < xmin <= xmax or any(not xmin <= x < xmax for x in running) or running != sorted(set(running)):
         raise _Forged
+    # An xid8 whose low 32 bits are zero is no valid transaction id: PostgreSQL refuses it.
+    if any(value & 0xFFFF_FFFF == 0 for value in (xmin, xmax, *running)):
+        raise _Forged
     return raw
 
 

@@ -105,13 +105,12 @@ class Fields:
         return self.integer(field, requested, 0, MAX_PAGE_SIZE) or DEFAULT_PAGE_SIZE
 
     def expiry(self, field: str, moment: datetime | None) -> datetime | None:
-        """An optional expiry: in the future, at most MAX_EXPIRY_AHEAD from now."""
-        if moment is None:
-            return None
-        now = datetime.now(UTC)
-        if moment <= now:
-            self.add(field, "must be in the future")
-        elif moment > now + MAX_EXPIRY_AHEAD:
+        """An optional expiry at most MAX_EXPIRY_AHEAD from now.
+
+        That it lies in the future is checked where the request's earlier answer is looked up (the
+        SQL functions): a retry after the expiry passed must still get its first answer.
+        """
+        if moment is not None and moment > datetime.now(UTC) + MAX_EXPIRY_AHEAD:
             self.add(field, f"must be at most {MAX_EXPIRY_AHEAD.days} days ahead")
         return moment
 

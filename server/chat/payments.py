@@ -52,14 +52,14 @@ class PaymentResult:
 
 async def _run(pool: asyncpg.Pool, sql: str, *args: object, other_party_field: str) -> PaymentResult:
     async with pool.acquire() as conn:
-        async with conn.transaction():
-            row = await conn.fetchrow(sql, *args)
-            assert row is not None
-            outcome = str(row["outcome"])
-            if outcome in outcomes.SUCCESS:
-                return await _result(conn, row["room_id"], row["sequence"])
-        # Raised after the commit: the refusal (and an expired request's EXPIRED state) must be kept.
-        outcomes.raise_for(outcome, state=row.get("state"), other_party_field=other_party_field)
+        # The function is the whole transaction (its locks go at its commit); what it wrote is read
+        # after, and a refusal (and an expired request's EXPIRED state) is kept.
+        row = await conn.fetchrow(sql, *args)
+        assert row is not None
+        outcome = str(row["outcome"])
+        if outcome in outcomes.SUCCESS:
+            return await _result(conn, row["room_id"], row["sequence"])
+    outcomes.raise_for(outcome, state=row.get("state"), other_party_field=other_party_field)
     raise AssertionError("unreachable: raise_for raises for every other outcome")
 
 

@@ -89,6 +89,7 @@ ON CONFLICT (direct_key) DO NOTHING
 RETURNING id::text
 """
 _DIRECT_BY_KEY = "SELECT id::text FROM rooms WHERE direct_key = $1"
+_MEMBER_COUNT = "SELECT count(*) FROM room_members WHERE room_id = $1"
 _INSERT_MEMBERS = """
 INSERT INTO room_members (room_id, user_id, role)
 SELECT $1, u.id, 'member' FROM unnest($2::uuid[]) WITH ORDINALITY AS u(id, n)
@@ -232,6 +233,7 @@ async def add_members(pool: asyncpg.Pool, *, user_id: str, room_id: str, member_
     Raises:
         InvalidArgumentError: direct room, empty or malformed list.
         NotFoundError: the room (for the caller) or a user.
+        FailedPreconditionError: the room would have more than MAX_ROOM_MEMBERS (reason ROOM_FULL).
     """
     fields = Fields()
     room_id = fields.uuid("room_id", room_id)
@@ -245,6 +247,10 @@ async def add_members(pool: asyncpg.Pool, *, user_id: str, room_id: str, member_
             raise InvalidArgumentError.field("room_id", "members cannot be added to a direct room")
         rows = await _insert_members(conn, _INSERT_MEMBERS, room_id, ids)
         added = [str(r["user_id"]) for r in rows]
+        if added and await conn.fetchval(_MEMBER_COUNT, room_id) > rules.MAX_ROOM_MEMBERS:
+            raise FailedPreconditionError(  # the transaction rolls back: nobody was added
+                f"a room has at most {rules.MAX_ROOM_MEMBERS} members", reason="ROOM_FULL"
+            )
         if added:
             await conn.execute(_SYSTEM_MESSAGES, room_id, added, " joined")
         return await _load_room(conn, user_id, room_id)

@@ -8,16 +8,18 @@ Connect: server/chat/stream.py (one session per stream), fed by server/chat/hub.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import grpc
 
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2
 from server.auth.principal import current_principal
-from server.chat import convert, messages, payments, rooms
+from server.chat import convert, messages, payments, rooms, validation
 from server.chat.hub import ChatHub
 from server.chat.stream import ConnectSession
 from server.db.pool import Pool
+from server.errors import RateLimitedError
 from server.ledger import rules
 from server.protoconv import from_timestamp, transfer_proto
 
@@ -50,6 +52,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._pool = pool
         self._hub = hub
         self._stream_buffer = stream_buffer
+        self._streams: Counter[str] = Counter()  # open Connect streams per user
 
     async def CreateRoom(
         self,
@@ -232,15 +235,23 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.ConnectRequest, chat_pb2.ConnectResponse],
     ) -> AsyncIterator[chat_pb2.ConnectResponse]:
         """ChatService.Connect."""
+        user_id = current_principal().user_id
+        if self._streams[user_id] >= validation.MAX_STREAMS_PER_USER:
+            raise RateLimitedError(
+                f"at most {validation.MAX_STREAMS_PER_USER} Connect streams a user at once; close one",
+                retry_after_seconds=1.0,
+            )
+        self._streams[user_id] += 1
         session = ConnectSession(
-            pool=self._pool,
-            hub=self._hub,
-            user_id=current_principal().user_id,
-            buffer=self._stream_buffer,
-            write=context.write,
+            pool=self._pool, hub=self._hub, user_id=user_id, buffer=self._stream_buffer, write=context.write
         )
-        # The session writes through context.write from its own loop, so that an overflowing
-        # queue can end the stream even while a write waits on a client that does not read.
-        await session.run(request_iterator)
+        try:
+            # The session writes through context.write from its own loop, so that an overflowing
+            # queue can end the stream even while a write waits on a client that does not read.
+            await session.run(request_iterator)
+        finally:
+            self._streams[user_id] -= 1
+            if not self._streams[user_id]:
+                del self._streams[user_id]
         return
         yield  # an async generator, as the streaming signature requires

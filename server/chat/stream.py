@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -29,12 +30,14 @@ from server.chat import convert, messages
 from server.chat.hub import ChatHub, LiveMessage
 from server.db import errors as db_errors
 from server.db.pool import Pool
-from server.errors import InvalidArgumentError, RateLimitedError, SendInChatError
+from server.errors import InvalidArgumentError, RateLimitedError
 from server.validation import parse_uuid
 
 _REPLAY_PAGE = 100
 _EVERYTHING = 2**62
 _OVERFLOW_RETRY_SECONDS = 1.0
+TYPING_INTERVAL_SECONDS = 1.0
+_MAX_ECHO_CHARS = 64  # a UUID is 36, a client message id at most 64
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,7 @@ class ConnectSession:
         self._write = write
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=buffer)
         self._subscriptions: dict[str, _Subscription] = {}
+        self._typed: dict[str, float] = {}  # room -> when this stream last announced typing there
         self._overflowed = asyncio.Event()
         self._reader_done = asyncio.Event()
 
@@ -162,7 +166,7 @@ class ConnectSession:
         elif frame == "send":
             await self._send(request.send)
         elif frame == "typing":
-            await messages.announce_typing(self._pool, user_id=self._user_id, room_id=request.typing.room_id)
+            await self._typing(request.typing.room_id)
         elif frame == "read":
             await messages.mark_read(
                 self._pool,
@@ -175,6 +179,15 @@ class ConnectSession:
         else:
             raise InvalidArgumentError.field("frame", "the frame is empty")
 
+    async def _typing(self, room_id: str) -> None:
+        # Typing is a hint: one announcement a room per TYPING_INTERVAL_SECONDS is all others need,
+        # and a client sending more must not cost the database or flood the room's other streams.
+        now = time.monotonic()
+        if now - self._typed.get(room_id, -TYPING_INTERVAL_SECONDS) < TYPING_INTERVAL_SECONDS:
+            return
+        self._typed[room_id] = now
+        await messages.announce_typing(self._pool, user_id=self._user_id, room_id=room_id)
+
     async def _subscribe(self, frame: chat_pb2.SubscribeFrame) -> None:
         if frame.after_sequence < -1:
             raise InvalidArgumentError.field("after_sequence", "must be -1 or more")
@@ -186,7 +199,7 @@ class ConnectSession:
         self._hub.subscribe(room_id, self)
         try:
             last = await messages.room_position(self._pool, user_id=self._user_id, room_id=room_id)
-        except SendInChatError:
+        except Exception:
             if self._subscriptions.get(room_id) is subscription:
                 del self._subscriptions[room_id]
                 self._hub.unsubscribe(room_id, self)
@@ -301,7 +314,9 @@ def _about(request: chat_pb2.ConnectRequest | boundary.Unparsable) -> dict[str, 
     if frame is None or frame == "ping":
         return {}
     body = getattr(request, frame)
-    return {"room_id": body.room_id, "client_message_id": body.client_message_id if frame == "send" else ""}
+    echoed = {"room_id": body.room_id, "client_message_id": body.client_message_id if frame == "send" else ""}
+    # Only what could be a real id goes back: a hostile frame must not make its answer large.
+    return {key: value if len(value) <= _MAX_ECHO_CHARS else "" for key, value in echoed.items()}
 
 
 def _error(

@@ -7,7 +7,11 @@ from server.validation import Fields, Text
 TEXT = Text(max_chars=4000, min_chars=1)
 CLIENT_MESSAGE_ID = Text(max_chars=64, indexed=True)  # part of a unique key
 ROOM_NAME = Text(max_chars=100, min_chars=1, strip=True)
-MAX_MEMBERS = 100
+MAX_MEMBERS = 100  # users named in one request
+# Members of one room: every member is in each GetRoom and ListRooms answer about it.
+MAX_ROOM_MEMBERS = 1000
+# Connect streams one user may hold open on one replica (phones, tabs, a desktop: far below this).
+MAX_STREAMS_PER_USER = 32
 
 
 def message_text(fields: Fields, text: str, field: str = "text") -> str:

@@ -5,12 +5,15 @@ once, in order, and an applied file that was edited is refused (checksums). Func
 (server/db/functions/*.sql, `CREATE OR REPLACE` only) are re-applied by every run, so a function is
 edited in place and its history is its file's. A function whose arguments or result change needs
 a migration that drops the old one first. A run is one transaction under a PostgreSQL advisory
-lock: replicas starting together are safe, and a run that fails changes nothing. A server older
-than the database (it lacks an applied migration) leaves the functions alone: it must not put
-back older definitions under a newer schema.
+lock: replicas starting together are safe, and a run that fails changes nothing.
 
-The first release squashed six earlier migrations into 0001_baseline.sql; a database they built is
-recognized by their names and recorded as having the baseline.
+The function files carry a version (FUNCTIONS_VERSION, with the checksum it stands for; a test
+fails when the files change and it does not). The database records the version it last got, and a
+server whose version is lower, or that lacks an applied migration, leaves the functions alone: in a
+rolling deploy an old replica that restarts must not put back older definitions.
+
+The first release squashed six earlier migrations into 0001_baseline.sql; a database they built
+(recognized by their names and checksums) is recorded as having the baseline.
 """
 
 from __future__ import annotations
@@ -29,14 +32,17 @@ FUNCTIONS_DIR = Path(__file__).parent / "functions"
 _ADVISORY_LOCK_KEY = 0x5E11D_C4A7
 _FILE_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 # What 0001_baseline.sql replaced: a database with exactly these applied has the baseline's schema.
-SQUASHED_INTO_BASELINE = (
-    "0001_users.sql",
-    "0002_ledger.sql",
-    "0003_chat.sql",
-    "0004_ended_sessions.sql",
-    "0005_room_list_snapshots.sql",
-    "0006_chat_presence.sql",
-)
+SQUASHED_INTO_BASELINE = {
+    "0001_users.sql": "7fae0bc326dac0ed80bc738dae71bade41fe9936d71ebb8e849e5006093f228a",
+    "0002_ledger.sql": "a303b4377fdab3a701a5f104ed4212d20b6e261e76a8ac6537954714208ba311",
+    "0003_chat.sql": "edfc98227bb3970b83f292761c9b32ee87019306708d29e2b95021eeb3a9235a",
+    "0004_ended_sessions.sql": "fc7461b56c66d879c26860cdd8367ec0211917ebf41e808d5a77e7d41fd7c980",
+    "0005_room_list_snapshots.sql": "b5a9df0592fc213f45f6d9f7aa529a24eb549023ed16495ed522c1e99a3609be",
+    "0006_chat_presence.sql": "5cc8c7145ec4e89ea5797e6309055a8757b4fafb48136aec7ec29fa64e3e85fa",
+}
+# Bump FUNCTIONS_VERSION whenever a file in functions/ changes, with the checksum the test prints.
+FUNCTIONS_VERSION = 1
+FUNCTIONS_CHECKSUM = "ef295918ba1704c6550433f1747a8bd1c27447b430d691e478140fd7ea3fe177"
 
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -47,6 +53,13 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 )
 """
 _RECORD = "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)"
+_CREATE_FUNCTIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS schema_functions (
+    version    integer NOT NULL,
+    checksum   text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +101,14 @@ def load_functions(directory: Path = FUNCTIONS_DIR) -> list[tuple[str, str]]:
     return [(path.name, path.read_text()) for path in sorted(directory.glob("*.sql"))]
 
 
+def functions_checksum(functions: list[tuple[str, str]] | None = None) -> str:
+    """SHA-256 over the function files' names and texts."""
+    digest = hashlib.sha256()
+    for name, sql in load_functions() if functions is None else functions:
+        digest.update(name.encode() + b"\0" + sql.encode() + b"\0")
+    return digest.hexdigest()
+
+
 async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None = None) -> list[str]:
     """Apply the pending migrations and re-apply the functions; return the migrations applied."""
     migrations = load_migrations() if migrations is None else migrations
@@ -113,19 +134,38 @@ async def migrate(conn: asyncpg.Connection, migrations: list[Migration] | None =
                     "the database has migrations this server lacks (%s): functions left as they are", newer
                 )
             else:
-                for name, sql in load_functions():
-                    await conn.execute(sql)
-                    log.debug("applied functions %s", name)
+                await _apply_functions(conn)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _ADVISORY_LOCK_KEY)
     return applied_now
+
+
+async def _apply_functions(conn: asyncpg.Connection) -> None:
+    await conn.execute(_CREATE_FUNCTIONS_TABLE)
+    recorded = await conn.fetchval("SELECT max(version) FROM schema_functions")
+    if recorded is not None and recorded > FUNCTIONS_VERSION:
+        log.warning(
+            "the database has functions version %s, this server %s: functions left as they are",
+            recorded,
+            FUNCTIONS_VERSION,
+        )
+        return
+    for name, sql in load_functions():
+        await conn.execute(sql)
+        log.debug("applied functions %s", name)
+    await conn.execute("DELETE FROM schema_functions")
+    await conn.execute(
+        "INSERT INTO schema_functions (version, checksum) VALUES ($1, $2)",
+        FUNCTIONS_VERSION,
+        functions_checksum(),
+    )
 
 
 async def _applied(conn: asyncpg.Connection, migrations: list[Migration]) -> dict[int, tuple[str, str]]:
     rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations ORDER BY version")
     applied = {int(r["version"]): (str(r["name"]), str(r["checksum"])) for r in rows}
     names = tuple(name for name, _ in applied.values())
-    if names[: len(SQUASHED_INTO_BASELINE)] == SQUASHED_INTO_BASELINE and migrations:
+    if dict(applied.values()) == SQUASHED_INTO_BASELINE and migrations:
         baseline = migrations[0]
         await conn.execute("DELETE FROM schema_migrations WHERE version <= $1", len(SQUASHED_INTO_BASELINE))
         await conn.execute(_RECORD, baseline.version, baseline.name, baseline.checksum)

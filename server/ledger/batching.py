@@ -190,10 +190,11 @@ class TransferBatcher:
             self._linger = asyncio.get_running_loop().call_later(self._linger_seconds, self._flush)
 
     async def _retry_alone(self, live: list[_Pending], failure: Exception) -> None:
-        """After a batch statement failed, each request alone, so only the culprit gets the error."""
-        if len(live) == 1:
-            _settle_error(live[0][1], failure)
-            return
+        """After a batch statement failed, each request alone through the full function.
+
+        Only the culprit then gets the error; a lone plain transfer whose lean statement failed gets
+        the full function's answer.
+        """
         log.warning("a batch of %d transfers failed (%r); retrying each alone", len(live), failure)
         for order, future in live:
             if future.done():

@@ -85,5 +85,5 @@ class Transfer:
 
     @classmethod
     def from_record(cls, row: asyncpg.Record) -> Transfer:
-        """Bind a row with TRANSFER_COLUMNS (as the ledger functions return them)."""
+        """Bind a row selected with TRANSFER_COLUMNS, or a transfers row as the ledger functions return it."""
         return bind(cls, row)

@@ -4,7 +4,9 @@ Three counters, so that a guesser cannot lock the owner out (OWASP's authenticat
 attempts at one username from one peer (tight: a guesser at one address is stopped, the owner
 elsewhere is not), attempts from one peer at any username (against spraying many names), and a much
 looser ceiling on one username from everywhere (against guessing spread over many addresses, which
-does make the owner wait too). A successful login clears its username-and-peer counter only.
+does make the owner wait too). An attempt counts on the ceiling only when the two tight counters
+let it through, so one peer adds at most its own limit to it. A successful login clears its
+username-and-peer counter only. Counters of windows that ended are deleted by a job (server/jobs.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ RETURNING key, attempts,
           extract(epoch FROM a.window_start + make_interval(secs => $2) - now())::float8 AS retry_after
 """
 _FORGET = "DELETE FROM login_attempts WHERE key = $1"
+_FORGET_ENDED = """
+DELETE FROM login_attempts WHERE key IN (
+    SELECT key FROM login_attempts WHERE window_start <= now() - make_interval(secs => $1) LIMIT $2)
+"""
+_FORGET_BATCH = 10_000
 
 
 @dataclass(frozen=True)
@@ -51,15 +58,23 @@ def _pair_key(username: str, peer_host: str) -> str:
 async def count_login_attempt(
     conn: Connection, limits: LoginLimits, *, username: str, peer_host: str
 ) -> None:
-    """Count one attempt on all three counters; RateLimitedError when any is over its limit."""
-    keys = [_pair_key(username, peer_host), f"peer:{peer_host}", f"user:{username}"]
+    """Count one attempt: the username-and-peer and peer counters, then (if both let it) the ceiling.
+
+    Raises:
+        RateLimitedError: a counter is over its limit (with when it resets).
+    """
+    await _count(conn, limits, [_pair_key(username, peer_host), f"peer:{peer_host}"])
+    await _count(conn, limits, [f"user:{username}"])
+
+
+async def _count(conn: Connection, limits: LoginLimits, keys: list[str]) -> None:
     rows = await conn.fetch(_COUNT_ATTEMPT, keys, limits.window_seconds)
-    for row in rows:
-        if int(row["attempts"]) > limits.limit_of(str(row["key"])):
-            raise RateLimitedError(
-                "too many login attempts; retry later",
-                retry_after_seconds=max(1.0, float(row["retry_after"])),
-            )
+    over = [row for row in rows if int(row["attempts"]) > limits.limit_of(str(row["key"]))]
+    if over:
+        raise RateLimitedError(
+            "too many login attempts; retry later",
+            retry_after_seconds=max(1.0, max(float(row["retry_after"]) for row in over)),
+        )
 
 
 async def count_registration(conn: Connection, limits: LoginLimits, *, peer_host: str) -> None:
@@ -82,3 +97,14 @@ def peer_host(peer: str) -> str:
     _, _, rest = peer.partition(":")
     host, _, _port = rest.rpartition(":")
     return host or peer
+
+
+async def forget_ended_windows(conn: Connection, limits: LoginLimits) -> int:
+    """Delete the counters whose window ended (a batch at a time); how many went."""
+    deleted = 0
+    while True:
+        status = await conn.execute(_FORGET_ENDED, limits.window_seconds, _FORGET_BATCH)
+        count = int(status.split()[-1])
+        deleted += count
+        if count < _FORGET_BATCH:
+            return deleted

@@ -69,3 +69,28 @@ class TestFrameErrors:
                 await stream.close()
         finally:
             await proxy.close()
+
+
+class TestReplayErrors:
+    async def test_a_replay_that_fails_loses_its_room_and_the_stream_stays(self, server):
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        stream = Stream(server.stubs, alice)
+        try:
+            await stream.write(ping=chat_pb2.PingFrame(nonce="open"))
+            await stream.next_of("pong")
+            # Membership is read from rooms and room_members; the replay reads messages.
+            await server.pool.execute("ALTER TABLE messages RENAME TO messages_away")
+            try:
+                await stream.write(subscribe=chat_pb2.SubscribeFrame(room_id=room.id))
+                assert (await stream.next_of("subscribed")).subscribed.room_id == room.id
+                error = (await stream.next_of("error")).error
+                assert (error.code, error.room_id) == (chat_pb2.ERROR_CODE_INTERNAL, room.id)
+                assert "subscribe again" in error.message
+            finally:
+                await server.pool.execute("ALTER TABLE messages_away RENAME TO messages")
+            await stream.write(ping=chat_pb2.PingFrame(nonce="still open"))
+            assert (await stream.next_of("pong")).pong.nonce == "still open"
+            assert stream.error is None
+        finally:
+            await stream.close()

@@ -173,13 +173,26 @@ class TestRequestPayment:
         )
         assert info.state == chat_pb2.PAYMENT_REQUEST_STATE_OPEN and info.id and not info.transfer_id
 
-    async def test_is_invalid_argument_when_expiry_is_past_or_payer_is_the_caller(self, server):
-        _alice, bob, room = await _parties(server, funds=0)
+    async def test_is_invalid_argument_when_the_payer_is_the_caller_or_the_expiry_is_past(self, server):
+        alice, bob, room = await _parties(server, funds=0)
         past = timestamp_pb2.Timestamp()
         past.FromDatetime(datetime.now(UTC) - timedelta(seconds=1))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await _ask(server.stubs, bob, room, bob, 700, expire_time=past)
-        assert set(field_violations(caught.value)) == {"expire_time", "from_user_id"}
+            await _ask(server.stubs, bob, room, bob, 700)
+        assert set(field_violations(caught.value)) == {"from_user_id"}
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await _ask(server.stubs, bob, room, alice, 700, expire_time=past)
+        assert set(field_violations(caught.value)) == {"expire_time"}
+
+    async def test_a_retry_after_the_expiry_passed_returns_the_first_request(self, server):
+        alice, bob, room = await _parties(server, funds=0)
+        soon = timestamp_pb2.Timestamp()
+        soon.FromDatetime(datetime.now(UTC) + timedelta(seconds=1))
+        rid = request_id()
+        first = await _ask(server.stubs, bob, room, alice, 700, expire_time=soon, request_id=rid)
+        await asyncio.sleep(1.2)
+        again = await _ask(server.stubs, bob, room, alice, 700, expire_time=soon, request_id=rid)
+        assert again.sequence == first.sequence
 
 
 class TestRespondToPaymentRequest:

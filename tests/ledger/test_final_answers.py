@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 
 from sendinchat.v1 import chat_pb2, ledger_pb2
 from tests.chat.support import group
@@ -172,3 +174,125 @@ class TestRefusedPayments:
         accept.request_id = request_id()  # a new request may pay it now
         paid = await server.stubs.chat.RespondToPaymentRequest(accept, metadata=alice.auth)
         assert paid.message.payment_request.state == chat_pb2.PAYMENT_REQUEST_STATE_PAID
+
+
+class TestOneNamespace:
+    async def test_a_request_id_chat_answered_cannot_move_money_in_the_ledger(self, server):
+        alice, bob, _ = await _funded(server, 100)
+        room = await group(server.stubs, alice, bob)
+        rid = request_id()
+        await server.stubs.chat.RequestPayment(
+            chat_pb2.RequestPaymentRequest(
+                request_id=rid, room_id=room.id, from_user_id=bob.id, currency="USD", amount_minor=5
+            ),
+            metadata=alice.auth,
+        )
+        ledger = server.stubs.ledger
+        for call in (
+            ledger.CreateTransfer(transfer_request(bob, 7, request_id=rid), metadata=alice.auth),
+            ledger.CreatePendingTransfer(
+                ledger_pb2.CreatePendingTransferRequest(
+                    request_id=rid, to_user_id=bob.id, currency="USD", amount_minor=7
+                ),
+                metadata=alice.auth,
+            ),
+        ):
+            assert await _refusal(call) == (FP, "IDEMPOTENCY_KEY_REUSED")
+        assert await balance(server.stubs, bob) == 0
+
+    async def test_a_request_id_of_a_declined_request_cannot_move_money_in_the_ledger(self, server):
+        alice, bob, admin = await _funded(server, 0)
+        await deposit(server, admin, bob, 100)
+        room = await group(server.stubs, alice, bob)
+        asked = await server.stubs.chat.RequestPayment(
+            chat_pb2.RequestPaymentRequest(
+                request_id=request_id(), room_id=room.id, from_user_id=bob.id, currency="USD", amount_minor=5
+            ),
+            metadata=alice.auth,
+        )
+        rid = request_id()
+        await server.stubs.chat.RespondToPaymentRequest(
+            chat_pb2.RespondToPaymentRequestRequest(
+                request_id=rid,
+                payment_request_id=asked.message.payment_request.id,
+                action=chat_pb2.PAYMENT_REQUEST_ACTION_DECLINE,
+            ),
+            metadata=bob.auth,
+        )
+        refused = await _refusal(
+            server.stubs.ledger.CreateTransfer(transfer_request(alice, 7, request_id=rid), metadata=bob.auth)
+        )
+        assert refused == (FP, "IDEMPOTENCY_KEY_REUSED")
+        assert await balance(server.stubs, bob) == 100
+
+
+class TestExpiries:
+    async def test_a_retry_after_its_expiry_passed_gets_the_first_answer(self, server):
+        alice, bob, _ = await _funded(server, 10)
+        soon = timestamp_pb2.Timestamp()
+        soon.FromDatetime(datetime.now(UTC) + timedelta(seconds=1))
+
+        def hold(amount: int, rid: str) -> ledger_pb2.CreatePendingTransferRequest:
+            return ledger_pb2.CreatePendingTransferRequest(
+                request_id=rid, to_user_id=bob.id, currency="USD", amount_minor=amount, expire_time=soon
+            )
+
+        created_id, refused_id = request_id(), request_id()
+        created = await server.stubs.ledger.CreatePendingTransfer(hold(5, created_id), metadata=alice.auth)
+        refused = await _refusal(
+            server.stubs.ledger.CreatePendingTransfer(hold(50, refused_id), metadata=alice.auth)
+        )
+        await asyncio.sleep(1.2)
+        again = await server.stubs.ledger.CreatePendingTransfer(hold(5, created_id), metadata=alice.auth)
+        assert again.transfer.id == created.transfer.id
+        assert await _refusal(
+            server.stubs.ledger.CreatePendingTransfer(hold(50, refused_id), metadata=alice.auth)
+        ) == (refused)
+        late = await _refusal(
+            server.stubs.ledger.CreatePendingTransfer(hold(5, request_id()), metadata=alice.auth)
+        )
+        assert late == (grpc.StatusCode.INVALID_ARGUMENT, "")
+
+
+# One 5-unit transfer $1 -> $3 with request_id $2, through each creation function; how many created.
+_LEAN_ONE = """
+SELECT count(*) FROM ledger_transfer_batch(
+    ARRAY[$1::uuid], ARRAY[$2::uuid], ARRAY[$3::uuid], ARRAY['USD'], ARRAY[5::bigint], ARRAY[''])
+"""
+_FULL_ONE = """
+SELECT count(*) FROM ledger_create_transfers(
+    ARRAY[$1::uuid], ARRAY[$2::uuid], ARRAY['transfer'], ARRAY[false], ARRAY[$1::uuid], ARRAY[NULL::text],
+    ARRAY[$3::uuid], ARRAY[NULL::text], ARRAY['USD'], ARRAY[5::bigint], ARRAY[''], ARRAY[NULL::timestamptz])
+WHERE outcome = 'CREATED'
+"""
+
+
+class TestRequestKeyLock:
+    """The functions decide a request only under its key's lock (SQL level, deterministic)."""
+
+    @pytest.mark.parametrize("function", ["ledger_transfer_batch", "ledger_create_transfers"])
+    async def test_a_copy_waits_for_the_key_and_honours_the_refusal_decided_meanwhile(self, server, function):
+        alice, bob, _ = await _funded(server, 100)
+        await server.stubs.ledger.OpenAccount(
+            ledger_pb2.OpenAccountRequest(currency="USD"), metadata=bob.auth
+        )
+        key = request_id()
+        calls = {
+            "ledger_transfer_batch": _LEAN_ONE,
+            "ledger_create_transfers": _FULL_ONE,
+        }
+        async with server.pool.acquire() as deciding, server.pool.acquire() as copy:
+            transaction = deciding.transaction()
+            await transaction.start()
+            await deciding.execute("SELECT request_lock(ARRAY[$1::uuid], ARRAY[$2::uuid])", alice.id, key)
+            created = asyncio.create_task(copy.fetchval(calls[function], alice.id, key, bob.id))
+            await asyncio.sleep(0.5)
+            assert not created.done(), "the copy decided without waiting for the request's key"
+            await deciding.execute(
+                "SELECT request_refuse($1::uuid, $2::uuid, 'another body', 'INSUFFICIENT_FUNDS')",
+                alice.id,
+                key,
+            )
+            await transaction.commit()
+            assert await asyncio.wait_for(created, 10) == 0
+        assert await balance(server.stubs, bob) == 0

@@ -11,7 +11,12 @@ import asyncpg
 import pytest
 
 from server.app import run_migrations
-from server.db.migrate import SQUASHED_INTO_BASELINE
+from server.db.migrate import (
+    FUNCTIONS_CHECKSUM,
+    FUNCTIONS_VERSION,
+    SQUASHED_INTO_BASELINE,
+    functions_checksum,
+)
 from tests.harness import REPO
 
 # The last commit whose server/db/migrations/ held the six files 0001_baseline.sql replaced.
@@ -46,7 +51,7 @@ FROM pg_proc WHERE pronamespace = 'public'::regnamespace ORDER BY 1, 2
 
 def _pre_squash_migrations() -> list[tuple[str, str]]:
     files = []
-    for name in SQUASHED_INTO_BASELINE:
+    for name in SQUASHED_INTO_BASELINE:  # in version order
         shown = subprocess.run(
             ["git", "show", f"{PRE_SQUASH_COMMIT}:server/db/migrations/{name}"],
             cwd=REPO,
@@ -162,3 +167,23 @@ class TestFunctions:
         assert await run_migrations(url) == []
         async for conn in _connected(url):
             assert await conn.fetchval("SELECT chat_money(1234, 'USD')") == "from a newer release"
+
+
+class TestFunctionsVersion:
+    def test_the_functions_version_stands_for_the_function_files_as_they_are(self):
+        assert functions_checksum() == FUNCTIONS_CHECKSUM, (
+            "server/db/functions/ changed: bump FUNCTIONS_VERSION in server/db/migrate.py and set "
+            f"FUNCTIONS_CHECKSUM = {functions_checksum()!r}"
+        )
+
+    async def test_a_server_with_older_functions_leaves_the_newer_ones_alone(self, servers):
+        url = await servers.database()
+        async for conn in _connected(url):
+            await conn.execute("UPDATE schema_functions SET version = $1", FUNCTIONS_VERSION + 1)
+            await conn.execute(
+                "CREATE OR REPLACE FUNCTION chat_money(p_amount bigint, p_currency text) RETURNS text"
+                " LANGUAGE sql AS $$ SELECT 'from newer functions' $$"
+            )
+        await run_migrations(url)
+        async for conn in _connected(url):
+            assert await conn.fetchval("SELECT chat_money(1234, 'USD')") == "from newer functions"

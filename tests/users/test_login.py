@@ -10,7 +10,9 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from sendinchat.v1 import users_pb2
-from tests.harness import Stubs
+from server.app import user_deps
+from server.users import throttle
+from tests.harness import TEST_JWT_SECRET, Stubs
 from tests.helpers import PASSWORD, field_violations, random_name, retry_delay_seconds, signed_up
 
 WRONG = "not-the-password"
@@ -103,6 +105,27 @@ class TestLoginThrottling:
         async with grpc.aio.insecure_channel(f"[::1]:{server.running.port}") as elsewhere:  # the owner, IPv6
             reply = await _login(Stubs(elsewhere), owner.username, PASSWORD)
         assert reply.user.id == owner.id
+
+    async def test_refused_attempts_from_one_peer_never_fill_the_username_ceiling(self, servers):
+        server = await servers.start(
+            address="[::]:0", login_attempts_per_username_and_peer=3, login_attempts_per_username=5
+        )
+        owner = await signed_up(server.stubs)
+        for _ in range(20):  # the attacker keeps going long after being refused
+            await _login_error(server.stubs, owner.username, WRONG)
+        async with grpc.aio.insecure_channel(f"[::1]:{server.running.port}") as elsewhere:
+            reply = await _login(Stubs(elsewhere), owner.username, PASSWORD)
+        assert reply.user.id == owner.id
+
+    async def test_counters_whose_window_ended_are_forgotten(self, servers):
+        server = await servers.start(login_window_seconds=1)
+        for _ in range(3):
+            await _login_error(server.stubs, random_name(), WRONG)
+        assert await server.pool.fetchval("SELECT count(*) FROM login_attempts") > 0
+        await asyncio.sleep(1.1)
+        async with server.pool.acquire() as conn:
+            await throttle.forget_ended_windows(conn, user_deps(server.config, TEST_JWT_SECRET).login_limits)
+        assert await server.pool.fetchval("SELECT count(*) FROM login_attempts") == 0
 
     async def test_is_resource_exhausted_from_every_peer_when_the_username_ceiling_is_hit(self, servers):
         server = await servers.start(address="[::]:0", login_attempts_per_username=4)

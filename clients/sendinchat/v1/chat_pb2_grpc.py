@@ -158,9 +158,11 @@ class ChatServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AddMembers(self, request, context):
-        """AddMembers adds users to a group room. Any member may add.
+        """AddMembers adds users to a group room. Any member may add. A room has at
+        most 1,000 members.
         Errors: INVALID_ARGUMENT (direct room, empty list), NOT_FOUND (room or
-        user), UNAUTHENTICATED.
+        user), FAILED_PRECONDITION (reason ROOM_FULL: nobody was added),
+        UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -257,6 +259,9 @@ class ChatServiceServicer:
         A member removed from (or leaving) a subscribed room gets an ErrorEvent
         NOT_FOUND for it and nothing more of the room. After the client
         half-closes, the answers to its frames are sent and the stream ends OK.
+        Typing frames are announced at most once a second per room and stream.
+        A user may hold 32 Connect streams open on one server; another is
+        refused with RESOURCE_EXHAUSTED (RetryInfo).
         The stream ends with RESOURCE_EXHAUSTED when the client reads too slowly,
         UNAUTHENTICATED when the access token expires, UNAVAILABLE when the server
         shuts down; in each case reconnect and resubscribe from the last sequence.

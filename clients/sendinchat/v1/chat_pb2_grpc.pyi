@@ -64,9 +64,11 @@ class ChatServiceStub:
     Errors: INVALID_ARGUMENT (bad page size or token), UNAUTHENTICATED.
     """
     AddMembers: _grpc.UnaryUnaryMultiCallable[_chat_pb2.AddMembersRequest, _chat_pb2.AddMembersResponse]
-    """AddMembers adds users to a group room. Any member may add.
+    """AddMembers adds users to a group room. Any member may add. A room has at
+    most 1,000 members.
     Errors: INVALID_ARGUMENT (direct room, empty list), NOT_FOUND (room or
-    user), UNAUTHENTICATED.
+    user), FAILED_PRECONDITION (reason ROOM_FULL: nobody was added),
+    UNAUTHENTICATED.
     """
     RemoveMember: _grpc.UnaryUnaryMultiCallable[_chat_pb2.RemoveMemberRequest, _chat_pb2.RemoveMemberResponse]
     """RemoveMember removes a member from a group room. Owner only; the removed
@@ -127,6 +129,9 @@ class ChatServiceStub:
     A member removed from (or leaving) a subscribed room gets an ErrorEvent
     NOT_FOUND for it and nothing more of the room. After the client
     half-closes, the answers to its frames are sent and the stream ends OK.
+    Typing frames are announced at most once a second per room and stream.
+    A user may hold 32 Connect streams open on one server; another is
+    refused with RESOURCE_EXHAUSTED (RetryInfo).
     The stream ends with RESOURCE_EXHAUSTED when the client reads too slowly,
     UNAUTHENTICATED when the access token expires, UNAVAILABLE when the server
     shuts down; in each case reconnect and resubscribe from the last sequence.
@@ -168,9 +173,11 @@ class ChatServiceAsyncStub(ChatServiceStub):
     Errors: INVALID_ARGUMENT (bad page size or token), UNAUTHENTICATED.
     """
     AddMembers: _aio.UnaryUnaryMultiCallable[_chat_pb2.AddMembersRequest, _chat_pb2.AddMembersResponse]  # type: ignore[assignment]
-    """AddMembers adds users to a group room. Any member may add.
+    """AddMembers adds users to a group room. Any member may add. A room has at
+    most 1,000 members.
     Errors: INVALID_ARGUMENT (direct room, empty list), NOT_FOUND (room or
-    user), UNAUTHENTICATED.
+    user), FAILED_PRECONDITION (reason ROOM_FULL: nobody was added),
+    UNAUTHENTICATED.
     """
     RemoveMember: _aio.UnaryUnaryMultiCallable[_chat_pb2.RemoveMemberRequest, _chat_pb2.RemoveMemberResponse]  # type: ignore[assignment]
     """RemoveMember removes a member from a group room. Owner only; the removed
@@ -231,6 +238,9 @@ class ChatServiceAsyncStub(ChatServiceStub):
     A member removed from (or leaving) a subscribed room gets an ErrorEvent
     NOT_FOUND for it and nothing more of the room. After the client
     half-closes, the answers to its frames are sent and the stream ends OK.
+    Typing frames are announced at most once a second per room and stream.
+    A user may hold 32 Connect streams open on one server; another is
+    refused with RESOURCE_EXHAUSTED (RetryInfo).
     The stream ends with RESOURCE_EXHAUSTED when the client reads too slowly,
     UNAUTHENTICATED when the access token expires, UNAVAILABLE when the server
     shuts down; in each case reconnect and resubscribe from the last sequence.
@@ -293,9 +303,11 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _chat_pb2.AddMembersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_chat_pb2.AddMembersResponse, _abc.Awaitable[_chat_pb2.AddMembersResponse]]:
-        """AddMembers adds users to a group room. Any member may add.
+        """AddMembers adds users to a group room. Any member may add. A room has at
+        most 1,000 members.
         Errors: INVALID_ARGUMENT (direct room, empty list), NOT_FOUND (room or
-        user), UNAUTHENTICATED.
+        user), FAILED_PRECONDITION (reason ROOM_FULL: nobody was added),
+        UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod
@@ -410,6 +422,9 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         A member removed from (or leaving) a subscribed room gets an ErrorEvent
         NOT_FOUND for it and nothing more of the room. After the client
         half-closes, the answers to its frames are sent and the stream ends OK.
+        Typing frames are announced at most once a second per room and stream.
+        A user may hold 32 Connect streams open on one server; another is
+        refused with RESOURCE_EXHAUSTED (RetryInfo).
         The stream ends with RESOURCE_EXHAUSTED when the client reads too slowly,
         UNAUTHENTICATED when the access token expires, UNAVAILABLE when the server
         shuts down; in each case reconnect and resubscribe from the last sequence.

@@ -38,8 +38,10 @@ class LedgerServiceStub:
     refused after its fields were checked (FAILED_PRECONDITION such as
     INSUFFICIENT_FUNDS, NOT_FOUND, PERMISSION_DENIED) stays refused for that
     request_id, whatever happens since, and concurrent copies all get the same
-    answer; only INVALID_ARGUMENT (nothing was executed) is not remembered. So
-    a retry after a timeout is always safe. The request_ids of one caller are
+    answer; only INVALID_ARGUMENT (nothing was executed) is not remembered,
+    nor is authorization (UNAUTHENTICATED, and PERMISSION_DENIED for a role the
+    caller lacks), checked before the request is looked at. So a retry after a
+    timeout is always safe. The request_ids of one caller are
     one namespace across LedgerService and ChatService payments.
 
     Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
@@ -149,8 +151,10 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     refused after its fields were checked (FAILED_PRECONDITION such as
     INSUFFICIENT_FUNDS, NOT_FOUND, PERMISSION_DENIED) stays refused for that
     request_id, whatever happens since, and concurrent copies all get the same
-    answer; only INVALID_ARGUMENT (nothing was executed) is not remembered. So
-    a retry after a timeout is always safe. The request_ids of one caller are
+    answer; only INVALID_ARGUMENT (nothing was executed) is not remembered,
+    nor is authorization (UNAUTHENTICATED, and PERMISSION_DENIED for a role the
+    caller lacks), checked before the request is looked at. So a retry after a
+    timeout is always safe. The request_ids of one caller are
     one namespace across LedgerService and ChatService payments.
 
     Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
@@ -256,8 +260,10 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     refused after its fields were checked (FAILED_PRECONDITION such as
     INSUFFICIENT_FUNDS, NOT_FOUND, PERMISSION_DENIED) stays refused for that
     request_id, whatever happens since, and concurrent copies all get the same
-    answer; only INVALID_ARGUMENT (nothing was executed) is not remembered. So
-    a retry after a timeout is always safe. The request_ids of one caller are
+    answer; only INVALID_ARGUMENT (nothing was executed) is not remembered,
+    nor is authorization (UNAUTHENTICATED, and PERMISSION_DENIED for a role the
+    caller lacks), checked before the request is looked at. So a retry after a
+    timeout is always safe. The request_ids of one caller are
     one namespace across LedgerService and ChatService payments.
 
     Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the

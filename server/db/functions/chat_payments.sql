@@ -118,7 +118,7 @@ DECLARE
     v_message messages;
     v_pr      payment_requests;
     v_fp      text := jsonb_build_array(
-        'request_payment', p_room, p_payer, p_currency, p_amount, p_note, p_expire)::text;
+        'request_payment', p_room, p_payer, p_currency, p_amount, p_note, extract(epoch FROM p_expire))::text;
 BEGIN
     PERFORM request_lock(ARRAY[p_requester], ARRAY[p_request]);
     SELECT * INTO v_message FROM messages m WHERE m.sender_id = p_requester AND m.request_id = p_request;
@@ -131,6 +131,10 @@ BEGIN
         AND v_pr.expire_at IS NOT DISTINCT FROM p_expire,
         v_message, p_room, p_payer) a;
     IF outcome IS NOT NULL THEN
+        RETURN;
+    END IF;
+    IF p_expire <= now() THEN
+        outcome := 'EXPIRY_PASSED';  -- an invalid argument, checked here so a retry gets its answer
         RETURN;
     END IF;
     INSERT INTO payment_requests (request_id, room_id, requester_id, payer_id, currency, amount_minor, note, expire_at)

@@ -14,9 +14,10 @@
 -- position (rows are not in idx order).
 --
 -- Outcomes: CREATED, REPLAYED (same initiator and request_id, same body: the first transfer is
--- returned), IDEMPOTENCY_KEY_REUSED, and the refusals INSUFFICIENT_FUNDS, RECIPIENT_NOT_FOUND,
--- SOURCE_NOT_FOUND (recorded: a retry gets them again) and SELF_TRANSFER (an invalid argument, not
--- recorded). Decisions are checks, not exceptions, so one bad item never fails the others.
+-- returned), IDEMPOTENCY_KEY_REUSED, the refusals INSUFFICIENT_FUNDS, RECIPIENT_NOT_FOUND,
+-- SOURCE_NOT_FOUND (recorded: a retry gets them again), and the invalid arguments SELF_TRANSFER and
+-- EXPIRY_PASSED (not recorded; an expiry is compared with now only for a request with no answer
+-- yet, so a retry after it passed still gets the first answer). Decisions are checks, not exceptions, so one bad item never fails the others.
 --
 -- The items of a batch are concurrent requests, so any order of them is a valid serial order.
 -- The fast path handles, set-based in a few statements, every item that cannot fail: both
@@ -128,13 +129,15 @@ BEGIN
                    AND coalesce(fu.id, fs.id) <> coalesce(tu.id, ts.id)
                    AND count(*) OVER (PARTITION BY x.ini, x.req) = 1
                    AND dup.id IS NULL AND res.transfer_id IS NULL AND ref.request_id IS NULL
+                   AND msg.request_id IS NULL AND (x.exp IS NULL OR x.exp > now())
                    AS candidate
-            FROM unnest(p_initiator, p_request, p_kind, v_from_user, v_to_user, p_currency, p_amount)
-                 WITH ORDINALITY AS x(ini, req, kind, fu, tu, cur, amt, n)
+            FROM unnest(p_initiator, p_request, p_kind, v_from_user, v_to_user, p_currency, p_amount, p_expires)
+                 WITH ORDINALITY AS x(ini, req, kind, fu, tu, cur, amt, exp, n)
             -- Joins, not NOT EXISTS: a generic plan may turn those into a hash of the whole table.
             LEFT JOIN transfers dup ON dup.initiator_id = x.ini AND dup.request_id = x.req
             LEFT JOIN transfer_resolutions res ON res.initiator_id = x.ini AND res.request_id = x.req
             LEFT JOIN request_refusals ref ON ref.initiator_id = x.ini AND ref.request_id = x.req
+            LEFT JOIN messages msg ON msg.sender_id = x.ini AND msg.request_id = x.req
             LEFT JOIN accounts fu ON x.kind <> 'deposit' AND fu.user_id = x.fu AND fu.currency = x.cur
             LEFT JOIN accounts fs ON x.kind = 'deposit' AND fs.user_id IS NULL AND fs.currency = x.cur
             LEFT JOIN accounts tu ON x.kind <> 'withdrawal' AND tu.user_id = x.tu AND tu.currency = x.cur
@@ -204,16 +207,19 @@ BEGIN
                       p_memo[i], p_expires[i])
                 THEN 'REPLAYED' ELSE 'IDEMPOTENCY_KEY_REUSED' END;
         ELSIF EXISTS (SELECT 1 FROM transfer_resolutions r
-                      WHERE r.initiator_id = p_initiator[i] AND r.request_id = p_request[i]) THEN
-            outcome := 'IDEMPOTENCY_KEY_REUSED';  -- the request_id of a post or void
+                      WHERE r.initiator_id = p_initiator[i] AND r.request_id = p_request[i])
+              OR request_used_by_chat(p_initiator[i], p_request[i]) THEN
+            outcome := 'IDEMPOTENCY_KEY_REUSED';  -- the request_id of a post or void, or of chat
         ELSE
             v_fp := coalesce(p_fingerprint[i], jsonb_build_array(
                 'create', p_kind[i], p_two_phase[i], p_from_user[i], p_from_username[i], p_to_user[i],
-                p_to_username[i], p_currency[i], p_amount[i], p_memo[i], p_expires[i])::text);
+                p_to_username[i], p_currency[i], p_amount[i], p_memo[i], extract(epoch FROM p_expires[i]))::text);
             SELECT r.outcome INTO outcome FROM request_prior_refusal(p_initiator[i], p_request[i], v_fp) r;
             IF outcome IS NULL THEN
                 -- Decide, now, once.
-                IF p_kind[i] = 'withdrawal' AND (v_from_user[i] IS NULL
+                IF p_expires[i] <= now() THEN
+                    outcome := 'EXPIRY_PASSED';  -- an invalid argument, checked here so a retry gets its answer
+                ELSIF p_kind[i] = 'withdrawal' AND (v_from_user[i] IS NULL
                         OR NOT EXISTS (SELECT 1 FROM users u WHERE u.id = v_from_user[i])) THEN
                     outcome := 'SOURCE_NOT_FOUND';
                 ELSIF v_to IS NULL THEN
@@ -253,7 +259,7 @@ BEGIN
                     END IF;
                     INSERT INTO ledger_events (transfer_id, from_user_id, to_user_id, state, posted_amount, resolved_at)
                     VALUES (v_t.id, v_t.from_user_id, v_t.to_user_id, v_t.state, v_t.posted_amount, v_t.resolved_at);
-                ELSIF outcome <> 'SELF_TRANSFER' THEN
+                ELSIF outcome NOT IN ('SELF_TRANSFER', 'EXPIRY_PASSED') THEN
                     PERFORM request_refuse(p_initiator[i], p_request[i], v_fp, outcome);
                 END IF;
             END IF;
@@ -275,6 +281,7 @@ END $$;
 -- all its items of the batch, request_id has no answer yet. It returns one row per transfer it
 -- CREATED, `idx` being the item's 1-based position; it writes nothing for any other item, which
 -- the caller then sends through ledger_create_transfers (so the outcomes stay that function's).
+-- (Three statements, one round trip.)
 -- The reply needs only what the database chose: the transfer id, both account ids and the time
 -- (the transfer is posted at creation: resolved then).
 CREATE OR REPLACE FUNCTION ledger_transfer_batch(
@@ -288,16 +295,21 @@ CREATE OR REPLACE FUNCTION ledger_transfer_batch(
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 BEGIN
-    -- A statement of its own: the one below then sees whatever a holder of these keys committed.
+    -- Keys, then accounts, each in a statement of its own: the statement below then sees whatever
+    -- a holder of these locks committed (a lock taken inside it would leave it an older snapshot,
+    -- and an update there would be checked against a balance that is no longer the account's).
     PERFORM request_lock(p_from, p_request);
+    PERFORM 1 FROM accounts a
+    WHERE (a.user_id, a.currency) IN (
+        SELECT * FROM unnest(p_to, p_currency) UNION SELECT * FROM unnest(p_from, p_currency))
+    ORDER BY a.user_id, a.currency
+    FOR UPDATE;
     RETURN QUERY
     WITH locked AS (
         SELECT a.id, a.user_id, a.currency, a.balance - a.pending_debit AS available
         FROM accounts a
         WHERE (a.user_id, a.currency) IN (
             SELECT * FROM unnest(p_to, p_currency) UNION SELECT * FROM unnest(p_from, p_currency))
-        ORDER BY a.user_id, a.currency
-        FOR UPDATE
     ), item AS (
         SELECT x.n, x.fu, x.req, x.tu, x.cur, x.amt, x.memo, f.id AS fa, t.id AS ta,
                sum(x.amt) OVER (PARTITION BY f.id) <= f.available AS covered
@@ -308,6 +320,7 @@ BEGIN
         WHERE x.fu <> x.tu
           AND NOT EXISTS (SELECT 1 FROM transfer_resolutions r WHERE r.initiator_id = x.fu AND r.request_id = x.req)
           AND NOT EXISTS (SELECT 1 FROM request_refusals r WHERE r.initiator_id = x.fu AND r.request_id = x.req)
+          AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.sender_id = x.fu AND m.request_id = x.req)
     ), ins AS (
         INSERT INTO transfers AS t (
             initiator_id, request_id, kind, two_phase, state, from_account_id, to_account_id,

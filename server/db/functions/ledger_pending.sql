@@ -71,7 +71,8 @@ BEGIN
                               THEN 'REPLAYED' ELSE 'IDEMPOTENCY_KEY_REUSED' END;
             EXIT decide;
         END IF;
-        IF EXISTS (SELECT 1 FROM transfers t WHERE t.initiator_id = p_initiator AND t.request_id = p_request) THEN
+        IF EXISTS (SELECT 1 FROM transfers t WHERE t.initiator_id = p_initiator AND t.request_id = p_request)
+           OR request_used_by_chat(p_initiator, p_request) THEN
             v_outcome := 'IDEMPOTENCY_KEY_REUSED';
             EXIT decide;
         END IF;

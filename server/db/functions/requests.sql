@@ -3,14 +3,16 @@
 -- A caller's request_ids are one namespace: a key (initiator, request_id) ends up with exactly one
 -- answer, kept in the table its outcome belongs to: a transfer (transfers), a post or void
 -- (transfer_resolutions), a chat message (messages.request_id), or a refusal (request_refusals).
+-- Every function that answers a key looks in all four before it decides.
 -- Every function that decides a request's answer first takes that key's transaction lock, so
 -- concurrent copies of one request are decided one after the other, each seeing what the first
 -- committed: all get the same answer. Lock order, everywhere: request keys (sorted), then rooms,
 -- then payment requests, then accounts (user_id NULLS FIRST, currency), then transfer rows.
 --
 -- A refusal that depends on the state of things (insufficient funds, not found, not pending, ...)
--- is recorded with the request's fingerprint (what was asked, as jsonb text), so a retry gets the
--- same refusal whatever happened since and the same id with another body is IDEMPOTENCY_KEY_REUSED.
+-- is recorded with the request's fingerprint (what was asked, as jsonb text; times as epoch seconds,
+-- so no session setting changes it), so a retry gets the same refusal whatever happened since and
+-- the same id with another body is IDEMPOTENCY_KEY_REUSED.
 -- INVALID_ARGUMENT outcomes are not recorded: they follow from the request alone.
 
 CREATE OR REPLACE FUNCTION request_lock(p_initiator uuid[], p_request uuid[]) RETURNS void
@@ -42,6 +44,13 @@ CREATE OR REPLACE FUNCTION request_refuse(
 LANGUAGE sql AS $$
     INSERT INTO request_refusals (initiator_id, request_id, fingerprint, outcome, state)
     VALUES (p_initiator, p_request, p_fingerprint, p_outcome, p_state)
+$$;
+
+-- Whether chat already answered this key (a payment, a payment request or a response to one:
+-- each wrote a message with it).
+CREATE OR REPLACE FUNCTION request_used_by_chat(p_initiator uuid, p_request uuid) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT EXISTS (SELECT 1 FROM messages m WHERE m.sender_id = p_initiator AND m.request_id = p_request)
 $$;
 
 -- Whether the ledger already answered this key (a transfer or a post/void was made with it).
