@@ -145,7 +145,9 @@ async def create_server(
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # Every gate starts closed: NOT_SERVING until the database answered and the audit passed.
-    health_state = HealthState(health_servicer, SERVICE_NAMES, metrics, gates=("database", "ledger_audit"))
+    health_state = HealthState(
+        health_servicer, SERVICE_NAMES, metrics, gates=("database", "ledger_audit"), dsn=own_dsn
+    )
     await health_state.publish()
     enable_reflection([*SERVICE_NAMES, health.SERVICE_NAME], server)
 

@@ -20,6 +20,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     pg.InsufficientResourcesError,  # class 53: too many connections, disk full, out of memory
     pg.OperatorInterventionError,  # class 57: shutdown, crash, cannot connect now, statement timeout
     pg.ReadOnlySQLTransactionError,  # 25006: connected to a standby (a failover is under way)
+    pg.IdleInTransactionSessionTimeoutError,  # 25P03: the server ended the session (rolled back)
+    pg.TransactionTimeoutError,  # 25P04: the same, for transaction_timeout
     pg.InterfaceError,  # the connection closed or is in an unusable state
     pg.InternalClientError,  # "cannot switch to state ...": a connection a failed call left broken
     UnavailableError,

@@ -8,6 +8,7 @@ from typing import Any, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from server.db import errors as db_errors
 from server.errors import UnavailableError
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,13 @@ DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, Unava
 async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
     # Whatever stops a new connection (refused, reset, "database does not allow connections",
     # too many clients) means the database is unavailable, not that the request was bad.
+    # A multi-host URL whose hosts all refuse writes (target_session_attrs=read-write, no primary
+    # yet in a failover) fails with asyncpg's TargetServerAttributeNotMatched: unavailable too.
     try:
         return await asyncpg.connect(*args, **kwargs)
-    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except Exception as exc:
+        if not (db_errors.is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError)):
+            raise
         # The cause (host, port, database or role names) goes to the log, never to the client.
         log.warning("cannot connect to the database: %s", exc)
         raise UnavailableError("the database is unavailable; retry later") from exc
