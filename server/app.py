@@ -243,7 +243,7 @@ async def connect_patiently(dsn: str, *, wait_seconds: float) -> asyncpg.Connect
         try:
             return await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT_SECONDS)
         except Exception as exc:
-            if not db_errors.is_unavailable(exc) and not isinstance(exc, asyncpg.PostgresError):
+            if not db_errors.is_connect_failure(exc):
                 raise
             left = deadline - loop.time()
             if left <= 0:

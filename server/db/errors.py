@@ -56,6 +56,16 @@ def is_transient(exc: BaseException) -> bool:
     return is_unavailable(exc) or is_conflict(exc)
 
 
+def is_connect_failure(exc: BaseException) -> bool:
+    """A connection could not be opened now, and a later attempt may succeed (retry with backoff).
+
+    The database is unavailable (refused, reset, timed out; or no host of a multi-host URL accepts
+    writes yet, in a failover), or the server refused this attempt (not accepting connections,
+    too many clients, the database not there yet).
+    """
+    return is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError)
+
+
 def is_client_fault(exc: BaseException) -> bool:
     """The database refused a value of the request (a gap in the boundary's checks)."""
     return isinstance(exc, _CLIENT_FAULT) or _is_encoding_error(exc)

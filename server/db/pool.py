@@ -17,19 +17,16 @@ log = logging.getLogger(__name__)
 Connection: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
 # What servicers hold and pass on, without depending on asyncpg themselves.
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
-# What a call to the database can raise when the database, not the caller, is the problem.
-DATABASE_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, UnavailableError)
 
 
 async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
     # Whatever stops a new connection (refused, reset, "database does not allow connections",
-    # too many clients) means the database is unavailable, not that the request was bad.
-    # A multi-host URL whose hosts all refuse writes (target_session_attrs=read-write, no primary
-    # yet in a failover) fails with asyncpg's TargetServerAttributeNotMatched: unavailable too.
+    # too many clients, no host of a multi-host URL accepting writes yet in a failover) means the
+    # database is unavailable, not that the request was bad.
     try:
         return await asyncpg.connect(*args, **kwargs)
     except Exception as exc:
-        if not (db_errors.is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError)):
+        if not db_errors.is_connect_failure(exc):
             raise
         # The cause (host, port, database or role names) goes to the log, never to the client.
         log.warning("cannot connect to the database: %s", exc)

@@ -24,6 +24,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,6 +195,29 @@ class ReplicatedPostgres:
         with contextlib.suppress(psutil.NoSuchProcess):
             self._orphans.extend(child.pid for child in psutil.Process(pid).children())
         os.kill(pid, signal.SIGKILL)
+
+    async def make_primary_read_only(self) -> None:
+        """Have the primary refuse writes (25006) while its sessions stay open, as a standby would.
+
+        Each session takes the new default_transaction_read_only after its next statement.
+        """
+        conn = await asyncpg.connect(self.url_of(self.primary, "postgres"))
+        try:
+            await conn.execute("ALTER SYSTEM SET default_transaction_read_only = on")
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
+
+    async def end_sessions(self, node: Node, application_names: Sequence[str]) -> None:
+        """Terminate the sessions of `node` that have one of these application_names."""
+        conn = await asyncpg.connect(self.url_of(node, "postgres"))
+        try:
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = ANY($1)",
+                list(application_names),
+            )
+        finally:
+            await conn.close()
 
     async def promote(self) -> None:
         """`pg_ctl promote` the standby and wait until it accepts writes."""

@@ -17,6 +17,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from typing import Any
 
 import asyncpg
 import grpc
@@ -24,13 +25,17 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2
 
-from sendinchat.v1 import ledger_pb2
+from sendinchat.v1 import chat_pb2, ledger_pb2
+from server import health as server_health
 from server.app import create_server
+from server.auth import sessions
+from server.chat import hub
 from server.db.pool import create_pool
+from server.ledger import watch
 from tests import harness
 from tests.chat.support import group
 from tests.harness import TEST_CONFIG, TEST_JWT_SECRET, Stubs
-from tests.helpers import signed_up, signed_up_admin
+from tests.helpers import Account, request_id, signed_up, signed_up_admin
 from tests.ledger.support import deposit
 from tests.ops.failover_load import HealthWatch, Load, chat_receiver, chat_sender, transfer_client
 from tests.ops.replication import ReplicatedPostgres
@@ -46,6 +51,14 @@ TRANSFERS_AFTER_PROMOTION = 100
 HEALTH_BOUND_SECONDS = 5.0
 RECOVERY_BOUND_SECONDS = 15.0
 SETTLE_SECONDS = 40.0
+# The connections each server opens outside its pool, by application_name.
+_OWN_CONNECTIONS = (
+    server_health.APPLICATION_NAME,
+    sessions.APPLICATION_NAME,
+    hub.APPLICATION_NAME,
+    watch.APPLICATION_NAME,
+)
+_APPLICATIONS = "SELECT coalesce(array_agg(DISTINCT application_name), '{}') FROM pg_stat_activity"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -182,3 +195,93 @@ class TestFailover:
 
         audit = await stubs.ledger.AuditLedger(ledger_pb2.AuditLedgerRequest(), metadata=admin.auth)
         assert audit.ok, audit.violations
+
+
+class TestSwitchover:
+    async def test_writes_are_unavailable_then_every_connection_moves_when_the_primary_turns_read_only(
+        self, cluster: ReplicatedPostgres, server: harness.TestServer
+    ) -> None:
+        stubs = server.stubs
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        assert set(await _ports_of_every_connection(server)) == {cluster.primary.port}
+        health = HealthWatch(stubs)
+        watcher = asyncio.create_task(health.run())
+        try:
+            await cluster.make_primary_read_only()
+            turned_at = time.monotonic()
+            refused = await _first_unavailable_message(stubs, alice, room.id)
+            await health.wait_for(NOT_SERVING, after=turned_at, seconds=HEALTH_BOUND_SECONDS)
+            # A demotion ends the old primary's sessions; the server's own connections (listeners,
+            # session poller) then retry while no host accepts writes, and must outlive that.
+            await cluster.end_sessions(cluster.primary, _OWN_CONNECTIONS)
+            await asyncio.sleep(2 * sessions.POLL_SECONDS)
+
+            await cluster.promote()
+            promoted_at = time.monotonic()
+            message = await _send_until_answered(stubs, alice, refused)
+            await health.wait_for(SERVING, after=promoted_at, seconds=RECOVERY_BOUND_SECONDS)
+        finally:
+            watcher.cancel()
+            await asyncio.gather(watcher, return_exceptions=True)
+
+        assert message.client_message_id == refused.client_message_id
+        # The pooled sessions left open on the read-only primary were given up, not reused.
+        assert set(await _ports_of_every_connection(server)) == {cluster.standby.port}
+        died = [task for task in server.running.tasks if task.done()]
+        assert died == [], "a background task of the server died in the switchover"
+        conn = await asyncpg.connect(cluster.url_of(cluster.standby))
+        try:
+            stored = await conn.fetchval(
+                "SELECT count(*) FROM messages WHERE room_id = $1::uuid AND client_message_id = $2",
+                room.id,
+                refused.client_message_id,
+            )
+            assert stored == 1
+            deadline = time.monotonic() + RECOVERY_BOUND_SECONDS
+            while (found := set(await conn.fetchval(_APPLICATIONS))) < set(_OWN_CONNECTIONS):
+                assert time.monotonic() < deadline, f"only {found} reconnected to the new primary"
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+
+
+async def _ports_of_every_connection(server: harness.TestServer) -> list[int]:
+    """The server port of each of the pool's connections (all held at once, so the pool is full)."""
+    query = "SELECT inet_server_port() FROM pg_sleep(0.2)"
+    return list(
+        await asyncio.gather(*(server.pool.fetchval(query) for _ in range(server.config.db_pool_size)))
+    )
+
+
+async def _first_unavailable_message(
+    stubs: Any, sender: Account, room_id: str
+) -> chat_pb2.SendMessageRequest:
+    """Messages until one answers UNAVAILABLE (a session answers writes until it reloads its settings)."""
+    deadline = time.monotonic() + HEALTH_BOUND_SECONDS
+    while True:
+        assert time.monotonic() < deadline, "no write was refused on the read-only primary"
+        request = chat_pb2.SendMessageRequest(room_id=room_id, text="hello", client_message_id=request_id())
+        try:
+            await stubs.chat.SendMessage(request, metadata=sender.auth, timeout=5)
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+            return request
+        await asyncio.sleep(0.02)
+
+
+async def _send_until_answered(
+    stubs: Any, sender: Account, request: chat_pb2.SendMessageRequest
+) -> chat_pb2.Message:
+    """The same request again until it is answered; only UNAVAILABLE may come before."""
+    deadline = time.monotonic() + RECOVERY_BOUND_SECONDS
+    while True:
+        try:
+            reply = await stubs.chat.SendMessage(request, metadata=sender.auth, timeout=5)
+        except grpc.aio.AioRpcError as err:
+            assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+            assert time.monotonic() < deadline, "the pool did not move to the promoted standby"
+            await asyncio.sleep(0.05)
+        else:
+            message: chat_pb2.Message = reply.message
+            return message
