@@ -51,10 +51,12 @@ class Load:
         """Transfers acknowledged after `moment`."""
         return sum(1 for at in self.transfer_acks if at > moment)
 
-    def _answered(self, name: str) -> None:
+    def answered(self, name: str) -> None:
+        """Count one answer (a status code's name, or a stream's end)."""
         self.answers[name] += 1
 
-    def _too_late(self, what: str) -> bool:
+    def too_late(self, what: str) -> bool:
+        """True once `give_up_at` has passed: `what` is then recorded as never answered."""
         if time.monotonic() < self.give_up_at:
             return False
         self.unexpected.append(f"{what}: still unanswered when the test gave up")
@@ -72,19 +74,19 @@ async def transfer_client(load: Load, stubs: Any, users: list[Account], seed: in
             currency="USD",
             amount_minor=rng.randrange(1, 100),
         )
-        while not load._too_late(f"transfer {request.request_id}"):
+        while not load.too_late(f"transfer {request.request_id}"):
             try:
                 reply = await stubs.ledger.CreateTransfer(
                     request, metadata=sender.auth, timeout=ATTEMPT_TIMEOUT_SECONDS
                 )
             except grpc.aio.AioRpcError as err:
-                load._answered(err.code().name)
+                load.answered(err.code().name)
                 if err.code() in _RETRYABLE:
                     await asyncio.sleep(RETRY_SECONDS)
                     continue
                 load.unexpected.append(f"CreateTransfer: {err.code().name} {err.details()}")
                 break
-            load._answered("OK")
+            load.answered("OK")
             previous = load.transfers.setdefault(request.request_id, reply.transfer)
             if previous.id != reply.transfer.id:
                 load.unexpected.append(f"request {request.request_id} got two transfers")
@@ -101,7 +103,7 @@ async def chat_sender(load: Load, stubs: Any, account: Account, room_id: str) ->
             number += 1
             client_message_id = f"failover-{number}"
             send = chat_pb2.SendFrame(client_message_id=client_message_id, room_id=room_id, text=f"n{number}")
-            while not load._too_late(f"message {client_message_id}"):
+            while not load.too_late(f"message {client_message_id}"):
                 if stream is None or stream.ended.is_set():
                     if stream is not None:
                         _check_stream_end(load, stream, "sender")
@@ -116,10 +118,10 @@ async def chat_sender(load: Load, stubs: Any, account: Account, room_id: str) ->
                     await asyncio.sleep(RETRY_SECONDS)
                     continue
                 if frame.WhichOneof("event") == "ack":
-                    load._answered("OK")
+                    load.answered("OK")
                     load.messages[client_message_id] = frame.ack.sequence
                     break
-                load._answered(chat_pb2.ErrorCode.Name(frame.error.code))
+                load.answered(chat_pb2.ErrorCode.Name(frame.error.code))
                 if frame.error.code not in _RETRYABLE_FRAME:
                     load.unexpected.append(f"send frame: {chat_pb2.ErrorCode.Name(frame.error.code)}")
                     break
@@ -186,7 +188,7 @@ async def _next_frame(
 
 def _check_stream_end(load: Load, stream: Stream, who: str) -> None:
     code = stream.error.code() if stream.error is not None else grpc.StatusCode.OK
-    load._answered(f"stream {code.name}")
+    load.answered(f"stream {code.name}")
     if code not in _RETRYABLE and code != grpc.StatusCode.OK:
         load.unexpected.append(f"{who}: the stream ended with {code.name}")
 
