@@ -145,7 +145,9 @@ async def create_server(
     health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     # Every gate starts closed: NOT_SERVING until the database answered and the audit passed.
-    health_state = HealthState(health_servicer, SERVICE_NAMES, metrics, gates=("database", "ledger_audit"))
+    health_state = HealthState(
+        health_servicer, SERVICE_NAMES, metrics, gates=("database", "ledger_audit"), dsn=own_dsn
+    )
     await health_state.publish()
     enable_reflection([*SERVICE_NAMES, health.SERVICE_NAME], server)
 
@@ -241,7 +243,7 @@ async def connect_patiently(dsn: str, *, wait_seconds: float) -> asyncpg.Connect
         try:
             return await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT_SECONDS)
         except Exception as exc:
-            if not db_errors.is_unavailable(exc) and not isinstance(exc, asyncpg.PostgresError):
+            if not db_errors.is_connect_failure(exc):
                 raise
             left = deadline - loop.time()
             if left <= 0:

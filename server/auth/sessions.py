@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from server.auth.tokens import LEEWAY_SECONDS
+from server.db import errors as db_errors
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,10 @@ async def _connect(dsn: str) -> asyncpg.Connection | None:
     try:
         async with asyncio.timeout(POLL_TIMEOUT_SECONDS):
             return await asyncpg.connect(dsn, server_settings={"application_name": APPLICATION_NAME})
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+    except Exception as exc:
+        # Whatever the classifier calls a failure to connect, or the poller would die with it:
+        # in a failover, "no host accepts writes yet" (asyncpg's TargetServerAttributeNotMatched).
+        if not db_errors.is_connect_failure(exc):
+            raise
         log.warning("cannot connect to read ended sessions; retrying", exc_info=True)
         return None

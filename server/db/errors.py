@@ -20,6 +20,8 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     pg.InsufficientResourcesError,  # class 53: too many connections, disk full, out of memory
     pg.OperatorInterventionError,  # class 57: shutdown, crash, cannot connect now, statement timeout
     pg.ReadOnlySQLTransactionError,  # 25006: connected to a standby (a failover is under way)
+    pg.IdleInTransactionSessionTimeoutError,  # 25P03: the server ended the session (rolled back)
+    pg.TransactionTimeoutError,  # 25P04: the same, for transaction_timeout
     pg.InterfaceError,  # the connection closed or is in an unusable state
     pg.InternalClientError,  # "cannot switch to state ...": a connection a failed call left broken
     UnavailableError,
@@ -52,6 +54,19 @@ def is_conflict(exc: BaseException) -> bool:
 def is_transient(exc: BaseException) -> bool:
     """Retrying the same statement later can succeed (for background work)."""
     return is_unavailable(exc) or is_conflict(exc)
+
+
+def is_connect_failure(exc: BaseException) -> bool:
+    """A connection could not be opened now, and a later attempt may succeed (retry with backoff).
+
+    The database is unavailable (refused, reset, timed out; or no host of a multi-host URL accepts
+    writes yet, in a failover), or the server refused this attempt (not accepting connections,
+    too many clients, the database not there yet). Credentials the server refuses (SQLSTATE class
+    28) are a configuration error no retry mends.
+    """
+    if isinstance(exc, pg.InvalidAuthorizationSpecificationError):
+        return False
+    return is_unavailable(exc) or isinstance(exc, asyncpg.PostgresError)
 
 
 def is_client_fault(exc: BaseException) -> bool:
