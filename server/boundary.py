@@ -54,8 +54,14 @@ def lenient(deserialize: Callable[[bytes], Any], type_name: str) -> Callable[[by
     return parse
 
 
-def check(message: Message, prefix: str = "") -> None:
-    """Raise InvalidArgumentError naming every field of `message` that breaks the shape rules."""
+def check(message: object, prefix: str = "") -> None:
+    """Raise InvalidArgumentError naming every field of `message` that breaks the shape rules.
+
+    Anything that is no protobuf message (a handler registered without a deserializer gets bytes)
+    has no fields to check.
+    """
+    if not isinstance(message, Message):
+        return
     violations = dict(_violations(message, prefix))
     if violations:
         raise InvalidArgumentError(violations)

@@ -129,9 +129,13 @@ class TokenCodec:
             raise UnauthenticatedError(f"token algorithm not allowed (only {ALGORITHM})") from None
         except jwt.MissingRequiredClaimError as exc:
             raise UnauthenticatedError(f"token lacks the {exc.claim!r} claim") from None
+        except jwt.InvalidIssuerError:
+            raise UnauthenticatedError("token was issued by another issuer") from None
+        except jwt.InvalidAudienceError:
+            raise UnauthenticatedError("token is for another audience") from None
         except jwt.InvalidTokenError:
             # PyJWT's own text describes its parser's view of the bytes: not for the client.
-            raise UnauthenticatedError("token is malformed or not valid for this server") from None
+            raise UnauthenticatedError("token is invalid: malformed, or not valid for this server") from None
         if claims.get("typ") != expected_type:
             article = "an" if expected_type == _ACCESS else "a"
             raise UnauthenticatedError(

@@ -8,7 +8,6 @@ from typing import Any, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from server.db import errors as db_errors
 from server.errors import UnavailableError
 
 log = logging.getLogger(__name__)
@@ -21,13 +20,12 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 
 async def _connect(*args: Any, **kwargs: Any) -> asyncpg.Connection:
     # Whatever stops a new connection (refused, reset, "database does not allow connections",
-    # too many clients, no host of a multi-host URL accepting writes yet in a failover) means the
-    # database is unavailable, not that the request was bad.
+    # too many clients, no host of a multi-host URL accepting writes yet in a failover, credentials
+    # refused after a rotation) means the database is unavailable to the caller, not that the
+    # request was bad.
     try:
         return await asyncpg.connect(*args, **kwargs)
     except Exception as exc:
-        if not db_errors.is_connect_failure(exc):
-            raise
         # The cause (host, port, database or role names) goes to the log, never to the client.
         log.warning("cannot connect to the database: %s", exc)
         raise UnavailableError("the database is unavailable; retry later") from exc
