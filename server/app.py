@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import itertools
 import logging
 import os
@@ -333,9 +334,7 @@ async def _ensure_admin(config: Config, pool: asyncpg.Pool, jwt_secret: str) -> 
         log.info("admin user %s is ready", admin.username)
 
 
-def _start_metrics(config: Config, registry: CollectorRegistry) -> WSGIServer | None:
-    if not config.metrics_address:
-        return None
+def _start_metrics(config: Config, registry: CollectorRegistry) -> WSGIServer:
     try:
         server = serve_metrics(registry, config.metrics_address)
     except OSError as exc:
@@ -360,7 +359,8 @@ async def _serve_with_pool(
     config: Config, pool: asyncpg.Pool, jwt_secret: str, dsn: str, *, link: ParentLink | None = None
 ) -> None:
     metrics = Metrics()
-    _start_metrics(config, metrics.registry)
+    if config.metrics_address:
+        _start_metrics(config, metrics.registry)
     running = await create_server(
         config, pool, jwt_secret=jwt_secret, metrics=metrics, dsn=dsn, reuse_port=link is not None
     )
@@ -392,24 +392,33 @@ async def _serve_workers(config: Config, dsn: str, jwt_secret: str, log_writer: 
             await _ensure_admin(config, pool, jwt_secret)
         finally:
             await pool.close()
-    with (
-        reserve_address(config.address) as (address, port),
-        tempfile.TemporaryDirectory(prefix="sendinchat-metrics-") as metrics_dir,
-    ):
-        metrics_server = _start_metrics(config, worker_metrics(metrics_dir))
+    with reserve_address(config.address) as (address, port), contextlib.ExitStack() as stack:
+        env = dict(os.environ)
+        on_exit = None
+        if config.metrics_address:
+            metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="sendinchat-metrics-"))
+            stack.callback(_start_metrics(config, worker_metrics(metrics_dir)).shutdown)
+            # Read as each worker's interpreter starts, as prometheus-client requires.
+            env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            on_exit = functools.partial(forget_worker, directory=metrics_dir)
         supervisor = Supervisor(
             count=config.workers,
             orders=WorkerOrders(address=address, dsn=dsn, jwt_secret=jwt_secret),
-            # Set before the worker's interpreter starts, as prometheus-client requires.
-            env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir},
+            env=env,
             relay=log_writer.relay,
-            on_exit=lambda pid: forget_worker(pid, metrics_dir),
+            on_exit=on_exit,
         )
         stop = _stop_event()
         clean = False
         try:
             if await supervisor.start(stop):
-                log.info("serving gRPC on %s (port %d) with %d workers", config.address, port, config.workers)
+                log.info(
+                    "serving gRPC on %s (port %d) with %d workers (pids %s)",
+                    config.address,
+                    port,
+                    config.workers,
+                    " ".join(map(str, supervisor.pids)),
+                )
                 await supervisor.wait(stop)
             log.info(
                 "shutting down: %d workers draining for up to %.1f s",
@@ -418,8 +427,6 @@ async def _serve_workers(config: Config, dsn: str, jwt_secret: str, log_writer: 
             )
         finally:
             clean = await supervisor.stop()
-            if metrics_server is not None:
-                metrics_server.shutdown()
     if not clean:
         raise WorkerError("a worker did not stop cleanly (see its log lines)")
     log.info("stopped")

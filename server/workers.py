@@ -149,8 +149,9 @@ class ParentLink:
         """Return once the parent has exited (or closed its end)."""
         self._control.setblocking(False)
         loop = asyncio.get_running_loop()
-        while await loop.sock_recv(self._control, 64):
-            pass
+        with contextlib.suppress(OSError):  # ECONNRESET: it died with our `ready` unread
+            while await loop.sock_recv(self._control, 64):
+                pass
 
     def close(self) -> None:
         """Close the control socket."""
@@ -182,7 +183,7 @@ class Supervisor:
     orders: WorkerOrders
     env: Mapping[str, str]
     relay: Callable[[int, Mapping[str, object]], threading.Thread]
-    on_exit: Callable[[int], None]
+    on_exit: Callable[[int], None] | None = None
     _workers: dict[int, _Worker] = field(default_factory=dict)
     _slots: list[asyncio.Task[bool]] = field(default_factory=list)
     _first_ready: dict[int, asyncio.Event] = field(default_factory=dict)
@@ -198,6 +199,11 @@ class Supervisor:
             self._slots.append(asyncio.create_task(self._keep(number), name=f"worker-{number}"))
         all_ready = asyncio.create_task(_all_set(list(self._first_ready.values())))
         return await self._until(stop, all_ready)
+
+    @property
+    def pids(self) -> list[int]:
+        """The pid of each worker's latest process, by worker number."""
+        return [self._workers[number].pid for number in sorted(self._workers)]
 
     async def wait(self, stop: asyncio.Event) -> None:
         """Keep the workers running until `stop` is set; raises WorkerError if a replacement fails."""
@@ -236,7 +242,9 @@ class Supervisor:
             if self._stopping.is_set():
                 _terminate(worker)
             worker.ready = await _read_ready(worker.control)
-            if worker.ready:
+            if worker.ready and self._first_ready[number].is_set():
+                log.info("worker %d serves again (pid %d)", number, worker.pid)
+            elif worker.ready:
                 self._first_ready[number].set()
             code = await worker.process.wait()
             await self._forget(worker)
@@ -299,7 +307,8 @@ class Supervisor:
 
     async def _forget(self, worker: _Worker) -> None:
         worker.control.close()
-        self.on_exit(worker.pid)
+        if self.on_exit is not None:
+            self.on_exit(worker.pid)
         # Its last lines reach stderr before the parent logs anything about its exit.
         await asyncio.to_thread(worker.relay.join, _RELAY_DRAIN_SECONDS)
 
@@ -314,7 +323,10 @@ async def _read_ready(control: socket.socket) -> bool:
     received = b""
     loop = asyncio.get_running_loop()
     while not received.endswith(b"\n"):
-        chunk = await loop.sock_recv(control, 64)
+        try:
+            chunk = await loop.sock_recv(control, 64)
+        except OSError:  # ECONNRESET: it died with its orders unread
+            return False
         if not chunk:
             return False
         received += chunk

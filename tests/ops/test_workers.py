@@ -31,24 +31,16 @@ from tests.ops.process import (
     wait_gone,
 )
 
-ALL_SERVING = re.compile(r"serving gRPC on \S+ \(port (\d+)\) with 2 workers")
+ALL_SERVING = re.compile(r"serving gRPC on \S+ \(port (\d+)\) with 2 workers \(pids (\d+) (\d+)\)")
 CONNECTIONS = 24  # all on one of two workers by chance: 2 in 2**24
 REGISTER = "/sendinchat.v1.UserService/Register"
 
 
-def _worker_pids(process: ServerProcess) -> dict[int, int]:
-    """Worker number -> pid of its latest process that logged it serves."""
-    return {
-        record["worker"]: record["pid"]
-        for record in process.json_lines()
-        if "worker" in record and str(record["message"]).startswith("serving gRPC on")
-    }
-
-
-async def _start(processes: ServerProcesses, database_url: str, **env: str) -> tuple[ServerProcess, str]:
-    process = await processes.start(database_url, SENDINCHAT_WORKERS="2", **env)
-    port = (await process.wait_for_log(ALL_SERVING)).group(1)
-    return process, f"127.0.0.1:{port}"
+async def _start(processes: ServerProcesses, database_url: str) -> tuple[ServerProcess, str, list[int]]:
+    """A parent with two workers: the process, the address they share, and the pids of workers 1 and 2."""
+    process = await processes.start(database_url, SENDINCHAT_WORKERS="2")
+    serving = await process.wait_for_log(ALL_SERVING)
+    return process, f"127.0.0.1:{serving.group(1)}", [int(serving.group(2)), int(serving.group(3))]
 
 
 async def _check_health_over_new_connections(address: str, count: int) -> None:
@@ -122,34 +114,31 @@ class TestWorkers:
     async def test_replace_a_worker_that_is_killed_and_keep_serving(
         self, servers: ServerFactory, processes: ServerProcesses
     ) -> None:
-        process, address = await _start(processes, await servers.database())
-        victim = _worker_pids(process)[1]
+        process, address, [victim, other] = await _start(processes, await servers.database())
         await _check_health_over_new_connections(address, 2)
 
         os.kill(victim, signal.SIGKILL)
-        replaced = re.compile(rf"worker 1 \(pid {victim}\) was killed by SIGKILL .*starting another in 1 s")
-        await process.wait_for_log(replaced)
-        async with asyncio.timeout(20):
-            while True:
-                if _worker_pids(process)[1] != victim:
-                    break
-                await asyncio.sleep(0.05)
+        await process.wait_for_log(
+            re.compile(rf"worker 1 \(pid {victim}\) was killed by SIGKILL .*starting another in 1 s")
+        )
+        replacement = int(
+            (await process.wait_for_log(re.compile(r"worker 1 serves again \(pid (\d+)\)"))).group(1)
+        )
+        assert pid_alive(other), "the other worker is untouched"
         await _check_health_over_new_connections(address, 8)
 
         process.terminate()
         assert await process.wait() == 0
-        assert not pid_alive(_worker_pids(process)[1])
+        assert not pid_alive(replacement) and not pid_alive(other)
         assert "Traceback" not in process.stderr
 
     async def test_workers_stop_by_themselves_when_the_parent_is_killed(
         self, servers: ServerFactory, processes: ServerProcesses
     ) -> None:
-        process, _address = await _start(processes, await servers.database())
-        pids = _worker_pids(process)
-        assert sorted(pids) == [1, 2]
+        process, _address, pids = await _start(processes, await servers.database())
         process.process.kill()
         await process.wait()
-        for pid in pids.values():
+        for pid in pids:
             await wait_gone(pid)
 
     async def test_stop_every_worker_and_exit_one_when_a_worker_cannot_start(
