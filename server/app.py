@@ -68,6 +68,9 @@ _JWT_SECRET_FILE = "jwt_secret"
 _FIRST_RETRY_SECONDS = 0.5
 _MAX_RETRY_SECONDS = 5.0
 _CONNECT_TIMEOUT_SECONDS = 5.0
+# Outside its pool a replica holds a connection each for chat's LISTEN, the session poller and
+# (while someone watches) the ledger's LISTEN.
+_OWN_CONNECTIONS_PER_REPLICA = 3
 
 
 @dataclass
@@ -334,6 +337,24 @@ async def _ensure_admin(config: Config, pool: asyncpg.Pool, jwt_secret: str) -> 
         log.info("admin user %s is ready", admin.username)
 
 
+async def _check_connection_budget(config: Config, pool: asyncpg.Pool) -> None:
+    """Warn when the workers together may open more connections than the database accepts."""
+    limit = int(await pool.fetchval("SELECT current_setting('max_connections')::int"))
+    reserved = int(await pool.fetchval("SELECT current_setting('superuser_reserved_connections')::int"))
+    need = config.workers * (config.db_pool_size + _OWN_CONNECTIONS_PER_REPLICA)
+    if need > limit - reserved:
+        log.warning(
+            "%d workers may open %d connections (pool of %d + %d each), more than the %d this database"
+            " accepts (max_connections %d): lower SENDINCHAT_DB_POOL_SIZE or SENDINCHAT_WORKERS",
+            config.workers,
+            need,
+            config.db_pool_size,
+            _OWN_CONNECTIONS_PER_REPLICA,
+            limit - reserved,
+            limit,
+        )
+
+
 def _start_metrics(config: Config, registry: CollectorRegistry) -> WSGIServer:
     try:
         server = serve_metrics(registry, config.metrics_address)
@@ -386,12 +407,12 @@ async def _set_after(awaitable: Awaitable[None], event: asyncio.Event, why: str)
 
 async def _serve_workers(config: Config, dsn: str, jwt_secret: str, log_writer: LogWriter) -> None:
     """The parent of SENDINCHAT_WORKERS processes (server/workers.py): one port, one /metrics."""
-    if config.embedded and config.admin_username and config.admin_password:
-        pool = await create_pool(dsn, size=1)
-        try:
-            await _ensure_admin(config, pool, jwt_secret)
-        finally:
-            await pool.close()
+    pool = await create_pool(dsn, size=1)
+    try:
+        await _ensure_admin(config, pool, jwt_secret)
+        await _check_connection_budget(config, pool)
+    finally:
+        await pool.close()
     with reserve_address(config.address) as (address, port), contextlib.ExitStack() as stack:
         env = dict(os.environ)
         on_exit = None
