@@ -339,8 +339,11 @@ async def _ensure_admin(config: Config, pool: asyncpg.Pool, jwt_secret: str) -> 
 
 async def _check_connection_budget(config: Config, pool: asyncpg.Pool) -> None:
     """Warn when the workers together may open more connections than the database accepts."""
-    limit = int(await pool.fetchval("SELECT current_setting('max_connections')::int"))
-    reserved = int(await pool.fetchval("SELECT current_setting('superuser_reserved_connections')::int"))
+    try:
+        limit = int(await pool.fetchval("SELECT current_setting('max_connections')::int"))
+        reserved = int(await pool.fetchval("SELECT current_setting('superuser_reserved_connections')::int"))
+    except asyncpg.PostgresError:  # a proxy in front of the database may not tell; nothing to warn about
+        return
     need = config.workers * (config.db_pool_size + _OWN_CONNECTIONS_PER_REPLICA)
     if need > limit - reserved:
         log.warning(

@@ -110,8 +110,10 @@ def reserve_address(address: str) -> Iterator[tuple[str, int]]:
 
 def _bind_targets(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[Any, ...]]]:
     """Where gRPC binds HOST: a wildcard as dual-stack `::`, a name at each of its addresses."""
-    if host in _WILDCARDS and socket.has_ipv6:
-        return [(socket.AF_INET6, ("::", port, 0, 0))]
+    if host in _WILDCARDS:
+        if _has_ipv6():
+            return [(socket.AF_INET6, ("::", port, 0, 0))]
+        return [(socket.AF_INET, ("0.0.0.0", port))]
     found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     targets: list[tuple[socket.AddressFamily, tuple[Any, ...]]] = []
     for family, _type, _proto, _name, sockaddr in found:
@@ -119,6 +121,14 @@ def _bind_targets(host: str, port: int) -> list[tuple[socket.AddressFamily, tupl
         if family in (socket.AF_INET, socket.AF_INET6) and target not in targets:
             targets.append(target)
     return targets
+
+
+def _has_ipv6() -> bool:
+    try:
+        socket.socket(socket.AF_INET6, socket.SOCK_STREAM).close()
+    except OSError:
+        return False
+    return True
 
 
 class ParentLink:

@@ -19,6 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sendinchat.v1 import users_pb2, users_pb2_grpc
 from server.config import Config, ConfigError, machine_cores
+from server.observability import with_fields
+from server.workers import reserve_address
 from tests.harness import ServerFactory
 from tests.helpers import PASSWORD, random_name
 from tests.ops.process import (
@@ -194,3 +196,54 @@ class TestWorkersConfig:
     def test_refuses_the_value_naming_the_variable_when_it_is_not_a_count(self, value: str) -> None:
         with pytest.raises(ConfigError, match=r"^SENDINCHAT_WORKERS: .*auto"):
             Config.from_env({"SENDINCHAT_WORKERS": value})
+
+
+def _listener(port: int, *, reuse_port: bool, host: str = "127.0.0.1") -> socket.socket:
+    """A listening socket on host:port, set up as gRPC sets up its own (a wildcard `::` dual-stack)."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    try:
+        if ":" in host:
+            listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuse_port))
+        listener.bind((host, port))
+        listener.listen()
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
+class TestReserveAddress:
+    def test_lets_workers_share_the_port_and_keeps_other_servers_off_while_they_listen(self) -> None:
+        with reserve_address("127.0.0.1:0") as (address, port):
+            assert port > 0 and address == f"127.0.0.1:{port}"
+            with _listener(port, reuse_port=True), _listener(port, reuse_port=True), pytest.raises(OSError):
+                _listener(port, reuse_port=False).close()
+
+    def test_refuses_naming_the_variable_when_another_server_listens_there(self) -> None:
+        for reuse_port in (False, True):
+            with _listener(0, reuse_port=reuse_port) as taken:
+                address = f"127.0.0.1:{taken.getsockname()[1]}"
+                with (
+                    pytest.raises(ConfigError, match=r"^SENDINCHAT_ADDRESS: cannot listen"),
+                    reserve_address(address),
+                ):
+                    pass
+
+    def test_holds_a_wildcard_as_grpc_binds_it_when_the_address_is_0_0_0_0(self) -> None:
+        with reserve_address("0.0.0.0:0") as (address, port):
+            assert address == f"0.0.0.0:{port}"
+            with _listener(port, reuse_port=True, host="::"), pytest.raises(OSError):
+                _listener(port, reuse_port=False).close()
+
+
+class TestWorkerLogLines:
+    def test_adds_the_fields_to_a_json_line_without_reparsing_it(self) -> None:
+        line = json.dumps({"time": "t", "level": "INFO", "logger": "x", "message": "m"})
+        assert json.loads(with_fields(line + "  ", '"worker": 2, "pid": 7')) == {
+            **json.loads(line),
+            "worker": 2,
+            "pid": 7,
+        }
+        assert json.loads(with_fields("{}", '"worker": 1')) == {"worker": 1}
