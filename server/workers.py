@@ -274,7 +274,7 @@ class Supervisor:
                 else min(_MAX_RESTART_DELAY_SECONDS, max(_FIRST_RESTART_DELAY_SECONDS, 2 * delay))
             )
             log.error(
-                "worker %d (pid %d) %s after %.0f s of serving; starting another in %.0f s",
+                "worker %d (pid %d) %s %.0f s after it started; starting another in %.0f s",
                 number,
                 worker.pid,
                 _exit(code),
@@ -309,7 +309,8 @@ class Supervisor:
             os.close(write_end)
             child_end.close()
         relay = self.relay(read_end, {"worker": number, "pid": process.pid})
-        parent_end.sendall(self.orders.encode())
+        with contextlib.suppress(OSError):  # it died at once: _read_ready sees that
+            parent_end.sendall(self.orders.encode())
         parent_end.setblocking(False)
         worker = _Worker(number, process, parent_end, relay, asyncio.get_running_loop().time())
         self._workers[number] = worker
