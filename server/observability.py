@@ -232,10 +232,6 @@ class Metrics:
             multiprocess_mode="livemin",  # 1 while every worker reaches it
         )
 
-    def serve(self, address: str) -> int:
-        """Expose /metrics over HTTP on address (HOST:PORT, port 0 picks one); return the port."""
-        return int(serve_metrics(self.registry, address).server_port)
-
 
 def serve_metrics(registry: CollectorRegistry, address: str) -> WSGIServer:
     """Serve `registry` as /metrics over HTTP on address (HOST:PORT, port 0 picks one), in a thread."""
