@@ -2,12 +2,13 @@
 
     python -m bench.chat_bench                       # about 1.5 minutes
     python -m bench.chat_bench --seconds 10 --rates 50 100 200 300 400 --idle-streams 1000
+    python -m bench.chat_bench --workers 2 --connections 8   # SENDINCHAT_WORKERS=2, over 8 TCP connections
 
 It starts an embedded PostgreSQL (its own data folder) and the real server as a subprocess
 (`python -m server`, uvloop, log level WARNING). This process is the load generator (uvloop,
 generated async stubs): it registers users, creates one group room with 1 sender and N
 subscribers (each subscriber its own user and its own Connect stream; the streams share a few
-HTTP/2 channels), then:
+HTTP/2 channels, by default over one TCP connection, `--connections` to spread them), then:
 
 1. latency: the sender posts with SendMessage at a fixed rate; each message carries its send time,
    and every subscriber records send-to-receipt time; p50/p99 over all deliveries (after a 2 s
@@ -15,7 +16,8 @@ HTTP/2 channels), then:
 2. throughput: the same at rising rates, until p99 passes the bound or deliveries fall behind
    (twice in a row at one rate); the highest rate within the bound is the sustained figure
    (messages/s x subscribers);
-3. memory: VmRSS of the server process before and after opening K idle, subscribed streams.
+3. memory: VmRSS of the server process (with `--workers`, all of them) before and after opening
+   K idle, subscribed streams.
 
 Not part of the tests.
 """
@@ -39,7 +41,14 @@ from typing import Any
 
 import grpc
 
-from bench.common import free_port, wait_serving
+from bench.common import (
+    add_worker_arguments,
+    free_port,
+    open_channel,
+    resolve_connections,
+    server_pids,
+    wait_serving,
+)
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, users_pb2, users_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -92,19 +101,28 @@ def _auth(token: str) -> tuple[tuple[str, str], ...]:
 
 
 def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    """VmRSS of the server, its workers included."""
+    total = 0.0
+    for one in server_pids(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{one}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1]) / 1024
+    return total
 
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_seconds(pid: int) -> float:
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICKS
+    """CPU seconds of the server, its workers included."""
+    total = 0.0
+    for one in server_pids(pid):
+        with contextlib.suppress(OSError):
+            raw = Path(f"/proc/{one}/stat").read_text()
+            fields = raw[raw.rindex(")") + 2 :].split()
+            total += (int(fields[11]) + int(fields[12])) / _TICKS
+    return total
 
 
 class Subscriber:
@@ -190,7 +208,12 @@ async def _run_step(
 
 
 async def _measure(address: str, args: argparse.Namespace, pid: int) -> dict[str, Any]:
-    channels = [grpc.aio.insecure_channel(address) for _ in range(CHANNELS)]
+    # One connection: CHANNELS channels that gRPC multiplexes onto it (as before --connections).
+    channels = (
+        [open_channel(address, own_connection=True) for _ in range(args.connections)]
+        if args.connections > 1
+        else [open_channel(address) for _ in range(CHANNELS)]
+    )
     users_stub = users_pb2_grpc.UserServiceStub(channels[0])
     chats = [chat_pb2_grpc.ChatServiceStub(c) for c in channels]
     tag = uuid.uuid4().hex[:6]
@@ -206,7 +229,7 @@ async def _measure(address: str, args: argparse.Namespace, pid: int) -> dict[str
     ).room
     load_start = os.getloadavg()[0]
     rss_idle_server = _rss_mb(pid)
-    subs = [Subscriber(chats[i % CHANNELS], p.tokens.access_token) for i, p in enumerate(listeners)]
+    subs = [Subscriber(chats[i % len(chats)], p.tokens.access_token) for i, p in enumerate(listeners)]
     await asyncio.gather(*(s.subscribe(room.id) for s in subs))
     await asyncio.sleep(1)
     print(f"  {len(subs)} subscribers connected", file=sys.stderr)
@@ -241,7 +264,7 @@ async def _measure(address: str, args: argparse.Namespace, pid: int) -> dict[str
     idle: list[Subscriber] = []
     for i in range(args.idle_streams):
         owner = listeners[i % len(listeners)]
-        idle.append(Subscriber(chats[i % CHANNELS], owner.tokens.access_token))
+        idle.append(Subscriber(chats[i % len(chats)], owner.tokens.access_token))
     for start in range(0, len(idle), 100):
         await asyncio.gather(*(s.subscribe(room.id) for s in idle[start : start + 100]))
     await asyncio.sleep(3)
@@ -290,7 +313,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bound-ms", type=float, default=50.0, help="p99 bound for the sustained figure")
     parser.add_argument("--idle-streams", type=int, default=1000)
     parser.add_argument("--data-dir", type=Path, default=None, help="embedded PostgreSQL folder (temp)")
+    add_worker_arguments(parser, connections="the streams use")
     args = parser.parse_args(argv)
+    resolve_connections(args)
 
     import uvloop
 
@@ -312,9 +337,10 @@ def main(argv: list[str] | None = None) -> None:
             "SENDINCHAT_BCRYPT_ROUNDS": "4",
             "SENDINCHAT_ACCESS_TOKEN_TTL_SECONDS": "86400",
             "SENDINCHAT_LOGIN_ATTEMPTS_PER_PEER": "1000000",
+            "SENDINCHAT_WORKERS": str(args.workers),
         }
         server = subprocess.Popen([sys.executable, "-m", "server"], cwd=REPO, env=env)
-        wait_serving(address)
+        wait_serving(address, connections=1 if args.workers == 1 else 8 * args.workers)
         figures = uvloop.run(_measure(address, args, server.pid))
     finally:
         if server is not None:
@@ -324,6 +350,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.data_dir is None:
             shutil.rmtree(data_dir, ignore_errors=True)
     _report(args, figures)
+
+
+def _channels_in_words(args: argparse.Namespace) -> str:
+    """How the streams reach the server, in words."""
+    if args.connections > 1:
+        return f"{args.connections} TCP connections"
+    return f"{CHANNELS} channels on one TCP connection"
 
 
 def _report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
@@ -343,7 +376,7 @@ def _report(args: argparse.Namespace, figures: dict[str, Any]) -> None:
     )
     print(
         f"  one group room, 1 sender (SendMessage at a fixed rate), {args.subscribers} subscribers"
-        f" (one Connect stream each, over {CHANNELS} channels)"
+        f" (one Connect stream each, over {_channels_in_words(args)}); {args.workers} server worker(s)"
     )
     print()
     print(

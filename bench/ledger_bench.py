@@ -2,6 +2,7 @@
 
     python -m bench.ledger_bench                      # ~3 minutes: 1, 16, 64 callers, 3 rounds of 5 s
     python -m bench.ledger_bench --seconds 20 --rounds 1 --concurrency 1 16 64 128
+    python -m bench.ledger_bench --workers 2 --connections 8   # SENDINCHAT_WORKERS=2, 8 connections a process
 
 It starts an embedded PostgreSQL (its own data folder), the real server as a subprocess
 (`python -m server`, uvloop, log level WARNING, SCHED_BATCH unless `--sched-batch off`),
@@ -15,7 +16,9 @@ interleaving keeps the three comparable):
   random other user, with a fresh request_id);
 - `pgbench -M prepared` built-in `tpcb-like` TPS at the same client count.
 
-Load comes from separate client processes using the generated async stubs. Not part of the tests.
+Load comes from separate client processes using the generated async stubs, each over
+`--connections` TCP connections (with `--workers N` the kernel spreads connections, not calls,
+over the workers). Not part of the tests.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,7 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.common import free_port, wait_serving
+from bench.common import add_worker_arguments, free_port, open_channel, resolve_connections, wait_serving
 from sendinchat.v1 import ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,6 +69,8 @@ class Result:
     postgres_cores: float = 0.0
     client_cores: float = 0.0
     machine_cores: float = 0.0  # every process on the machine, this benchmark's included
+    worker_cores: list[float] = field(default_factory=list)  # each server worker's share of server_cores
+    loop_cores: float = 0.0  # the server processes' main (event-loop) threads, part of server_cores
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -75,11 +80,13 @@ POSTMASTER_PID: int | None = None
 
 
 def _cpu_seconds(
-    server_pid: int | None, client_pids: frozenset[int] = frozenset()
+    server_pid: int | None, client_pids: frozenset[int] = frozenset(), workers: dict[int, float] | None = None
 ) -> tuple[float, float, float]:
     """CPU seconds used so far by the server, this PostgreSQL's processes and the load generators.
 
     Read from Linux /proc; the PostgreSQL figure includes backends that have exited (pgbench's).
+    The server is its process and its children (SENDINCHAT_WORKERS); `workers` gets each child's,
+    and under the key 0 the main threads' (the event loops') of all of them.
     """
     server = postgres = clients = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -94,11 +101,24 @@ def _cpu_seconds(
             used += (int(fields[13]) + int(fields[14])) / _TICKS
         if POSTMASTER_PID is not None and POSTMASTER_PID in (pid, ppid):
             postgres += used
-        elif pid == server_pid:
+        elif server_pid is not None and server_pid in (pid, ppid):
             server += used
+            if workers is not None:
+                if pid != server_pid:
+                    workers[pid] = used
+                workers[0] = workers.get(0, 0.0) + _main_thread_seconds(pid)
         elif pid in client_pids:
             clients += used
     return server, postgres, clients
+
+
+def _main_thread_seconds(pid: int) -> float:
+    try:
+        raw = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = raw[raw.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def _machine_busy_seconds() -> float:
@@ -117,9 +137,10 @@ def _machine_busy_seconds() -> float:
 async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
     import uvloop  # noqa: F401  # imported for its side effect in _worker below
 
-    channel = grpc.aio.insecure_channel(spec["address"])
-    health: Any = health_pb2_grpc.HealthStub(channel)  # the stubs type it without its methods
-    ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
+    channels = [open_channel(spec["address"], own_connection=True) for _ in range(spec["connections"])]
+    # The stubs type HealthStub without its methods.
+    healths: list[Any] = [health_pb2_grpc.HealthStub(channel) for channel in channels]
+    ledgers = [ledger_pb2_grpc.LedgerServiceStub(channel) for channel in channels]
     users: list[dict[str, str]] = spec["users"]
     latencies: list[float] = []
     errors = 0
@@ -132,6 +153,7 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
         metadata = (("authorization", f"Bearer {me['token']}"),)
         others = [u["id"] for u in users if u["id"] != me["id"]]
         rng = random.Random(index)
+        health, ledger = healths[index % len(channels)], ledgers[index % len(channels)]
         await asyncio.sleep(max(0.0, start_barrier - time.time()))
         while time.time() < stop_at:
             started = time.perf_counter()
@@ -154,7 +176,8 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
             latencies.append(round(time.perf_counter() - started, 6))
 
     await asyncio.gather(*(caller(i) for i in spec["callers"]))
-    await channel.close(None)
+    for channel in channels:
+        await channel.close(None)
     return {"latencies": latencies, "errors": errors}
 
 
@@ -174,6 +197,7 @@ def _run_load(
     users: list[dict[str, str]],
     procs: int,
     server_pid: int | None = None,
+    connections: int = 1,
 ) -> Result:
     procs = max(1, min(procs, concurrency))
     start_at = time.time() + 1.5  # let every process import and connect first
@@ -186,6 +210,7 @@ def _run_load(
             "start_at": start_at,
             "users": users,
             "callers": list(range(p, concurrency, procs)),
+            "connections": connections,
             "out": tempfile.mktemp(prefix="sendinchat-bench-", suffix=".json"),
         }
         child = subprocess.Popen(
@@ -200,9 +225,11 @@ def _run_load(
         children.append((child, Path(str(spec["out"]))))
     time.sleep(max(0.0, start_at - time.time()))
     pids = frozenset(child.pid for child, _ in children)
-    cpu_before, machine_before = _cpu_seconds(server_pid, pids), _machine_busy_seconds()
+    workers_before: dict[int, float] = {}
+    workers_after: dict[int, float] = {}
+    cpu_before, machine_before = _cpu_seconds(server_pid, pids, workers_before), _machine_busy_seconds()
     time.sleep(seconds)
-    cpu_after, machine_after = _cpu_seconds(server_pid, pids), _machine_busy_seconds()
+    cpu_after, machine_after = _cpu_seconds(server_pid, pids, workers_after), _machine_busy_seconds()
     latencies: list[float] = []
     errors = 0
     for child, path in children:
@@ -226,6 +253,12 @@ def _run_load(
         postgres_cores=(cpu_after[1] - cpu_before[1]) / seconds,
         client_cores=(cpu_after[2] - cpu_before[2]) / seconds,
         machine_cores=(machine_after - machine_before) / seconds,
+        worker_cores=[
+            (workers_after[pid] - workers_before.get(pid, 0.0)) / seconds
+            for pid in sorted(workers_after)
+            if pid
+        ],
+        loop_cores=(workers_after.get(0, 0.0) - workers_before.get(0, 0.0)) / seconds,
     )
 
 
@@ -333,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--users", type=int, default=64, help="funded users the callers pick from")
     parser.add_argument("--client-procs", type=int, default=2, help="load-generator processes")
+    add_worker_arguments(parser, connections="per load-generator process")
     parser.add_argument("--pgbench-scale", type=int, default=16)
     parser.add_argument("--pool-size", type=int, default=10, help="server's SENDINCHAT_DB_POOL_SIZE")
     parser.add_argument(
@@ -343,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         _worker()
         return
+    resolve_connections(args)
 
     from server.db.embedded import EmbeddedPostgres
 
@@ -371,11 +406,12 @@ def main(argv: list[str] | None = None) -> None:
             "SENDINCHAT_BCRYPT_ROUNDS": "4",
             "SENDINCHAT_DB_POOL_SIZE": str(args.pool_size),
             "SENDINCHAT_SCHED_BATCH": args.sched_batch,
+            "SENDINCHAT_WORKERS": str(args.workers),
             "SENDINCHAT_ACCESS_TOKEN_TTL_SECONDS": "86400",
             "SENDINCHAT_LOGIN_ATTEMPTS_PER_PEER": "1000000",
         }
         server = subprocess.Popen([sys.executable, "-m", "server"], cwd=REPO, env=env)
-        wait_serving(address)
+        wait_serving(address, connections=1 if args.workers == 1 else 8 * args.workers)
         users = asyncio.run(_prepare(address, dsn, args.users))
         results: list[Result] = []
         for concurrency in args.concurrency:
@@ -383,7 +419,14 @@ def main(argv: list[str] | None = None) -> None:
                 for kind in ("health", "transfer"):
                     results.append(
                         _run_load(
-                            address, kind, concurrency, args.seconds, users, args.client_procs, server.pid
+                            address,
+                            kind,
+                            concurrency,
+                            args.seconds,
+                            users,
+                            args.client_procs,
+                            server.pid,
+                            args.connections,
                         )
                     )
                 results.append(_pgbench(pg.bin_dir, pgbench_uri, concurrency, args.seconds))
@@ -401,10 +444,22 @@ def main(argv: list[str] | None = None) -> None:
 
 def _print_progress(results: list[Result]) -> None:
     for r in results:
+        per_rpc = "".join(
+            f" {name} {cores / r.rate * 1e6:.0f}"
+            for name, cores in (
+                ("server", r.server_cores),
+                ("postgres", r.postgres_cores),
+                ("clients", r.client_cores),
+            )
+            if r.rate
+        )
+        workers = f" = {' + '.join(f'{c:.2f}' for c in r.worker_cores)} in workers" if r.worker_cores else ""
+        workers += f", event loops {r.loop_cores:.2f}" if r.server_cores else ""
         print(
             f"  c={r.concurrency:<3} {r.what:<18} {r.rate:9.0f}/s"
-            f"  (server {r.server_cores:.2f} cores, postgres {r.postgres_cores:.2f} cores,"
-            f" clients {r.client_cores:.2f} cores; whole machine {r.machine_cores:.2f} of {os.cpu_count()})",
+            f"  (server {r.server_cores:.2f} cores{workers}, postgres {r.postgres_cores:.2f} cores,"
+            f" clients {r.client_cores:.2f} cores; whole machine {r.machine_cores:.2f} of {os.cpu_count()};"
+            f" CPU µs per call:{per_rpc})",
             file=sys.stderr,
         )
 
@@ -439,7 +494,8 @@ def _report(args: argparse.Namespace, results: list[Result], integrity: str) -> 
         f"  each figure: median of {args.rounds} interleaved rounds of {args.seconds:g} s;"
         f" {args.users} funded users; {args.client_procs} client processes;"
         f" pgbench -M prepared tpcb-like, scale {args.pgbench_scale}; server pool {args.pool_size},"
-        f" SCHED_BATCH {args.sched_batch}"
+        f" SCHED_BATCH {args.sched_batch}; {args.workers} server worker(s),"
+        f" {args.connections} connection(s) per client process"
     )
     print()
     header = (

@@ -14,6 +14,7 @@ from typing import Any
 
 from server.config import Config, ConfigError
 from server.errors import PermissionDeniedError, UnavailableError
+from server.workers import WORKER_FD_FLAG, WorkerError
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
@@ -105,7 +106,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
     parser = argparse.ArgumentParser(prog="python -m server", description="SendInChat gRPC server")
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="run the server (the default)")
+    serve_command = commands.add_parser("serve", help="run the server (the default)")
+    # How a parent with SENDINCHAT_WORKERS > 1 starts each worker (server/workers.py).
+    serve_command.add_argument(WORKER_FD_FLAG, type=int, dest="worker_fd", help=argparse.SUPPRESS)
     commands.add_parser("migrate", help="apply database migrations and exit")
     admin = commands.add_parser("create-admin", help="create (or promote) an admin user")
     admin.add_argument("--username", required=True)
@@ -135,6 +138,11 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "create-admin":
             password = os.environ.get(args.password_env) or getpass.getpass("password for the admin: ")
             _run(_create_admin(config, args.username, password))
+        elif getattr(args, "worker_fd", None) is not None:
+            from server.app import serve_worker
+            from server.workers import ParentLink
+
+            _run(serve_worker(config, ParentLink.open(args.worker_fd)))
         else:
             from server.app import serve
 
@@ -142,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         report(f"configuration error: {exc}")
         raise SystemExit(2) from None
-    except (UnavailableError, PermissionDeniedError) as exc:
+    except (UnavailableError, PermissionDeniedError, WorkerError) as exc:
         report(str(exc))
         raise SystemExit(1) from None
     except KeyboardInterrupt:

@@ -1,21 +1,26 @@
-"""Wiring: pool, migrations, servicers, health, reflection, interceptor, metrics, signals."""
+"""Wiring: pool, migrations, servicers, health, reflection, interceptor, metrics, signals, workers."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import itertools
 import logging
 import os
 import secrets
 import signal
 import tempfile
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 import asyncpg
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from prometheus_client import CollectorRegistry
 
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 from server.auth.passwords import PasswordHasher
@@ -35,13 +40,22 @@ from server.jobs import Jobs
 from server.ledger.batching import TransferBatcher
 from server.ledger.servicer import LedgerServicer
 from server.ledger.watch import WatchHub
-from server.observability import Metrics, RpcObserver, configure_logging
+from server.observability import (
+    LogWriter,
+    Metrics,
+    RpcObserver,
+    configure_logging,
+    forget_worker,
+    serve_metrics,
+    worker_metrics,
+)
 from server.reflection import enable_reflection
 from server.scheduling import use_batch_scheduling
 from server.streams import StreamLifetimes
 from server.users import service as users
 from server.users.servicer import UserServicer
 from server.users.throttle import LoginLimits
+from server.workers import ParentLink, Supervisor, WorkerError, WorkerOrders, reserve_address
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +68,9 @@ _JWT_SECRET_FILE = "jwt_secret"
 _FIRST_RETRY_SECONDS = 0.5
 _MAX_RETRY_SECONDS = 5.0
 _CONNECT_TIMEOUT_SECONDS = 5.0
+# Outside its pool a replica holds a connection each for chat's LISTEN, the session poller and
+# (while someone watches) the ledger's LISTEN.
+_OWN_CONNECTIONS_PER_REPLICA = 3
 
 
 @dataclass
@@ -114,11 +131,13 @@ async def create_server(
     jwt_secret: str,
     metrics: Metrics | None = None,
     dsn: str | None = None,
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Build, bind and start the gRPC server; the port is the bound one (config may say 0).
 
     `dsn` (default: config.database_url) is where the chat hub (LISTEN) and the ended-sessions
-    poller open connections of their own, outside the pool.
+    poller open connections of their own, outside the pool. `reuse_port` lets the workers of one
+    parent bind the same port (SO_REUSEPORT); otherwise a port in use is refused.
     """
     metrics = metrics or Metrics()
     deps = user_deps(config, jwt_secret)
@@ -127,7 +146,7 @@ async def create_server(
     interceptor = RpcInterceptor(
         tokens=deps.tokens, ended_sessions=deps.ended_sessions, observer=RpcObserver(metrics), streams=streams
     )
-    server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", int(reuse_port))])
     users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(pool, deps), server)
     own_dsn = dsn or config.database_url
     if own_dsn is None:
@@ -261,21 +280,46 @@ async def serve(config: Config) -> None:
     """Run the server until SIGTERM or SIGINT, then shut down gracefully."""
     log_writer = configure_logging(config.log_level)
     try:
-        await _serve(config)
+        await _serve(config, log_writer)
     finally:
         log_writer.stop()
 
 
-async def _serve(config: Config) -> None:
+async def serve_worker(config: Config, link: ParentLink) -> None:
+    """One of SENDINCHAT_WORKERS processes, started by the parent: a full replica on the shared port.
+
+    The parent has started the database, migrated it and ensured the admin; it serves /metrics
+    from what the workers write to PROMETHEUS_MULTIPROC_DIR, and relays this process's stderr.
+    """
+    log_writer = configure_logging(config.log_level)
+    try:
+        orders = link.orders
+        config = dataclasses.replace(config, address=orders.address, metrics_address="", workers=1)
+        pool = await create_pool(orders.dsn, size=config.db_pool_size)
+        try:
+            await _serve_with_pool(config, pool, orders.jwt_secret, orders.dsn, link=link)
+        finally:
+            await pool.close()
+    finally:
+        link.close()
+        log_writer.stop()
+
+
+async def _serve(config: Config, log_writer: LogWriter) -> None:
     jwt_secret = load_jwt_secret(config)
     dsn, embedded = await open_database(config)
     if config.sched_batch and use_batch_scheduling():
-        # After the embedded PostgreSQL has started (it keeps the default policy), before any gRPC thread.
+        # After the embedded PostgreSQL has started (it keeps the default policy), before any gRPC
+        # thread; workers started later inherit it.
         log.info("threads started from here on run under SCHED_BATCH")
     try:
         await run_migrations(dsn, wait_seconds=config.db_connect_timeout_seconds)
+        if config.workers > 1:
+            await _serve_workers(config, dsn, jwt_secret, log_writer)
+            return
         pool = await create_pool(dsn, size=config.db_pool_size)
         try:
+            await _ensure_admin(config, pool, jwt_secret)
             await _serve_with_pool(config, pool, jwt_secret, dsn)
         finally:
             await pool.close()
@@ -284,7 +328,7 @@ async def _serve(config: Config) -> None:
             await asyncio.to_thread(embedded.stop)
 
 
-async def _serve_with_pool(config: Config, pool: asyncpg.Pool, jwt_secret: str, dsn: str) -> None:
+async def _ensure_admin(config: Config, pool: asyncpg.Pool, jwt_secret: str) -> None:
     if config.embedded and config.admin_username and config.admin_password:
         admin = await users.ensure_admin(
             pool,
@@ -293,22 +337,122 @@ async def _serve_with_pool(config: Config, pool: asyncpg.Pool, jwt_secret: str, 
             password=config.admin_password,
         )
         log.info("admin user %s is ready", admin.username)
-    metrics = Metrics()
-    if config.metrics_address:
-        try:
-            metrics_port = metrics.serve(config.metrics_address)
-        except OSError as exc:
-            raise ConfigError(
-                f"SENDINCHAT_METRICS_ADDRESS: cannot listen on {config.metrics_address}: {exc}"
-            ) from None
-        log.info("metrics on http://%s:%d/metrics", config.metrics_address.rpartition(":")[0], metrics_port)
-    running = await create_server(config, pool, jwt_secret=jwt_secret, metrics=metrics, dsn=dsn)
-    log.info("serving gRPC on %s (port %d)", config.address, running.port)
+
+
+async def _check_connection_budget(config: Config, pool: asyncpg.Pool) -> None:
+    """Warn when the workers together may open more connections than the database accepts."""
+    try:
+        limit = int(await pool.fetchval("SELECT current_setting('max_connections')::int"))
+        reserved = int(await pool.fetchval("SELECT current_setting('superuser_reserved_connections')::int"))
+    except asyncpg.PostgresError:  # a proxy in front of the database may not tell; nothing to warn about
+        return
+    need = config.workers * (config.db_pool_size + _OWN_CONNECTIONS_PER_REPLICA)
+    if need > limit - reserved:
+        log.warning(
+            "%d workers may open %d connections (pool of %d + %d each), more than the %d this database"
+            " accepts (max_connections %d): lower SENDINCHAT_DB_POOL_SIZE or SENDINCHAT_WORKERS",
+            config.workers,
+            need,
+            config.db_pool_size,
+            _OWN_CONNECTIONS_PER_REPLICA,
+            limit - reserved,
+            limit,
+        )
+
+
+def _start_metrics(config: Config, registry: CollectorRegistry) -> WSGIServer:
+    try:
+        server = serve_metrics(registry, config.metrics_address)
+    except OSError as exc:
+        raise ConfigError(
+            f"SENDINCHAT_METRICS_ADDRESS: cannot listen on {config.metrics_address}: {exc}"
+        ) from None
+    host = config.metrics_address.rpartition(":")[0]
+    log.info("metrics on http://%s:%d/metrics", host, server.server_port)
+    return server
+
+
+def _stop_event() -> asyncio.Event:
+    """An event set by SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+async def _serve_with_pool(
+    config: Config, pool: asyncpg.Pool, jwt_secret: str, dsn: str, *, link: ParentLink | None = None
+) -> None:
+    metrics = Metrics()
+    if config.metrics_address:
+        _start_metrics(config, metrics.registry)
+    running = await create_server(
+        config, pool, jwt_secret=jwt_secret, metrics=metrics, dsn=dsn, reuse_port=link is not None
+    )
+    log.info("serving gRPC on %s (port %d)", config.address, running.port)
+    stop = _stop_event()
+    orphaned = None
+    if link is not None:
+        orphaned = asyncio.create_task(_set_after(link.parent_gone(), stop, "the parent process is gone"))
+        link.ready()
     await stop.wait()
     log.info("shutting down: draining for up to %.1f s", config.shutdown_grace_seconds)
     await running.stop()
+    if orphaned is not None:
+        orphaned.cancel()
+    log.info("stopped")
+
+
+async def _set_after(awaitable: Awaitable[None], event: asyncio.Event, why: str) -> None:
+    await awaitable
+    log.warning("%s; stopping", why)
+    event.set()
+
+
+async def _serve_workers(config: Config, dsn: str, jwt_secret: str, log_writer: LogWriter) -> None:
+    """The parent of SENDINCHAT_WORKERS processes (server/workers.py): one port, one /metrics."""
+    pool = await create_pool(dsn, size=1)
+    try:
+        await _ensure_admin(config, pool, jwt_secret)
+        await _check_connection_budget(config, pool)
+    finally:
+        await pool.close()
+    with reserve_address(config.address) as (address, port), contextlib.ExitStack() as stack:
+        env = dict(os.environ)
+        on_exit = None
+        if config.metrics_address:
+            metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="sendinchat-metrics-"))
+            stack.callback(_start_metrics(config, worker_metrics(metrics_dir)).shutdown)
+            # Read as each worker's interpreter starts, as prometheus-client requires.
+            env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            on_exit = functools.partial(forget_worker, directory=metrics_dir)
+        supervisor = Supervisor(
+            count=config.workers,
+            orders=WorkerOrders(address=address, dsn=dsn, jwt_secret=jwt_secret),
+            env=env,
+            relay=log_writer.relay,
+            on_exit=on_exit,
+        )
+        stop = _stop_event()
+        clean = False
+        try:
+            if await supervisor.start(stop):
+                log.info(
+                    "serving gRPC on %s (port %d) with %d workers (pids %s)",
+                    config.address,
+                    port,
+                    config.workers,
+                    " ".join(map(str, supervisor.pids)),
+                )
+                await supervisor.wait(stop)
+            log.info(
+                "shutting down: %d workers draining for up to %.1f s",
+                config.workers,
+                config.shutdown_grace_seconds,
+            )
+        finally:
+            clean = await supervisor.stop()
+    if not clean:
+        raise WorkerError("a worker did not stop cleanly (see its log lines)")
     log.info("stopped")

@@ -12,6 +12,7 @@ T = TypeVar("T")
 N = TypeVar("N", int, float)
 
 MIN_JWT_SECRET_BYTES = 32
+MAX_WORKERS = 256
 
 
 class ConfigError(Exception):
@@ -47,6 +48,7 @@ class Config:
     chat_stream_buffer: int = 256
     transfer_batch_linger_ms: float = 5.0
     sched_batch: bool = True
+    workers: int = 1
 
     @property
     def embedded(self) -> bool:
@@ -112,6 +114,7 @@ class Config:
                 "SENDINCHAT_TRANSFER_BATCH_LINGER_MS", cls.transfer_batch_linger_ms, _float_between(0, 1000)
             ),
             sched_batch=reader.get("SENDINCHAT_SCHED_BATCH", cls.sched_batch, _switch),
+            workers=reader.get("SENDINCHAT_WORKERS", cls.workers, _workers),
         )
         if config.database_url is not None and config.jwt_secret is None:
             raise ConfigError("SENDINCHAT_JWT_SECRET: required when DATABASE_URL is set (32+ bytes)")
@@ -204,6 +207,24 @@ def _switch(raw: str) -> bool:
     if value in ("off", "false", "no", "0"):
         return False
     raise ValueError(f"expected on or off, got {raw!r}")
+
+
+def machine_cores() -> int:
+    """The cores this process may run on: its CPU affinity where the platform tells it."""
+    # os.process_cpu_count() (Python 3.13) is the affinity where there is one, else cpu_count().
+    count: Callable[[], int | None] | None = getattr(os, "process_cpu_count", None)
+    if count is None and hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0)) or 1
+    return (count or os.cpu_count)() or 1
+
+
+def _workers(raw: str) -> int:
+    if raw.strip().lower() == "auto":
+        return max(1, min(machine_cores(), MAX_WORKERS))
+    try:
+        return _int_between(1, MAX_WORKERS)(raw)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or auto: one per core)") from None
 
 
 def _log_level(raw: str) -> str:

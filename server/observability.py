@@ -1,4 +1,4 @@
-"""JSON log lines on stderr (gRPC core's own lines included), per-RPC log and metrics, /metrics."""
+"""JSON log lines on stderr (gRPC core's and workers' lines included), per-RPC log and metrics, /metrics."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Mapping
+from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
 
 _rpc_log = logging.getLogger("sendinchat.rpc")
 
@@ -86,6 +88,12 @@ def foreign_line(raw: bytes) -> str | None:
     return json_line("ERROR", "stderr", text)
 
 
+def with_fields(line: str, fields: str) -> str:
+    """A JSON-object `line` with `fields` (`"key": value, ...`, JSON text) appended, without parsing it."""
+    body = line.rstrip()[:-1].rstrip()
+    return body + ("" if body.endswith("{") else ", ") + fields + "}"
+
+
 class _LineWriter:
     """Writes whole lines to a file descriptor under a lock, so two writer threads never interleave."""
 
@@ -119,17 +127,29 @@ class StderrRouter:
         os.dup2(write_end, 2)
         os.close(write_end)
         self.stream = _LineWriter(self._real_stderr)
-        self._reader = threading.Thread(
-            target=self._pump, args=(read_end,), name="stderr-router", daemon=True
-        )
-        self._reader.start()
+        self._reader = self.relay(read_end, {}, name="stderr-router")
 
-    def _pump(self, read_end: int) -> None:
+    def relay(self, read_end: int, fields: Mapping[str, object], *, name: str) -> threading.Thread:
+        """Copy the lines read from `read_end` (until EOF) to the real stderr as JSON, each with `fields`.
+
+        A worker's stderr comes in this way: a pipe per writer, so that two processes' long lines
+        never interleave, and its pid and worker number are added here, whatever wrote the line.
+        """
+        extra = json.dumps(dict(fields), default=str)[1:-1]
+        reader = threading.Thread(target=self._pump, args=(read_end, extra), name=name, daemon=True)
+        reader.start()
+        return reader
+
+    def _pump(self, read_end: int, extra: str) -> None:
         with os.fdopen(read_end, "rb") as pipe:
             for raw in pipe:
                 line = foreign_line(raw)
                 if line is None:
                     continue
+                if extra:
+                    if not line.rstrip().endswith("}"):  # a line cut short (its writer killed mid-line)
+                        line = json_line("ERROR", "stderr", line)
+                    line = with_fields(line, extra)
                 # Keep draining even when the real stderr is gone: a full pipe would block every
                 # writer of fd 2, gRPC's core threads included.
                 with contextlib.suppress(OSError):
@@ -142,7 +162,7 @@ class StderrRouter:
         self._reader.join(timeout)
 
 
-class _LogWriter(logging.handlers.QueueListener):
+class LogWriter(logging.handlers.QueueListener):
     """The log thread; stopping it flushes the log and gives fd 2 back."""
 
     def __init__(self, records: queue.SimpleQueue[logging.LogRecord], router: StderrRouter) -> None:
@@ -151,19 +171,23 @@ class _LogWriter(logging.handlers.QueueListener):
         super().__init__(records, handler)
         self._router = router
 
+    def relay(self, read_end: int, fields: Mapping[str, object]) -> threading.Thread:
+        """Pass another process's stderr lines (read from `read_end`) on as JSON with `fields` added."""
+        return self._router.relay(read_end, fields, name=f"stderr-relay-{read_end}")
+
     def stop(self) -> None:
         super().stop()
         self._router.close()
 
 
-def configure_logging(level: str) -> logging.handlers.QueueListener:
+def configure_logging(level: str) -> LogWriter:
     """JSON lines on stderr for the whole process; stop the returned listener at exit to flush.
 
     A thread writes them, so a slow log sink never blocks the event loop. fd 2 is routed through
     StderrRouter until then, so gRPC core's own lines (a port conflict, say) are JSON too.
     """
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = _LogWriter(records, StderrRouter())
+    listener = LogWriter(records, StderrRouter())
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(records)]
     root.setLevel(level)
@@ -172,7 +196,12 @@ def configure_logging(level: str) -> logging.handlers.QueueListener:
 
 
 class Metrics:
-    """The server's Prometheus metrics, in a registry of its own."""
+    """The server's Prometheus metrics, in a registry of its own.
+
+    In a worker (PROMETHEUS_MULTIPROC_DIR set by its parent before it started) prometheus-client
+    keeps the values in files of that folder instead, and the parent serves their sum
+    (`worker_metrics`); the gauges' multiprocess modes say how workers' values combine.
+    """
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -190,17 +219,37 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0),
         )
         self.open_streams = Gauge(
-            "sendinchat_open_streams", "Streaming RPCs in progress", ["method"], registry=self.registry
+            "sendinchat_open_streams",
+            "Streaming RPCs in progress",
+            ["method"],
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.database_up = Gauge(
-            "sendinchat_database_up", "1 while PostgreSQL answers the health probe", registry=self.registry
+            "sendinchat_database_up",
+            "1 while PostgreSQL answers the health probe",
+            registry=self.registry,
+            multiprocess_mode="livemin",  # 1 while every worker reaches it
         )
 
-    def serve(self, address: str) -> int:
-        """Expose /metrics over HTTP on address (HOST:PORT, port 0 picks one); return the port."""
-        host, _, port = address.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
-        return int(server.server_port)
+
+def serve_metrics(registry: CollectorRegistry, address: str) -> WSGIServer:
+    """Serve `registry` as /metrics over HTTP on address (HOST:PORT, port 0 picks one), in a thread."""
+    host, _, port = address.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host, registry=registry)
+    return server
+
+
+def worker_metrics(directory: str) -> CollectorRegistry:
+    """A registry that sums the metrics every worker wrote to `directory` (its PROMETHEUS_MULTIPROC_DIR)."""
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # unannotated upstream
+    return registry
+
+
+def forget_worker(pid: int, directory: str) -> None:
+    """Drop a worker that exited from the live gauges; its counters and histograms keep counting."""
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]  # unannotated upstream
 
 
 class RpcObserver:

@@ -21,6 +21,7 @@ from tests.harness import REPO, TEST_JWT_SECRET
 START_TIMEOUT_SECONDS = 30.0
 _SERVING = re.compile(r"serving gRPC on \S+ \(port (\d+)\)")
 _METRICS = re.compile(r"metrics on http://[^:]+:(\d+)/metrics")
+ISO_MILLIS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 
 def server_env(**overrides: str) -> dict[str, str]:
@@ -99,6 +100,20 @@ class ServerProcess:
                 if isinstance(record, dict):
                     found.append(record)
         return found
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        """Every stderr line, parsed; fails on the first that is not a JSON log line."""
+        records = []
+        for line in self.lines:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                raise AssertionError(f"a stderr line is not JSON: {line!r}") from None
+            assert isinstance(record, dict), line
+            assert ISO_MILLIS_UTC.fullmatch(str(record.get("time"))), line
+            assert {"level", "logger", "message"} <= record.keys(), line
+            records.append(record)
+        return records
 
     async def wait_for_log(
         self, pattern: re.Pattern[str], seconds: float = START_TIMEOUT_SECONDS

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import urllib.request
 from pathlib import Path
 
@@ -14,25 +13,9 @@ import pytest
 from sendinchat.v1 import users_pb2, users_pb2_grpc
 from server.observability import foreign_line
 from tests.helpers import bearer, random_name
-from tests.ops.process import ServerProcess, ServerProcesses, postmaster_pid
+from tests.ops.process import ISO_MILLIS_UTC, ServerProcesses, postmaster_pid
 
 DISTINCTIVE_PASSWORD = "Zebra-Quartz-7731-Mango"
-ISO_MILLIS_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
-
-
-def _json_lines(process: ServerProcess) -> list[dict[str, object]]:
-    """Every stderr line of `process`, each parsed; fails on the first that is not a JSON object."""
-    records = []
-    for line in process.lines:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise AssertionError(f"a stderr line is not JSON: {line!r}") from None
-        assert isinstance(record, dict), line
-        assert ISO_MILLIS_UTC.fullmatch(str(record.get("time"))), line
-        assert {"level", "logger", "message"} <= record.keys(), line
-        records.append(record)
-    return records
 
 
 def _get(url: str) -> str:
@@ -122,7 +105,7 @@ class TestStderr:
         assert await first.wait() == 0
         assert postmaster_pid(embedded_data_dir) is None
 
-        conflict_records = _json_lines(conflict)
+        conflict_records = conflict.json_lines()
         assert any(
             record["logger"] == "grpc"
             and record["level"] == "ERROR"
@@ -130,7 +113,7 @@ class TestStderr:
             for record in conflict_records
         ), conflict.stderr
         assert "SENDINCHAT_ADDRESS" in str(conflict_records[-1]["message"])
-        records = _json_lines(first)
+        records = first.json_lines()
         [login] = [record for record in records if str(record.get("method", "")).endswith("/Login")]
         assert (login["code"], login["reason"]) == ("UNAUTHENTICATED", "WRONG_CREDENTIALS")
         [register] = [record for record in records if str(record.get("method", "")).endswith("/Register")]
