@@ -16,6 +16,8 @@ from enum import StrEnum
 import asyncpg
 
 from server import outcomes
+from server.chat import events
+from server.chat.bus import Publisher
 from server.chat.messages import attach_transfers, transfers_by_id
 from server.chat.models import MESSAGE_COLUMNS, Message
 from server.db.pool import Connection
@@ -50,15 +52,23 @@ class PaymentResult:
     transfer: Transfer | None
 
 
-async def _run(pool: asyncpg.Pool, sql: str, *args: object, other_party_field: str) -> PaymentResult:
+async def _run(
+    pool: asyncpg.Pool, sql: str, *args: object, other_party_field: str, bus: Publisher
+) -> PaymentResult:
     async with pool.acquire() as conn:
         async with conn.transaction():
             row = await conn.fetchrow(sql, *args)
             assert row is not None
             outcome = str(row["outcome"])
+            result = None
             if outcome in outcomes.SUCCESS:
-                return await _result(conn, row["room_id"], row["sequence"])
-        # Raised after the commit: the refusal (and an expired request's EXPIRED state) must be kept.
+                result = await _result(conn, row["room_id"], row["sequence"])
+        # After the commit: the message (also an expired request's EXPIRED one) goes on the bus, and
+        # a refusal is raised only now, since it (and that EXPIRED state) must be kept.
+        if row["sequence"] is not None:
+            await bus.publish(events.MessageStored(str(row["room_id"]), int(row["sequence"])))
+        if result is not None:
+            return result
         outcomes.raise_for(outcome, state=row.get("state"), other_party_field=other_party_field)
     raise AssertionError("unreachable: raise_for raises for every other outcome")
 
@@ -95,6 +105,7 @@ async def send_payment(
     currency: str,
     amount: int,
     memo: str,
+    bus: Publisher,
 ) -> PaymentResult:
     """Pay a member of a room: the transfer and its PAYMENT message commit together or not at all.
 
@@ -126,6 +137,7 @@ async def send_payment(
         amount,
         memo,
         other_party_field="to_user_id",
+        bus=bus,
     )
 
 
@@ -140,6 +152,7 @@ async def request_payment(
     amount: int,
     memo: str,
     expire_at: datetime | None,
+    bus: Publisher,
 ) -> PaymentResult:
     """Ask a member of a room for money with a PAYMENT_REQUEST message (state OPEN).
 
@@ -170,6 +183,7 @@ async def request_payment(
         memo,
         expiry,
         other_party_field="from_user_id",
+        bus=bus,
     )
 
 
@@ -180,6 +194,7 @@ async def respond_to_payment_request(
     request_id: str,
     payment_request_id: str,
     action: RequestAction | None,
+    bus: Publisher,
 ) -> PaymentResult:
     """Accept (the payer pays, atomically with the state change), decline, or cancel a request.
 
@@ -198,10 +213,17 @@ async def respond_to_payment_request(
         fields.add("action", "must be ACCEPT, DECLINE or CANCEL")
     fields.done()
     assert action is not None
-    return await _run(pool, _RESPOND, user_id, rid, pr, action.value, other_party_field="from_user_id")
+    return await _run(
+        pool, _RESPOND, user_id, rid, pr, action.value, other_party_field="from_user_id", bus=bus
+    )
 
 
 async def expire_due_requests(pool: asyncpg.Pool) -> int:
-    """Close open payment requests past their expiry (with an EXPIRED message); how many."""
+    """Close open payment requests past their expiry (with an EXPIRED message); how many.
+
+    On the default bus the transaction notifies each EXPIRED message. On NATS nothing publishes
+    them (the sweeper, server/jobs.py, has no bus), so followers get them from the hub's periodic
+    catch-up read, within its CATCH_UP_SECONDS.
+    """
     closed: int = await pool.fetchval(_EXPIRE_DUE)
     return closed

@@ -90,6 +90,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             user_id=current_principal().user_id,
             room_id=request.room_id,
             member_ids=list(request.user_ids),
+            bus=self._hub.bus,
         )
         return chat_pb2.AddMembersResponse(room=convert.room(room))
 
@@ -104,6 +105,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             user_id=current_principal().user_id,
             room_id=request.room_id,
             member_id=request.user_id,
+            bus=self._hub.bus,
         )
         return chat_pb2.RemoveMemberResponse(room=convert.room(room))
 
@@ -113,7 +115,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.LeaveRoomRequest, chat_pb2.LeaveRoomResponse],
     ) -> chat_pb2.LeaveRoomResponse:
         """ChatService.LeaveRoom."""
-        await rooms.leave_room(self._pool, user_id=current_principal().user_id, room_id=request.room_id)
+        await rooms.leave_room(
+            self._pool, user_id=current_principal().user_id, room_id=request.room_id, bus=self._hub.bus
+        )
         return chat_pb2.LeaveRoomResponse()
 
     async def SendMessage(
@@ -128,6 +132,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             room_id=request.room_id,
             client_message_id=request.client_message_id,
             text=request.text,
+            bus=self._hub.bus,
         )
         return chat_pb2.SendMessageResponse(message=convert.message(message))
 
@@ -161,6 +166,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             user_id=current_principal().user_id,
             room_id=request.room_id,
             sequence=request.sequence,
+            bus=self._hub.bus,
         )
         return chat_pb2.MarkReadResponse(last_read_sequence=mark)
 
@@ -179,6 +185,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             currency=request.currency,
             amount=request.amount_minor,
             memo=request.memo,
+            bus=self._hub.bus,
         )
         return chat_pb2.SendPaymentResponse(
             message=convert.message(result.message), transfer=_transfer(result)
@@ -200,6 +207,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             amount=request.amount_minor,
             memo=request.memo,
             expire_at=from_timestamp(request.expire_time, request.HasField("expire_time")),
+            bus=self._hub.bus,
         )
         return chat_pb2.RequestPaymentResponse(message=convert.message(result.message))
 
@@ -217,6 +225,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             request_id=request.request_id,
             payment_request_id=request.payment_request_id,
             action=_ACTIONS.get(request.action),
+            bus=self._hub.bus,
         )
         return chat_pb2.RespondToPaymentRequestResponse(
             message=convert.message(result.message), transfer=_transfer(result)

@@ -162,13 +162,16 @@ class ConnectSession:
         elif frame == "send":
             await self._send(request.send)
         elif frame == "typing":
-            await messages.announce_typing(self._pool, user_id=self._user_id, room_id=request.typing.room_id)
+            await messages.announce_typing(
+                self._pool, user_id=self._user_id, room_id=request.typing.room_id, bus=self._hub.bus
+            )
         elif frame == "read":
             await messages.mark_read(
                 self._pool,
                 user_id=self._user_id,
                 room_id=request.read.room_id,
                 sequence=request.read.sequence,
+                bus=self._hub.bus,
             )
         elif frame == "ping":
             self._put(chat_pb2.ConnectResponse(pong=chat_pb2.PongEvent(nonce=request.ping.nonce)))
@@ -185,6 +188,9 @@ class ConnectSession:
         self._subscriptions[room_id] = subscription
         self._hub.subscribe(room_id, self)
         try:
+            # The room's events must reach this process before the replay's end is fixed (on NATS,
+            # its subscription takes a round trip to the server).
+            await self._hub.following(room_id)
             last = await messages.room_position(self._pool, user_id=self._user_id, room_id=room_id)
         except SendInChatError:
             if self._subscriptions.get(room_id) is subscription:
@@ -204,6 +210,7 @@ class ConnectSession:
             room_id=frame.room_id,
             client_message_id=frame.client_message_id,
             text=frame.text,
+            bus=self._hub.bus,
             stream=True,
         )
         ack = chat_pb2.AckEvent(
