@@ -80,6 +80,7 @@ class NatsBus:
         self._background: set[asyncio.Task[None]] = set()
         self._received = 0
         self._lost_since_connect = 0
+        self._stopping = False
         self._on_event: OnEvent = lambda _event: None
         self._on_resync: OnResync = lambda: None
 
@@ -132,6 +133,7 @@ class NatsBus:
 
     async def stop(self) -> None:
         """Send what is still buffered, then close the connection."""
+        self._stopping = True
         for task in list(self._background):
             task.cancel()
         with contextlib.suppress(Exception):
@@ -226,6 +228,8 @@ class NatsBus:
         log.warning("chat bus: NATS error (%r)", exc)
 
     async def _disconnected(self) -> None:
+        if self._stopping:
+            return
         log.warning("chat bus lost NATS; reconnecting (this replica's own events still reach its streams)")
 
     async def _reconnected(self) -> None:

@@ -50,8 +50,16 @@ class NotifyBus:
     async def start(self, on_event: OnEvent, on_resync: OnResync) -> None:
         """LISTEN; returns once it is in effect."""
         self._on_event = on_event
+        connected_before = False
+
+        def on_connect() -> None:
+            nonlocal connected_before
+            if connected_before:
+                on_resync()
+            connected_before = True
+
         listener = Listener(
-            self._dsn, CHANNEL, self._deliver, on_connect=on_resync, application_name=APPLICATION_NAME
+            self._dsn, CHANNEL, self._deliver, on_connect=on_connect, application_name=APPLICATION_NAME
         )
         self._task = asyncio.create_task(listener.run())
         await listener.listening.wait()

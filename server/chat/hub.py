@@ -77,7 +77,6 @@ class ChatHub:
         self._pool = pool
         self.bus = bus
         self._feeds: dict[str, _Feed] = {}
-        self._connected_once = False
         self._catching_up: asyncio.Task[None] | None = None
         self._catch_up_again = False
         self._periodic: asyncio.Task[None] | None = None
@@ -165,9 +164,7 @@ class ChatHub:
 
     def _resync(self) -> None:
         # After a reconnect: what the bus carried meanwhile is gone, the log is not.
-        if self._connected_once:
-            self._request_catch_up()
-        self._connected_once = True
+        self._request_catch_up()
 
     async def _catch_up_every(self, seconds: float) -> None:
         while True:
