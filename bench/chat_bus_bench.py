@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import re
@@ -105,6 +106,13 @@ class Replica:
         return float(match.group(1)) if match else 0.0
 
 
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("inf")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+
+
 @dataclass
 class Step:
     """One fixed-rate run over the active rooms."""
@@ -114,6 +122,7 @@ class Step:
     sent: int = 0
     expected: int = 0  # deliveries: sent x followers per room
     latencies: list[float] = field(default_factory=list)
+    commits: list[float] = field(default_factory=list)  # SendMessage round trips (store and commit)
     received: list[float] = field(default_factory=list)  # per replica
     cpu: dict[str, float] = field(default_factory=dict)  # seconds, per part
     seconds: float = 0.0
@@ -126,10 +135,11 @@ class Step:
 
     def percentile(self, q: float) -> float:
         """Send-to-receipt latency percentile in ms (inf when nothing arrived)."""
-        if not self.latencies:
-            return float("inf")
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(len(ordered) * q))] * 1000
+        return _percentile(self.latencies, q)
+
+    def commit_percentile(self, q: float) -> float:
+        """SendMessage latency percentile in ms: the part of the above before anything is published."""
+        return _percentile(self.commits, q)
 
     def within(self, bound_ms: float) -> bool:
         return len(self.latencies) >= self.expected and self.percentile(0.99) <= bound_ms
@@ -246,7 +256,9 @@ class Load:
         pending: set[asyncio.Task[Any]] = set()
 
         async def send(stub: Any, request: chat_pb2.SendMessageRequest) -> None:
+            began = time.perf_counter()
             await stub.SendMessage(request, metadata=auth)
+            step.commits.append(time.perf_counter() - began)
 
         received_before = [r.received() for r in self.replicas]
         cpu_before = self._cpu()
@@ -313,6 +325,61 @@ def _start_replicas(dsn: str, chat_bus: list[str] | None) -> list[Replica]:
     return replicas
 
 
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _varz(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/varz", timeout=5) as reply:
+        varz: dict[str, Any] = json.load(reply)
+    return varz
+
+
+async def _interest(monitor_ports: list[int], url: str, count: int) -> dict[str, float]:
+    """What following `count` rooms costs: a replica's client (nats-py) and each NATS node.
+
+    One nats-py connection subscribes to `count` room subjects, as a replica following that many
+    rooms does (the hub adds a small feed per room on top). Every node of a cluster holds every
+    subscription (interest is propagated over the routes), so each node's memory grows alike.
+    """
+    from nats.aio.client import Client
+    from nats.aio.msg import Msg
+
+    from server.chat.bus_nats import subject
+
+    async def ignore(_msg: Msg) -> None:
+        return None
+
+    client = Client()
+    await client.connect(servers=[url], no_echo=True)
+    before = [_varz(port) for port in monitor_ports]
+    rss_before, started = _rss_mb(), time.perf_counter()
+    for _ in range(count):
+        await client.subscribe(subject(str(uuid.uuid4())), cb=ignore)
+    await client.flush()
+    subscribe_seconds = time.perf_counter() - started
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        after = [_varz(port) for port in monitor_ports]
+        if all(a["subscriptions"] - b["subscriptions"] >= count for a, b in zip(after, before, strict=True)):
+            break
+        await asyncio.sleep(0.2)
+    propagated_seconds = time.perf_counter() - started
+    rss_after = _rss_mb()
+    await client.close()
+    node_growth = [(a["mem"] - b["mem"]) / count for a, b in zip(after, before, strict=True)]
+    return {
+        "count": count,
+        "client_bytes": (rss_after - rss_before) * 1024 * 1024 / count,
+        "node_bytes": sum(node_growth) / len(node_growth),
+        "subscribe_us": subscribe_seconds / count * 1e6,
+        "propagated_seconds": propagated_seconds,
+    }
+
+
 async def _measure(
     replicas: list[Replica], parts: dict[str, list[int]], postmaster: int, args: argparse.Namespace
 ) -> list[Step]:
@@ -340,7 +407,8 @@ def _print_step(step: Step) -> None:
     cost = ", ".join(f"{p} {step.per_message_us(p):.0f}" for p in ("servers", "postgres", "nats"))
     print(
         f"  {step.rooms:5d} rooms {step.rate:5.0f} msg/s -> {len(step.latencies):5d}/{step.expected:<5d}"
-        f" delivered, p50 {step.percentile(0.5):7.1f} ms, p99 {step.percentile(0.99):7.1f} ms;"
+        f" delivered, p50 {step.percentile(0.5):7.1f} ms, p99 {step.percentile(0.99):7.1f} ms"
+        f" (SendMessage p99 {step.commit_percentile(0.99):6.1f} ms);"
         f" events received per message {received}; CPU µs per message: {cost};"
         f" machine {machine:.2f} cores busy",
         file=sys.stderr,
@@ -360,6 +428,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bound-ms", type=float, default=100.0, help="p99 bound for the sustained figure")
     parser.add_argument("--followers", type=int, default=50, help="follower streams per replica")
     parser.add_argument("--fanout", type=int, default=1, help="followers per room (all on one replica)")
+    parser.add_argument("--interest", type=int, default=100_000, help="room subjects for the interest figure")
     parser.add_argument("--buses", nargs="+", default=["notify", "nats"], choices=["notify", "nats"])
     args = parser.parse_args(argv)
 
@@ -373,9 +442,13 @@ def main(argv: list[str] | None = None) -> None:
     postmaster = int((data_dir / "pgdata" / "postmaster.pid").read_text().split()[0])
     cluster = NatsCluster(data_dir)
     results: dict[str, list[Step]] = {}
+    interest: dict[str, float] = {}
     load_start = os.getloadavg()
     try:
         cluster.start()
+        if args.interest:
+            ports = [node.monitor_port for node in cluster.nodes]
+            interest = uvloop.run(_interest(ports, cluster.urls[0], args.interest))
         for bus in args.buses:
             print(f"{bus}:", file=sys.stderr)
             dsn = asyncio.run(pg.ensure_database(f"bus_bench_{bus}_{uuid.uuid4().hex[:6]}"))
@@ -395,10 +468,15 @@ def main(argv: list[str] | None = None) -> None:
         cluster.stop()
         pg.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
-    _report(args, results, load_start)
+    _report(args, results, interest, load_start)
 
 
-def _report(args: argparse.Namespace, results: dict[str, list[Step]], load_start: tuple[float, ...]) -> None:
+def _report(
+    args: argparse.Namespace,
+    results: dict[str, list[Step]],
+    interest: dict[str, float],
+    load_start: tuple[float, ...],
+) -> None:
     print()
     print("SendInChat chat bus benchmark: two replicas, LISTEN/NOTIFY vs NATS")
     load_end = os.getloadavg()
@@ -419,8 +497,9 @@ def _report(args: argparse.Namespace, results: dict[str, list[Step]], load_start
     )
     print()
     print(
-        f"| bus | active rooms | p50 / p99 ms at {args.rates[0]:g} msg/s | sustained msg/s (p99 ms)"
-        " | events received per message, replica 1 / 2 | CPU µs per message: servers / PostgreSQL / NATS |"
+        f"| bus | active rooms | p50 / p99 ms at {args.rates[0]:g} msg/s (SendMessage p99)"
+        " | sustained msg/s (p99 ms) | events received per message, replica 1 / 2"
+        " | CPU µs per message: servers / PostgreSQL / NATS |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     for bus, steps in results.items():
@@ -437,8 +516,17 @@ def _report(args: argparse.Namespace, results: dict[str, list[Step]], load_start
             cost = " / ".join(f"{basis.per_message_us(p):.0f}" for p in ("servers", "postgres", "nats"))
             print(
                 f"| {bus} | {active} | {first.percentile(0.5):.1f} / {first.percentile(0.99):.1f}"
+                f" ({first.commit_percentile(0.99):.1f})"
                 f" | {sustained} | {received} | {cost} (at {basis.rate:.0f} msg/s) |"
             )
+    if interest:
+        print()
+        print(
+            f"Following {interest['count']:.0f} rooms (one subscription each): the replica's NATS client"
+            f" {interest['client_bytes']:.0f} bytes per room, each NATS node"
+            f" {interest['node_bytes']:.0f} bytes per room; {interest['subscribe_us']:.1f} µs per subscribe,"
+            f" all nodes had them {interest['propagated_seconds']:.1f} s after the first"
+        )
 
 
 if __name__ == "__main__":
