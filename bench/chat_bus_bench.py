@@ -18,7 +18,9 @@ step sends at a fixed rate, round robin over the first N rooms (the active ones)
 - events each replica received from its bus per message sent (the servers' own counter,
   `sendinchat_chat_bus_events_received_total`, read from their /metrics);
 - CPU per message: both servers together, PostgreSQL (postmaster and backends), NATS (3 nodes),
-  and the whole machine's busy cores (other engineers' work shows there).
+  beyond what each uses idle (measured for 10 s with the streams open and nothing sent: heartbeats,
+  polls, probes, the hub's periodic catch-up), and the whole machine's busy cores (other
+  engineers' work shows there).
 
 Not part of the tests.
 """
@@ -84,6 +86,18 @@ def _postgres_cpu(postmaster: int) -> float:
     return total
 
 
+def _pressure() -> str:
+    """Linux PSI: the share of the last 60 s some task waited for CPU / for I/O (other engineers' work)."""
+    shares = []
+    for kind in ("cpu", "io"):
+        try:
+            first = Path(f"/proc/pressure/{kind}").read_text().split("\n", 1)[0]
+            shares.append(f"{kind} {first.split()[2].partition('=')[2]} %")
+        except (OSError, IndexError):
+            shares.append(f"{kind} ?")
+    return ", ".join(shares)
+
+
 def _machine_busy() -> float:
     fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
@@ -125,6 +139,7 @@ class Step:
     commits: list[float] = field(default_factory=list)  # SendMessage round trips (store and commit)
     received: list[float] = field(default_factory=list)  # per replica
     cpu: dict[str, float] = field(default_factory=dict)  # seconds, per part
+    idle: dict[str, float] = field(default_factory=dict)  # cores each part uses with no load
     seconds: float = 0.0
     all_in: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -145,7 +160,9 @@ class Step:
         return len(self.latencies) >= self.expected and self.percentile(0.99) <= bound_ms
 
     def per_message_us(self, part: str) -> float:
-        return self.cpu.get(part, 0.0) / max(1, self.sent) * 1e6
+        """CPU a message costs a part, beyond what it uses idle (heartbeats, polls, probes)."""
+        used = self.cpu.get(part, 0.0) - self.idle.get(part, 0.0) * self.seconds
+        return max(0.0, used) / max(1, self.sent) * 1e6
 
 
 class Follower:
@@ -213,6 +230,7 @@ class Load:
         self._followers: list[Follower] = []
         self._sender = ""
         self._fanout = 1
+        self.idle: dict[str, float] = {}
 
     async def set_up(self, rooms: int, followers_per_replica: int, fanout: int) -> None:
         self._fanout = fanout
@@ -249,7 +267,7 @@ class Load:
 
     async def step(self, active: int, rate: float, seconds: float) -> Step:
         count = int(rate * seconds)
-        step = Step(active, rate, sent=count, expected=count * self._fanout)
+        step = Step(active, rate, sent=count, expected=count * self._fanout, idle=self.idle)
         for follower in self._followers:
             follower.sink = step
         auth = _auth(self._sender)
@@ -286,6 +304,16 @@ class Load:
         for follower in self._followers:
             follower.sink = None
         return step
+
+    async def measure_idle(self, seconds: float) -> None:
+        """The cores each part uses with the streams open and nothing sent."""
+        before, started = self._cpu(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        elapsed = time.perf_counter() - started
+        self.idle = {part: (used - before[part]) / elapsed for part, used in self._cpu().items()}
+        self.idle.pop("machine")  # other engineers' work: not ours to subtract
+        shown = ", ".join(f"{part} {cores:.3f}" for part, cores in self.idle.items())
+        print(f"  idle, {seconds:g} s: cores used by {shown}", file=sys.stderr)
 
     def _cpu(self) -> dict[str, float]:
         cpu = {part: sum(_cpu(pid) for pid in pids) for part, pids in self._parts.items()}
@@ -385,6 +413,7 @@ async def _measure(
 ) -> list[Step]:
     load = Load(replicas, parts, postmaster)
     await load.set_up(max(args.rooms), args.followers, args.fanout)
+    await load.measure_idle(10.0)
     await load.step(min(args.rooms), args.rates[0], 2.0)  # warm-up
     steps: list[Step] = []
     for active in args.rooms:
@@ -444,6 +473,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, list[Step]] = {}
     interest: dict[str, float] = {}
     load_start = os.getloadavg()
+    pressure_start = _pressure()
     try:
         cluster.start()
         if args.interest:
@@ -468,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
         cluster.stop()
         pg.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
-    _report(args, results, interest, load_start)
+    _report(args, results, interest, load_start, pressure_start)
 
 
 def _report(
@@ -476,6 +506,7 @@ def _report(
     results: dict[str, list[Step]],
     interest: dict[str, float],
     load_start: tuple[float, ...],
+    pressure_start: str,
 ) -> None:
     print()
     print("SendInChat chat bus benchmark: two replicas, LISTEN/NOTIFY vs NATS")
@@ -485,6 +516,7 @@ def _report(
         f" at end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}"
         " (the machine is shared: other engineers' tests show in the 'machine' column)"
     )
+    print(f"  tasks waiting (PSI, avg60) at start: {pressure_start}; at end: {_pressure()}")
     print(
         f"  machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()},"
         f" grpcio {grpc.__version__}; 2 servers, PostgreSQL, 3 NATS nodes and this load generator on it"
@@ -502,7 +534,11 @@ def _report(
         " | CPU µs per message: servers / PostgreSQL / NATS |"
     )
     print("|---|---:|---:|---:|---:|---:|")
+    idle_lines = []
     for bus, steps in results.items():
+        if steps:
+            idle = ", ".join(f"{part} {cores:.3f}" for part, cores in steps[0].idle.items())
+            idle_lines.append(f"  {bus}, idle (subtracted above): cores used by {idle}")
         for active in args.rooms:
             mine = [s for s in steps if s.rooms == active]
             if not mine:
@@ -519,6 +555,9 @@ def _report(
                 f" ({first.commit_percentile(0.99):.1f})"
                 f" | {sustained} | {received} | {cost} (at {basis.rate:.0f} msg/s) |"
             )
+    print()
+    for line in idle_lines:
+        print(line)
     if interest:
         print()
         print(

@@ -7,7 +7,8 @@ ConnectResponse once, and offers the same object to every local subscriber of R.
 block; each stream has its own bounded queue and ends itself when it overflows. Because the table
 is the log, a lost event delays delivery but loses nothing: after the bus reconnects (and, on
 NATS, every few seconds) the hub compares each followed room's newest sequence with what it has
-read, in one query per thousand rooms, and reads what it lacks; streams fill any gap they see.
+read, in one query per thousand rooms, and reads what it lacks (the periodic round checks at most
+PERIODIC_ROOMS_PER_SECOND rooms a second); streams fill any gap they see.
 Presence is recorded by server/chat/presence.py, told by the hub.
 """
 
@@ -29,6 +30,7 @@ from server.db import errors as db_errors
 
 _FETCH_LIMIT = 100
 _POSITIONS_BATCH = 1000  # rooms per catch-up query
+PERIODIC_ROOMS_PER_SECOND = 5000  # the periodic catch-up's most (one index lookup each)
 _NOTIFIES = "SELECT chat_notifies()"
 
 log = logging.getLogger(__name__)
@@ -167,9 +169,22 @@ class ChatHub:
         self._request_catch_up()
 
     async def _catch_up_every(self, seconds: float) -> None:
+        # Round robin over the followed rooms, at most PERIODIC_ROOMS_PER_SECOND of them: a replica
+        # following many rooms costs the database a bounded read rate, and a lost publish waits
+        # at most max(seconds, rooms followed / PERIODIC_ROOMS_PER_SECOND) for its round.
+        due: list[str] = []
+        per_round = max(1, int(PERIODIC_ROOMS_PER_SECOND * seconds))
         while True:
             await asyncio.sleep(seconds)
-            self._request_catch_up()
+            if not due:
+                due = self._followed()
+            batch, due = due[:per_round], due[per_round:]
+            try:
+                await self._check(batch)
+            except Exception as exc:
+                if not db_errors.is_transient(exc):
+                    raise
+                log.warning("chat hub could not check its rooms' positions (%r); next round retries", exc)
 
     def _request_catch_up(self) -> None:
         self._catch_up_again = True
@@ -180,22 +195,24 @@ class ChatHub:
         try:
             while self._catch_up_again:
                 self._catch_up_again = False
-                await self._catch_up()
+                try:
+                    await self._check(self._followed())
+                except Exception as exc:
+                    if not db_errors.is_transient(exc):
+                        raise
+                    log.warning("chat hub could not check its rooms' positions (%r); retrying", exc)
+                    self._catch_up_again = True
+                    await asyncio.sleep(1.0)
         finally:
             self._catching_up = None
 
-    async def _catch_up(self) -> None:
-        rooms = [feed.room_id for feed in self._feeds.values() if feed.fetched is not None]
+    def _followed(self) -> list[str]:
+        return [feed.room_id for feed in self._feeds.values() if feed.fetched is not None]
+
+    async def _check(self, rooms: list[str]) -> None:
+        """Read what the rooms' logs have beyond what was offered (one query per thousand rooms)."""
         for start in range(0, len(rooms), _POSITIONS_BATCH):
-            try:
-                positions = await messages.room_positions(self._pool, rooms[start : start + _POSITIONS_BATCH])
-            except Exception as exc:
-                if not db_errors.is_transient(exc):
-                    raise
-                log.warning("chat hub could not check its rooms' positions (%r); retrying", exc)
-                self._catch_up_again = True
-                await asyncio.sleep(1.0)
-                return
+            positions = await messages.room_positions(self._pool, rooms[start : start + _POSITIONS_BATCH])
             for room_id, last in positions.items():
                 feed = self._feeds.get(room_id)
                 if feed is not None and feed.fetched is not None:
