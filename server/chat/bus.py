@@ -50,7 +50,7 @@ class ChatBus(Publisher, Protocol):
 
     @property
     def received(self) -> int:
-        """Events this replica received from other processes (its own local deliveries excluded)."""
+        """Events the bus delivered: on NOTIFY every notification (its own too), on NATS followed rooms'."""
         ...
 
     @property

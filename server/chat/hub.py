@@ -181,10 +181,12 @@ class ChatHub:
             batch, due = due[:per_round], due[per_round:]
             try:
                 await self._check(batch)
-            except Exception as exc:
-                if not db_errors.is_transient(exc):
-                    raise
-                log.warning("chat hub could not check its rooms' positions (%r); next round retries", exc)
+            except Exception as exc:  # the loop must outlive any one failure; the next round retries
+                log.warning(
+                    "chat hub could not check its rooms' positions (%r)",
+                    exc,
+                    exc_info=not db_errors.is_transient(exc),
+                )
 
     def _request_catch_up(self) -> None:
         self._catch_up_again = True
