@@ -26,6 +26,7 @@ from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, 
 from server.auth.passwords import PasswordHasher
 from server.auth.sessions import EndedSessions
 from server.auth.tokens import TokenCodec
+from server.chat.bus import ChatBus, open_bus, quiet_database_url
 from server.chat.hub import ChatHub
 from server.chat.servicer import ChatServicer
 from server.config import MIN_JWT_SECRET_BYTES, Config, ConfigError
@@ -83,6 +84,7 @@ class RunningServer:
     streams: StreamLifetimes
     grace_seconds: float
     ended_sessions: EndedSessions
+    chat_bus: ChatBus
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def stop(self) -> None:
@@ -156,7 +158,7 @@ async def create_server(
     batcher = TransferBatcher(pool, linger_seconds=config.transfer_batch_linger_ms / 1000)
     watch_hub = WatchHub(pool, own_dsn)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(pool, batcher, watch_hub), server)
-    hub = ChatHub(pool, own_dsn)
+    hub = ChatHub(pool, open_bus(config.chat_bus, own_dsn, metrics.registry))
     chat_pb2_grpc.add_ChatServiceServicer_to_server(
         ChatServicer(pool, hub, stream_buffer=config.chat_stream_buffer), server
     )
@@ -181,7 +183,7 @@ async def create_server(
     await jobs.audit()
     await health_state.publish()
     running = RunningServer(
-        server, port, health_state, streams, config.shutdown_grace_seconds, deps.ended_sessions
+        server, port, health_state, streams, config.shutdown_grace_seconds, deps.ended_sessions, hub.bus
     )
     running.tasks.append(session_poller)
     running.tasks.append(asyncio.create_task(health_state.watch_database(pool)))
@@ -308,6 +310,8 @@ async def serve_worker(config: Config, link: ParentLink) -> None:
 async def _serve(config: Config, log_writer: LogWriter) -> None:
     jwt_secret = load_jwt_secret(config)
     dsn, embedded = await open_database(config)
+    if config.chat_bus:
+        dsn = quiet_database_url(dsn)  # NATS carries the chat events: the database notifies none
     if config.sched_batch and use_batch_scheduling():
         # After the embedded PostgreSQL has started (it keeps the default policy), before any gRPC
         # thread; workers started later inherit it.

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
@@ -49,6 +50,8 @@ class Config:
     transfer_batch_linger_ms: float = 5.0
     sched_batch: bool = True
     workers: int = 1
+    # NATS servers for chat fan-out (server/chat/bus_nats.py); empty: PostgreSQL LISTEN/NOTIFY.
+    chat_bus: tuple[str, ...] = ()
 
     @property
     def embedded(self) -> bool:
@@ -115,6 +118,7 @@ class Config:
             ),
             sched_batch=reader.get("SENDINCHAT_SCHED_BATCH", cls.sched_batch, _switch),
             workers=reader.get("SENDINCHAT_WORKERS", cls.workers, _workers),
+            chat_bus=reader.get("SENDINCHAT_CHAT_BUS", cls.chat_bus, _nats_servers),
         )
         if config.database_url is not None and config.jwt_secret is None:
             raise ConfigError("SENDINCHAT_JWT_SECRET: required when DATABASE_URL is set (32+ bytes)")
@@ -164,6 +168,30 @@ def _database_url(raw: str) -> str:
     if not raw.startswith(("postgres://", "postgresql://")):
         raise ValueError("expected a postgresql:// URL")
     return raw
+
+
+def _nats_servers(raw: str) -> tuple[str, ...]:
+    """`nats://host:4222[,host:4222...]`; later entries may leave out the first one's scheme.
+
+    Errors name the entry by position, never its text (a URL may carry a password).
+    """
+    entries = [entry.strip() for entry in raw.split(",")]
+    scheme = entries[0].partition("://")[0] if "://" in entries[0] else ""
+    servers = []
+    for position, entry in enumerate(entries, start=1):
+        url = entry if "://" in entry else f"{scheme}://{entry}"
+        bad = ValueError(f"expected nats://HOST:PORT[,HOST:PORT...] (or tls://), entry {position} is not one")
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError:
+            raise bad from None
+        if parts.scheme not in ("nats", "tls") or not parts.hostname or port is None:
+            raise bad
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise bad
+        servers.append(url.rstrip("/"))
+    return tuple(servers)
 
 
 def _jwt_secret(raw: str) -> str:

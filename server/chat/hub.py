@@ -1,12 +1,15 @@
-"""In-process fan-out of chat events to the live streams, woken by PostgreSQL LISTEN/NOTIFY.
+"""In-process fan-out of chat events to the live streams, fed by the chat bus (server/chat/bus.py).
 
-One listener per server process (server/db/listener.py) hears `chat_events` (server/chat/events.py
-has the format). An event is only a wake-up: for a new message in room R the hub reads R's new rows
-from the messages table once, builds each ConnectResponse once, and offers the same object to every
-local subscriber of R. Offers never block; each stream has its own bounded queue and ends itself
-when it overflows. Because the table is the log, a lost notification (say, while the listener
-reconnects) delays delivery but loses nothing: the hub re-reads after reconnecting and streams fill
-any gap they see. Presence is recorded by server/chat/presence.py, told by the hub.
+The bus (PostgreSQL LISTEN/NOTIFY by default, or NATS) hands the hub the events of the rooms this
+process's streams follow (server/chat/events.py has them). An event is only a wake-up: for a new
+message in room R the hub reads R's new rows from the messages table once, builds each
+ConnectResponse once, and offers the same object to every local subscriber of R. Offers never
+block; each stream has its own bounded queue and ends itself when it overflows. Because the table
+is the log, a lost event delays delivery but loses nothing: after the bus reconnects (and, on
+NATS, every few seconds) the hub compares each followed room's newest sequence with what it has
+read, in one query per thousand rooms, and reads what it lacks (the periodic round checks at most
+PERIODIC_ROOMS_PER_SECOND rooms a second); streams fill any gap they see.
+Presence is recorded by server/chat/presence.py, told by the hub.
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ import asyncpg
 
 from sendinchat.v1 import chat_pb2
 from server.chat import convert, events, messages
+from server.chat.bus import QUIET_SETTING, ChatBus
 from server.chat.presence import Presence
 from server.db import errors as db_errors
-from server.db.listener import Listener
 
-CHANNEL = "chat_events"
-APPLICATION_NAME = "sendinchat-chat-listener"  # how the listener's connection shows in pg_stat_activity
 _FETCH_LIMIT = 100
-_EVERYTHING = 2**62
+_POSITIONS_BATCH = 1000  # rooms per catch-up query
+PERIODIC_ROOMS_PER_SECOND = 5000  # the periodic catch-up's most (one index lookup each)
+_NOTIFIES = "SELECT chat_notifies()"
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +73,30 @@ class _Feed:
 
 
 class ChatHub:
-    """Room subscriptions of this process's streams and the listener that feeds them."""
+    """Room subscriptions of this process's streams and the bus that feeds them."""
 
-    def __init__(self, pool: asyncpg.Pool, dsn: str) -> None:
+    def __init__(self, pool: asyncpg.Pool, bus: ChatBus) -> None:
         self._pool = pool
+        self.bus = bus
         self._feeds: dict[str, _Feed] = {}
-        self._listener = Listener(
-            dsn, CHANNEL, self._on_notify, on_connect=self._resync, application_name=APPLICATION_NAME
-        )
-        self._listening: asyncio.Task[None] | None = None
-        self._connected_once = False
-        self.presence = Presence(pool, self._present)
+        self._catching_up: asyncio.Task[None] | None = None
+        self._catch_up_again = False
+        self._periodic: asyncio.Task[None] | None = None
+        self.presence = Presence(pool, self._present, bus)
 
     async def start(self) -> None:
-        """Join the replicas and start listening; returns once LISTEN is in effect."""
+        """Connect the bus, join the replicas; returns once events of followed rooms arrive."""
+        if not self.bus.notifies_in_database and await self._pool.fetchval(_NOTIFIES):
+            # Harmless to delivery (nothing listens), but every chat commit still takes NOTIFY's lock.
+            log.warning(
+                "chat bus %s: this pool's transactions still NOTIFY chat events; connect them with %s=off",
+                self.bus.name,
+                QUIET_SETTING,
+            )
+        await self.bus.start(self._on_event, self._resync)
         await self.presence.start()
-        self._listening = asyncio.create_task(self._listener.run())
-        await self._listener.listening.wait()
+        if self.bus.catch_up_seconds is not None:
+            self._periodic = asyncio.create_task(self._catch_up_every(self.bus.catch_up_seconds))
 
     async def run_until_cancelled(self) -> None:
         """Wait, then stop() when cancelled (as the server's background tasks are on shutdown)."""
@@ -96,18 +106,28 @@ class ChatHub:
             await self.stop()
 
     async def stop(self) -> None:
-        """Stop listening, the feeds and presence (this replica's users leave its rooms)."""
-        tasks = [t for t in (self._listening, *(f.task for f in self._feeds.values())) if t is not None]
+        """Stop the feeds and presence (its users leave their rooms, told on the bus), then the bus."""
+        feeds = [f.task for f in self._feeds.values()]
+        tasks = [t for t in (self._periodic, self._catching_up, *feeds) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.presence.stop()
+        await self.bus.stop()
 
     def subscribe(self, room_id: str, subscriber: Subscriber) -> None:
         """Start offering the room's events to a stream (membership is confirmed separately)."""
-        self._feeds.setdefault(room_id, _Feed(room_id)).subscribers.add(subscriber)
+        feed = self._feeds.get(room_id)
+        if feed is None:
+            feed = self._feeds[room_id] = _Feed(room_id)
+            self.bus.follow(room_id)
+        feed.subscribers.add(subscriber)
+
+    async def following(self, room_id: str) -> None:
+        """Return once the room's events published from now on reach this process (bounded wait)."""
+        await self.bus.following(room_id)
 
     def confirm(self, room_id: str, subscriber: Subscriber, last_sequence: int) -> None:
         """The stream's membership was checked and the room was at `last_sequence` then.
@@ -139,20 +159,68 @@ class ChatHub:
             if feed.task is not None:
                 feed.task.cancel()
             del self._feeds[room_id]
+            self.bus.unfollow(room_id)
 
     def _present(self) -> set[tuple[str, str]]:
         return {(feed.room_id, s.user_id) for feed in self._feeds.values() for s in feed.present}
 
     def _resync(self) -> None:
-        # After a reconnect: what was notified meanwhile is gone, the log is not.
-        if self._connected_once:
-            for feed in self._feeds.values():
-                if feed.fetched is not None:
-                    self._want(feed, _EVERYTHING)
-        self._connected_once = True
+        # After a reconnect: what the bus carried meanwhile is gone, the log is not.
+        self._request_catch_up()
 
-    def _on_notify(self, payload: str) -> None:
-        event = events.decode(payload)
+    async def _catch_up_every(self, seconds: float) -> None:
+        # Round robin over the followed rooms, at most PERIODIC_ROOMS_PER_SECOND of them: a replica
+        # following many rooms costs the database a bounded read rate, and a lost publish waits
+        # at most max(seconds, rooms followed / PERIODIC_ROOMS_PER_SECOND) for its round.
+        due: list[str] = []
+        per_round = max(1, int(PERIODIC_ROOMS_PER_SECOND * seconds))
+        while True:
+            await asyncio.sleep(seconds)
+            if not due:
+                due = self._followed()
+            batch, due = due[:per_round], due[per_round:]
+            try:
+                await self._check(batch)
+            except Exception as exc:  # the loop must outlive any one failure; the next round retries
+                log.warning(
+                    "chat hub could not check its rooms' positions (%r)",
+                    exc,
+                    exc_info=not db_errors.is_transient(exc),
+                )
+
+    def _request_catch_up(self) -> None:
+        self._catch_up_again = True
+        if self._catching_up is None:
+            self._catching_up = asyncio.create_task(self._catch_up_while_asked())
+
+    async def _catch_up_while_asked(self) -> None:
+        try:
+            while self._catch_up_again:
+                self._catch_up_again = False
+                try:
+                    await self._check(self._followed())
+                except Exception as exc:
+                    if not db_errors.is_transient(exc):
+                        raise
+                    log.warning("chat hub could not check its rooms' positions (%r); retrying", exc)
+                    self._catch_up_again = True
+                    await asyncio.sleep(1.0)
+        finally:
+            self._catching_up = None
+
+    def _followed(self) -> list[str]:
+        return [feed.room_id for feed in self._feeds.values() if feed.fetched is not None]
+
+    async def _check(self, rooms: list[str]) -> None:
+        """Read what the rooms' logs have beyond what was offered (one query per thousand rooms)."""
+        for start in range(0, len(rooms), _POSITIONS_BATCH):
+            positions = await messages.room_positions(self._pool, rooms[start : start + _POSITIONS_BATCH])
+            for room_id, last in positions.items():
+                feed = self._feeds.get(room_id)
+                if feed is not None and feed.fetched is not None:
+                    self._want(feed, last)
+
+    def _on_event(self, event: events.ChatEvent) -> None:
         feed = self._feeds.get(event.room_id)
         if feed is None:
             return

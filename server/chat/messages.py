@@ -1,9 +1,11 @@
 """A room's message log: sending, paging, read marks and typing.
 
 Sequences are assigned by chat_append() (server/db/functions/chat_log.sql) under the room's row
-lock, so they are gap-free and in commit order; every change is announced to the live streams in
-the same transaction (server/chat/events.py). Rooms the caller is not a member of do not exist for
-the caller (NotFoundError).
+lock, so they are gap-free and in commit order; every change is announced to the live streams
+(server/chat/events.py) on the chat bus once it has committed (server/chat/bus.py: on the default
+bus the transaction's own NOTIFY does it). Call these with the pool, so that each statement is its
+own transaction and the publish follows its commit. Rooms the caller is not a member of do not
+exist for the caller (NotFoundError).
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import TypeAlias
 import asyncpg
 
 from server import pagetokens
+from server.chat import events
 from server.chat import validation as rules
+from server.chat.bus import Publisher
 from server.chat.models import MESSAGE_COLUMNS, Message, MessagePage
 from server.db.pool import Connection
 from server.errors import NotFoundError
@@ -51,11 +55,13 @@ SELECT COALESCE(
            (SELECT last_read_sequence FROM mark),
            (SELECT last_read_sequence FROM room_members WHERE room_id = $1 AND user_id = $2)
        ) AS current,
+       (SELECT last_read_sequence FROM mark) AS moved,
        (SELECT chat_notify_read($1, $2, last_read_sequence) FROM mark) AS notified
 """
 _TYPING = """
 SELECT chat_notify_typing(room_id, user_id) FROM room_members WHERE room_id = $1 AND user_id = $2
 """
+_POSITIONS = "SELECT id::text, last_sequence FROM rooms WHERE id = ANY($1::uuid[])"
 _TRANSFERS = f"SELECT {TRANSFER_COLUMNS} FROM transfers t WHERE t.id = ANY($1::uuid[])"
 NOT_FOUND = "room not found"
 
@@ -82,8 +88,20 @@ async def room_position(conn: Db, *, user_id: str, room_id: str) -> int:
     return int(row["last_sequence"])
 
 
+async def room_positions(conn: Db, room_ids: list[str]) -> dict[str, int]:
+    """The newest sequence of each room that exists (for the hub, which checked membership)."""
+    return {str(r[0]): int(r[1]) for r in await conn.fetch(_POSITIONS, room_ids)}
+
+
 async def send_message(
-    conn: Db, *, user_id: str, room_id: str, client_message_id: str, text: str, stream: bool = False
+    conn: Db,
+    *,
+    user_id: str,
+    room_id: str,
+    client_message_id: str,
+    text: str,
+    bus: Publisher,
+    stream: bool = False,
 ) -> Message:
     """Append a text message; a retry with the same client_message_id returns the first one.
 
@@ -103,7 +121,9 @@ async def send_message(
     except asyncpg.exceptions.NoDataFoundError:  # raised by chat_send_message: not a member
         raise NotFoundError(NOT_FOUND) from None
     assert row is not None
-    return Message.from_record(row)
+    message = Message.from_record(row)
+    await bus.publish(events.MessageStored(message.room_id, message.sequence))
+    return message
 
 
 async def list_messages(
@@ -174,7 +194,7 @@ async def attach_transfers(conn: Db, messages: list[Message]) -> list[Message]:
     ]
 
 
-async def mark_read(conn: Db, *, user_id: str, room_id: str, sequence: int) -> int:
+async def mark_read(conn: Db, *, user_id: str, room_id: str, sequence: int, bus: Publisher) -> int:
     """Move the caller's read mark up to `sequence` (never back, never past the newest); return it.
 
     Raises:
@@ -188,10 +208,12 @@ async def mark_read(conn: Db, *, user_id: str, room_id: str, sequence: int) -> i
     row = await conn.fetchrow(_MARK_READ, room_id, user_id, sequence)
     if row is None or row["current"] is None:
         raise NotFoundError(NOT_FOUND)
+    if row["moved"] is not None:
+        await bus.publish(events.ReadMarked(room_id, user_id, int(row["moved"])))
     return int(row["current"])
 
 
-async def announce_typing(conn: Db, *, user_id: str, room_id: str) -> None:
+async def announce_typing(conn: Db, *, user_id: str, room_id: str, bus: Publisher) -> None:
     """Tell the room's live streams the caller is typing (nothing is stored).
 
     Raises:
@@ -201,3 +223,4 @@ async def announce_typing(conn: Db, *, user_id: str, room_id: str) -> None:
     room_id = parse_uuid(room_id, "room_id")
     if await conn.fetchrow(_TYPING, room_id, user_id) is None:
         raise NotFoundError(NOT_FOUND)
+    await bus.publish(events.Typing(room_id, user_id))

@@ -16,6 +16,8 @@ from enum import StrEnum
 import asyncpg
 
 from server import outcomes
+from server.chat import events
+from server.chat.bus import Publisher
 from server.chat.messages import attach_transfers, transfers_by_id
 from server.chat.models import MESSAGE_COLUMNS, Message
 from server.db.pool import Connection
@@ -50,15 +52,23 @@ class PaymentResult:
     transfer: Transfer | None
 
 
-async def _run(pool: asyncpg.Pool, sql: str, *args: object, other_party_field: str) -> PaymentResult:
+async def _run(
+    pool: asyncpg.Pool, sql: str, *args: object, other_party_field: str, bus: Publisher
+) -> PaymentResult:
     async with pool.acquire() as conn:
         # The function is the whole transaction (its locks go at its commit); what it wrote is read
-        # after, and a refusal (and an expired request's EXPIRED state) is kept.
+        # after. The message (also an expired request's EXPIRED one) then goes on the bus, and a
+        # refusal is raised only now, since it (and that EXPIRED state) is kept.
         row = await conn.fetchrow(sql, *args)
         assert row is not None
         outcome = str(row["outcome"])
+        result = None
         if outcome in outcomes.SUCCESS:
-            return await _result(conn, row["room_id"], row["sequence"])
+            result = await _result(conn, row["room_id"], row["sequence"])
+    if row["sequence"] is not None:
+        await bus.publish(events.MessageStored(str(row["room_id"]), int(row["sequence"])))
+    if result is not None:
+        return result
     outcomes.raise_for(outcome, state=row.get("state"), other_party_field=other_party_field)
     raise AssertionError("unreachable: raise_for raises for every other outcome")
 
@@ -90,7 +100,7 @@ async def _result(conn: Connection, room_id: object, sequence: object) -> Paymen
 
 
 async def send_payment(
-    pool: asyncpg.Pool, *, user_id: str, room_id: str, money: rules.Money
+    pool: asyncpg.Pool, *, user_id: str, room_id: str, money: rules.Money, bus: Publisher
 ) -> PaymentResult:
     """Pay a member of a room (money.user_id): the transfer and its PAYMENT message commit together.
 
@@ -113,11 +123,18 @@ async def send_payment(
         user_id,
         *_arguments(checked),
         other_party_field="to_user_id",
+        bus=bus,
     )
 
 
 async def request_payment(
-    pool: asyncpg.Pool, *, user_id: str, room_id: str, money: rules.Money, expire_at: datetime | None
+    pool: asyncpg.Pool,
+    *,
+    user_id: str,
+    room_id: str,
+    money: rules.Money,
+    expire_at: datetime | None,
+    bus: Publisher,
 ) -> PaymentResult:
     """Ask a member of a room (money.user_id) for money with a PAYMENT_REQUEST message (state OPEN).
 
@@ -139,6 +156,7 @@ async def request_payment(
         *_arguments(checked),
         expiry,
         other_party_field="from_user_id",
+        bus=bus,
     )
 
 
@@ -149,6 +167,7 @@ async def respond_to_payment_request(
     request_id: str,
     payment_request_id: str,
     action: RequestAction | None,
+    bus: Publisher,
 ) -> PaymentResult:
     """Accept (the payer pays, atomically with the state change), decline, or cancel a request.
 
@@ -167,10 +186,17 @@ async def respond_to_payment_request(
         fields.add("action", "must be ACCEPT, DECLINE or CANCEL")
     fields.done()
     assert action is not None
-    return await _run(pool, _RESPOND, user_id, rid, pr, action.value, other_party_field="from_user_id")
+    return await _run(
+        pool, _RESPOND, user_id, rid, pr, action.value, other_party_field="from_user_id", bus=bus
+    )
 
 
 async def expire_due_requests(pool: asyncpg.Pool) -> int:
-    """Close open payment requests past their expiry (with an EXPIRED message); how many."""
+    """Close open payment requests past their expiry (with an EXPIRED message); how many.
+
+    On the default bus the transaction notifies each EXPIRED message. On NATS nothing publishes
+    them (the sweeper, server/jobs.py, has no bus), so followers get them from the hub's periodic
+    catch-up read, within its CATCH_UP_SECONDS.
+    """
     closed: int = await pool.fetchval(_EXPIRE_DUE)
     return closed

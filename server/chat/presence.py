@@ -2,10 +2,11 @@
 
 The hub says when this process's streams of a user enter a room or all leave it; the record is
 written off the streams' path (the latest state per room and user, one writer per key), and the
-database announces a change only when it flips the user's presence across every replica
-(server/db/functions/chat_presence.sql). At every heartbeat the replica also reconciles its
-recorded rows with its streams, so a lost write or a reap heals by itself, and takes away the users
-of replicas silent for STALE_SECONDS (crashed, or cut off).
+database decides whether a change flips the user's presence across every replica
+(server/db/functions/chat_presence.sql) and returns the flips, which go out on the chat bus. At
+every heartbeat the replica also reconciles its recorded rows with its streams, so a lost write or
+a reap heals by itself, and takes away the users of replicas silent for STALE_SECONDS (crashed, or
+cut off).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any
 
 import asyncpg
 
+from server.chat import events
+from server.chat.bus import Publisher
 from server.db import errors as db_errors
 
 HEARTBEAT_SECONDS = 5.0
@@ -29,11 +32,13 @@ _LEAVE_ON_STOP_SECONDS = 2.0
 # Rows one call locks at most (each lock holds a slot of PostgreSQL's shared lock table).
 BATCH = 500
 
-_SET = "SELECT chat_presence_set($1::uuid, $2::uuid, $3::uuid, $4)"
+_CHANGE = "SELECT chat_presence_change($1::uuid, $2::uuid, $3::uuid, $4)"
 _RECORDED = "SELECT room_id::text, user_id::text FROM chat_presence WHERE replica = $1::uuid"
-_LEAVE_ALL = "SELECT chat_presence_leave_all($1::uuid, $2)"
+_LEAVE = "SELECT gone_room::text, gone_user::text, went_offline FROM chat_presence_leave($1::uuid, $2)"
 _REGISTER = "SELECT chat_presence_register($1::uuid, $2::interval)"
-_REAP = "SELECT chat_presence_reap($1::interval, $2)"
+_REAP = (
+    "SELECT gone_room::text, gone_user::text, went_offline FROM chat_presence_reap_silent($1::interval, $2)"
+)
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +48,10 @@ Pairs = set[tuple[str, str]]
 class Presence:
     """Records, heartbeats and reaps presence for one replica."""
 
-    def __init__(self, pool: asyncpg.Pool, present: Callable[[], Pairs]) -> None:
+    def __init__(self, pool: asyncpg.Pool, present: Callable[[], Pairs], bus: Publisher) -> None:
         self._pool = pool
         self._present = present  # the (room, user) pairs this replica's streams are in now
+        self._bus = bus
         self.replica = str(uuid.uuid4())
         # (room, user) -> online, oldest first: what this replica still has to record.
         self._unrecorded: dict[tuple[str, str], bool] = {}
@@ -71,7 +77,7 @@ class Presence:
                 await task
         with contextlib.suppress(Exception):
             async with asyncio.timeout(_LEAVE_ON_STOP_SECONDS):
-                while await self._pool.fetchval(_LEAVE_ALL, self.replica, BATCH) == BATCH:
+                while await self._went_offline(_LEAVE, self.replica) == BATCH:
                     pass
 
     def announce(self, room_id: str, user_id: str, *, online: bool) -> None:
@@ -96,8 +102,14 @@ class Presence:
 
     async def _reap(self) -> None:
         stale = timedelta(seconds=STALE_SECONDS)
-        while await self._pool.fetchval(_REAP, stale, BATCH) == BATCH:
+        while await self._went_offline(_REAP, stale) == BATCH:
             pass
+
+    async def _went_offline(self, sql: str, arg: object) -> int:
+        """Run a batch that takes rows away, publish who went offline; how many rows went."""
+        rows = await self._pool.fetch(sql, arg, BATCH)
+        await self._bus.publish(*(events.PresenceChanged(r[0], r[1], False) for r in rows if r[2]))
+        return len(rows)
 
     async def _record_forever(self) -> None:
         while True:
@@ -106,7 +118,8 @@ class Presence:
             while self._unrecorded:
                 (room_id, user_id), online = next(iter(self._unrecorded.items()))
                 try:
-                    await self._pool.execute(_SET, room_id, user_id, self.replica, online)
+                    if await self._pool.fetchval(_CHANGE, room_id, user_id, self.replica, online):
+                        await self._bus.publish(events.PresenceChanged(room_id, user_id, online))
                 except Exception as exc:
                     if db_errors.is_transient(exc):
                         log.warning("cannot record chat presence (%r); retrying", exc)

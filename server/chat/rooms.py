@@ -1,8 +1,9 @@
 """Chat rooms: creating them, what a member sees of them, and membership changes.
 
 A room the caller is not a member of does not exist for the caller (NotFoundError). Membership
-changes post SYSTEM messages to the room's log and announce removals (server/chat/events.py) in the
-same transaction, so live streams drop a removed member's subscription at once.
+changes post SYSTEM messages to the room's log and announce them and removals (server/chat/events.py)
+on the chat bus once the transaction has committed, so live streams drop a removed member's
+subscription at once.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from datetime import datetime
 import asyncpg
 
 from server import pagetokens
+from server.chat import events
 from server.chat import validation as rules
+from server.chat.bus import Publisher
 from server.chat.messages import NOT_FOUND, Db, attach_transfers, membership
 from server.chat.models import (
     MESSAGE_COLUMNS,
@@ -227,7 +230,9 @@ async def list_rooms(conn: Db, *, user_id: str, page_size: int, page_token: str)
     return RoomPage(tuple(await _rooms_with_members(conn, rows)), token)
 
 
-async def add_members(pool: asyncpg.Pool, *, user_id: str, room_id: str, member_ids: list[str]) -> Room:
+async def add_members(
+    pool: asyncpg.Pool, *, user_id: str, room_id: str, member_ids: list[str], bus: Publisher
+) -> Room:
     """Add users to a group (any member may); a SYSTEM message records each one who joined.
 
     Raises:
@@ -251,12 +256,15 @@ async def add_members(pool: asyncpg.Pool, *, user_id: str, room_id: str, member_
             raise FailedPreconditionError(  # the transaction rolls back: nobody was added
                 f"a room has at most {rules.MAX_ROOM_MEMBERS} members", reason="ROOM_FULL"
             )
-        if added:
-            await conn.execute(_SYSTEM_MESSAGES, room_id, added, " joined")
-        return await _load_room(conn, user_id, room_id)
+        posted = await _system_messages(conn, room_id, added, " joined")
+        room = await _load_room(conn, user_id, room_id)
+    await bus.publish(*posted)
+    return room
 
 
-async def remove_member(pool: asyncpg.Pool, *, user_id: str, room_id: str, member_id: str) -> Room:
+async def remove_member(
+    pool: asyncpg.Pool, *, user_id: str, room_id: str, member_id: str, bus: Publisher
+) -> Room:
     """Remove a member from a group (owner only); their live streams lose the room at once.
 
     Raises:
@@ -281,11 +289,13 @@ async def remove_member(pool: asyncpg.Pool, *, user_id: str, room_id: str, membe
             )
         if await conn.fetchrow(_DELETE_MEMBER, room_id, member_id) is None:
             raise NotFoundError("the user is not a member of the room")
-        await conn.execute(_SYSTEM_MESSAGES, room_id, [member_id], " was removed")
-        return await _load_room(conn, user_id, room_id)
+        posted = await _system_messages(conn, room_id, [member_id], " was removed")
+        room = await _load_room(conn, user_id, room_id)
+    await bus.publish(events.MemberRemoved(room_id, member_id), *posted)
+    return room
 
 
-async def leave_room(pool: asyncpg.Pool, *, user_id: str, room_id: str) -> None:
+async def leave_room(pool: asyncpg.Pool, *, user_id: str, room_id: str, bus: Publisher) -> None:
     """Take the caller out of a group; an owner who leaves hands the room to the oldest member.
 
     Raises:
@@ -297,7 +307,19 @@ async def leave_room(pool: asyncpg.Pool, *, user_id: str, room_id: str) -> None:
         mine = await membership(conn, room_id, user_id, for_update=True)
         if mine["kind"] != RoomKind.GROUP:
             raise InvalidArgumentError.field("room_id", "a direct room cannot be left")
-        await conn.execute(_SYSTEM_MESSAGES, room_id, [user_id], " left")
+        posted = await _system_messages(conn, room_id, [user_id], " left")
         await conn.fetchrow(_DELETE_MEMBER, room_id, user_id)
         if mine["role"] == MemberRole.OWNER:
             await conn.execute(_PROMOTE_OLDEST, room_id)
+    # In the order the transaction notified them: the leaver's streams drop the room on the second.
+    await bus.publish(*posted, events.MemberRemoved(room_id, user_id))
+
+
+async def _system_messages(
+    conn: Connection, room_id: str, user_ids: list[str], what: str
+) -> list[events.ChatEvent]:
+    """Post `<username><what>` for each user; the event that announces the newest one."""
+    if not user_ids:
+        return []
+    sequences = [int(r[0]) for r in await conn.fetch(_SYSTEM_MESSAGES, room_id, user_ids, what)]
+    return [events.MessageStored(room_id, max(sequences))] if sequences else []

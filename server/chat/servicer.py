@@ -105,6 +105,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             user_id=current_principal().user_id,
             room_id=request.room_id,
             member_ids=list(request.user_ids),
+            bus=self._hub.bus,
         )
         return chat_pb2.AddMembersResponse(room=convert.room(room))
 
@@ -119,6 +120,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             user_id=current_principal().user_id,
             room_id=request.room_id,
             member_id=request.user_id,
+            bus=self._hub.bus,
         )
         return chat_pb2.RemoveMemberResponse(room=convert.room(room))
 
@@ -128,7 +130,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.LeaveRoomRequest, chat_pb2.LeaveRoomResponse],
     ) -> chat_pb2.LeaveRoomResponse:
         """ChatService.LeaveRoom."""
-        await rooms.leave_room(self._pool, user_id=current_principal().user_id, room_id=request.room_id)
+        await rooms.leave_room(
+            self._pool, user_id=current_principal().user_id, room_id=request.room_id, bus=self._hub.bus
+        )
         return chat_pb2.LeaveRoomResponse()
 
     async def SendMessage(
@@ -143,6 +147,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             room_id=request.room_id,
             client_message_id=request.client_message_id,
             text=request.text,
+            bus=self._hub.bus,
         )
         return chat_pb2.SendMessageResponse(message=convert.message(message))
 
@@ -176,6 +181,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             user_id=current_principal().user_id,
             room_id=request.room_id,
             sequence=request.sequence,
+            bus=self._hub.bus,
         )
         return chat_pb2.MarkReadResponse(last_read_sequence=mark)
 
@@ -190,6 +196,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             user_id=current_principal().user_id,
             room_id=request.room_id,
             money=_money(request, request.to_user_id),
+            bus=self._hub.bus,
         )
         return chat_pb2.SendPaymentResponse(
             message=convert.message(result.message), transfer=_transfer(result)
@@ -207,6 +214,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             room_id=request.room_id,
             money=_money(request, request.from_user_id),
             expire_at=from_timestamp(request.expire_time, request.HasField("expire_time")),
+            bus=self._hub.bus,
         )
         return chat_pb2.RequestPaymentResponse(message=convert.message(result.message))
 
@@ -224,6 +232,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             request_id=request.request_id,
             payment_request_id=request.payment_request_id,
             action=_ACTIONS.get(request.action),
+            bus=self._hub.bus,
         )
         return chat_pb2.RespondToPaymentRequestResponse(
             message=convert.message(result.message), transfer=_transfer(result)

@@ -173,6 +173,7 @@ class ConnectSession:
                 user_id=self._user_id,
                 room_id=request.read.room_id,
                 sequence=request.read.sequence,
+                bus=self._hub.bus,
             )
         elif frame == "ping":
             self._put(chat_pb2.ConnectResponse(pong=chat_pb2.PongEvent(nonce=request.ping.nonce)))
@@ -186,7 +187,7 @@ class ConnectSession:
         if now - self._typed.get(room_id, -TYPING_INTERVAL_SECONDS) < TYPING_INTERVAL_SECONDS:
             return
         self._typed[room_id] = now
-        await messages.announce_typing(self._pool, user_id=self._user_id, room_id=room_id)
+        await messages.announce_typing(self._pool, user_id=self._user_id, room_id=room_id, bus=self._hub.bus)
 
     async def _subscribe(self, frame: chat_pb2.SubscribeFrame) -> None:
         if frame.after_sequence < -1:
@@ -198,6 +199,9 @@ class ConnectSession:
         self._subscriptions[room_id] = subscription
         self._hub.subscribe(room_id, self)
         try:
+            # The room's events must reach this process before the replay's end is fixed (on NATS,
+            # its subscription takes a round trip to the server).
+            await self._hub.following(room_id)
             last = await messages.room_position(self._pool, user_id=self._user_id, room_id=room_id)
         except Exception:
             if self._subscriptions.get(room_id) is subscription:
@@ -217,6 +221,7 @@ class ConnectSession:
             room_id=frame.room_id,
             client_message_id=frame.client_message_id,
             text=frame.text,
+            bus=self._hub.bus,
             stream=True,
         )
         ack = chat_pb2.AckEvent(

@@ -29,7 +29,7 @@ from sendinchat.v1 import chat_pb2, ledger_pb2
 from server import health as server_health
 from server.app import create_server
 from server.auth import sessions
-from server.chat import hub
+from server.chat import bus_notify
 from server.db.pool import create_pool
 from tests import harness
 from tests.chat.support import group
@@ -52,7 +52,7 @@ RECOVERY_BOUND_SECONDS = 15.0
 SETTLE_SECONDS = 40.0
 # The connections a server holds outside its pool, by application_name (the ledger watch
 # listener too, but only while a WatchTransfers stream is open).
-_OWN_CONNECTIONS = (server_health.APPLICATION_NAME, sessions.APPLICATION_NAME, hub.APPLICATION_NAME)
+_OWN_CONNECTIONS = (server_health.APPLICATION_NAME, sessions.APPLICATION_NAME, bus_notify.APPLICATION_NAME)
 _APPLICATIONS = "SELECT coalesce(array_agg(DISTINCT application_name), '{}') FROM pg_stat_activity"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

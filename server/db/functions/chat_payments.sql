@@ -171,7 +171,8 @@ END
 $$;
 
 -- RespondToPaymentRequest: accept (pay, atomically with the state change), decline, cancel.
--- An expired request is closed as EXPIRED (that change commits) and the action refused.
+-- An expired request is closed as EXPIRED (that change commits, and room_id and sequence name
+-- its message) and the action refused.
 CREATE OR REPLACE FUNCTION chat_respond_payment_request(p_actor uuid, p_request uuid, p_pr uuid, p_action text,
     OUT outcome text, OUT room_id uuid, OUT sequence bigint, OUT state text
 ) LANGUAGE plpgsql AS $$
@@ -203,7 +204,10 @@ BEGIN
     IF (p_action = 'cancel') <> (p_actor = v_pr.requester_id) OR p_actor NOT IN (v_pr.requester_id, v_pr.payer_id) THEN
         outcome := 'WRONG_PARTY';
     ELSIF v_pr.state = 'open' AND v_pr.expire_at <= now() THEN
-        PERFORM chat_close_request(v_pr, 'expired', NULL, NULL, NULL);
+        -- The EXPIRED message commits with the refusal; its place is returned for the chat bus.
+        v_message := chat_close_request(v_pr, 'expired', NULL, NULL, NULL);
+        room_id := v_message.room_id;
+        sequence := v_message.sequence;
         outcome := 'PAYMENT_REQUEST_EXPIRED';
         state := 'expired';
     ELSIF v_pr.state <> 'open' THEN

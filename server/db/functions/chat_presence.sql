@@ -1,20 +1,23 @@
 -- Presence across server processes (tables chat_replicas and chat_presence). Each process
 -- (replica) keeps a row per (room, user) that has a live stream there; a user is present in a
 -- room while any replica has that row. A change is announced (chat_notify_presence) only when it
--- flips the user's presence across all replicas. Replicas register and heartbeat in
--- chat_replicas; the rows of one silent for too long (a crash, a lost database connection) are
--- taken away, announcing who went offline with it. Each replica also reconciles its rows with its
--- streams at every heartbeat (server/chat/presence.py), so a lost write, a reap of a replica that
--- was only cut off, or the unlogged tables emptied by a crash all heal by themselves.
+-- flips the user's presence across all replicas, and each function returns the flips it made, so
+-- that a replica on the NATS chat bus (where nothing is notified) publishes them after commit.
+-- Replicas register and heartbeat in chat_replicas; the rows of one silent for too long (a crash,
+-- a lost database connection) are taken away, announcing who went offline with it. Each replica
+-- also reconciles its rows with its streams at every heartbeat (server/chat/presence.py), so a
+-- lost write, a reap of a replica that was only cut off, or the unlogged tables emptied by a
+-- crash all heal by themselves.
 -- Functions that take several (room, user) locks take them in (room, user) order, in batches
 -- (each lock holds a slot of the shared lock table until commit), and wait at most 2 s for one.
 
--- One replica's users entered (p_online) or all left a room; announces only a change of presence.
--- The (room, user) lock makes concurrent calls from several replicas agree on who flips it. With
--- p_if_silent_for (reaping), the row goes only if its replica is still silent once the lock is held.
-CREATE OR REPLACE FUNCTION chat_presence_set(
+-- One replica's users entered (p_online) or all left a room; true (and announced) only when that
+-- flips the user's presence across replicas. The (room, user) lock makes concurrent calls from
+-- several replicas agree on who flips it. With p_if_silent_for (reaping), the row goes only if its
+-- replica is still silent once the lock is held.
+CREATE OR REPLACE FUNCTION chat_presence_change(
     p_room uuid, p_user uuid, p_replica uuid, p_online boolean, p_if_silent_for interval DEFAULT NULL
-) RETURNS void
+) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended('chat_presence:' || p_room || ':' || p_user, 0));
@@ -32,12 +35,15 @@ BEGIN
         SELECT 1 FROM chat_presence WHERE room_id = p_room AND user_id = p_user AND replica <> p_replica
     ) THEN
         PERFORM chat_notify_presence(p_room, p_user, p_online);
+        RETURN true;
     END IF;
+    RETURN false;
 END $$;
 
--- A replica is stopping: up to p_batch of its rows go (call again while it returns p_batch); the
--- last call forgets the replica.
-CREATE OR REPLACE FUNCTION chat_presence_leave_all(p_replica uuid, p_batch integer) RETURNS integer
+-- A replica is stopping: up to p_batch of its rows go (call again while it returns p_batch rows),
+-- each with whether its user went offline; the last call forgets the replica.
+CREATE OR REPLACE FUNCTION chat_presence_leave(p_replica uuid, p_batch integer)
+RETURNS TABLE (gone_room uuid, gone_user uuid, went_offline boolean)
 LANGUAGE plpgsql
 SET lock_timeout = '2s'
 AS $$
@@ -45,15 +51,17 @@ DECLARE
     v record;
     v_count integer := 0;
 BEGIN
-    FOR v IN SELECT room_id, user_id FROM chat_presence WHERE replica = p_replica
-             ORDER BY room_id, user_id LIMIT p_batch LOOP
-        PERFORM chat_presence_set(v.room_id, v.user_id, p_replica, false);
+    FOR v IN SELECT p.room_id, p.user_id FROM chat_presence p WHERE p.replica = p_replica
+             ORDER BY p.room_id, p.user_id LIMIT p_batch LOOP
+        gone_room := v.room_id;
+        gone_user := v.user_id;
+        went_offline := chat_presence_change(v.room_id, v.user_id, p_replica, false);
         v_count := v_count + 1;
+        RETURN NEXT;
     END LOOP;
     IF v_count < p_batch THEN
         DELETE FROM chat_replicas WHERE replica = p_replica;
     END IF;
-    RETURN v_count;
 END $$;
 
 -- A replica says it is alive (its own short transaction: it takes no presence lock). True when it
@@ -69,9 +77,11 @@ BEGIN
     RETURN v_seen IS NULL OR v_seen <= clock_timestamp() - p_stale;
 END $$;
 
--- Take away up to p_batch rows of replicas silent for p_stale (call again while it returns
--- p_batch); one reaper at a time, the others skip. The last call forgets the silent replicas.
-CREATE OR REPLACE FUNCTION chat_presence_reap(p_stale interval, p_batch integer) RETURNS integer
+-- Take away up to p_batch rows of replicas silent for p_stale (call again while it returns p_batch
+-- rows), each with whether its user went offline; one reaper at a time, the others get no rows.
+-- The last call forgets the silent replicas.
+CREATE OR REPLACE FUNCTION chat_presence_reap_silent(p_stale interval, p_batch integer)
+RETURNS TABLE (gone_room uuid, gone_user uuid, went_offline boolean)
 LANGUAGE plpgsql
 SET lock_timeout = '2s'
 AS $$
@@ -80,7 +90,7 @@ DECLARE
     v_count integer := 0;
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtextextended('chat_presence:reaper', 0)) THEN
-        RETURN 0;
+        RETURN;
     END IF;
     FOR v IN
         SELECT p.room_id, p.user_id, p.replica FROM chat_presence p
@@ -89,11 +99,26 @@ BEGIN
         ORDER BY p.room_id, p.user_id, p.replica
         LIMIT p_batch
     LOOP
-        PERFORM chat_presence_set(v.room_id, v.user_id, v.replica, false, p_stale);
+        gone_room := v.room_id;
+        gone_user := v.user_id;
+        went_offline := chat_presence_change(v.room_id, v.user_id, v.replica, false, p_stale);
         v_count := v_count + 1;
+        RETURN NEXT;
     END LOOP;
     IF v_count < p_batch THEN
         DELETE FROM chat_replicas WHERE seen_at <= clock_timestamp() - p_stale;
     END IF;
-    RETURN v_count;
 END $$;
+
+-- The previous release's names (a void result, counts), kept so its servers work on during a
+-- rolling upgrade; nothing in this release calls them. A later migration may drop them.
+CREATE OR REPLACE FUNCTION chat_presence_set(
+    p_room uuid, p_user uuid, p_replica uuid, p_online boolean, p_if_silent_for interval DEFAULT NULL
+) RETURNS void
+LANGUAGE sql AS $$ SELECT chat_presence_change(p_room, p_user, p_replica, p_online, p_if_silent_for) $$;
+
+CREATE OR REPLACE FUNCTION chat_presence_leave_all(p_replica uuid, p_batch integer) RETURNS integer
+LANGUAGE sql AS $$ SELECT count(*)::integer FROM chat_presence_leave(p_replica, p_batch) $$;
+
+CREATE OR REPLACE FUNCTION chat_presence_reap(p_stale interval, p_batch integer) RETURNS integer
+LANGUAGE sql AS $$ SELECT count(*)::integer FROM chat_presence_reap_silent(p_stale, p_batch) $$;
