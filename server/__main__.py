@@ -27,7 +27,7 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
 
 
 async def _migrate(config: Config) -> None:
-    from server.app import open_database, run_migrations
+    from server.bootstrap import open_database, run_migrations
 
     dsn, embedded = await open_database(config)
     try:
@@ -39,7 +39,7 @@ async def _migrate(config: Config) -> None:
 
 
 async def _create_admin(config: Config, username: str, password: str) -> None:
-    from server.app import load_jwt_secret, open_database, run_migrations, user_deps
+    from server.bootstrap import load_jwt_secret, open_database, run_migrations, user_deps
     from server.db.pool import create_pool
     from server.users.service import ensure_admin
 

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 T = TypeVar("T")
@@ -62,89 +62,18 @@ class Config:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Config:
         """Read and validate the environment; raise ConfigError naming the first bad variable."""
         env = os.environ if env is None else env
-        reader = _Reader(env)
-        config = cls(
-            address=reader.get("SENDINCHAT_ADDRESS", cls.address, _address),
-            database_url=reader.optional("DATABASE_URL", _database_url),
-            data_dir=reader.get("SENDINCHAT_DATA_DIR", cls.data_dir, Path),
-            jwt_secret=reader.optional("SENDINCHAT_JWT_SECRET", _jwt_secret),
-            jwt_issuer=reader.get("SENDINCHAT_JWT_ISSUER", cls.jwt_issuer, _non_empty),
-            jwt_audience=reader.get("SENDINCHAT_JWT_AUDIENCE", cls.jwt_audience, _non_empty),
-            access_token_ttl_seconds=reader.get(
-                "SENDINCHAT_ACCESS_TOKEN_TTL_SECONDS", cls.access_token_ttl_seconds, _int_between(1, 86400)
-            ),
-            refresh_token_ttl_seconds=reader.get(
-                "SENDINCHAT_REFRESH_TOKEN_TTL_SECONDS",
-                cls.refresh_token_ttl_seconds,
-                _int_between(60, 365 * 86400),
-            ),
-            bcrypt_rounds=reader.get("SENDINCHAT_BCRYPT_ROUNDS", cls.bcrypt_rounds, _int_between(4, 16)),
-            db_pool_size=reader.get("SENDINCHAT_DB_POOL_SIZE", cls.db_pool_size, _int_between(1, 200)),
-            db_connect_timeout_seconds=reader.get(
-                "SENDINCHAT_DB_CONNECT_TIMEOUT_SECONDS",
-                cls.db_connect_timeout_seconds,
-                _float_between(0, 3600),
-            ),
-            metrics_address=reader.get("SENDINCHAT_METRICS_ADDRESS", cls.metrics_address, _optional_address),
-            shutdown_grace_seconds=reader.get(
-                "SENDINCHAT_SHUTDOWN_GRACE_SECONDS", cls.shutdown_grace_seconds, _float_between(0, 600)
-            ),
-            login_attempts_per_username_and_peer=reader.get(
-                "SENDINCHAT_LOGIN_ATTEMPTS_PER_USERNAME_AND_PEER",
-                cls.login_attempts_per_username_and_peer,
-                _int_between(1, 10**6),
-            ),
-            login_attempts_per_username=reader.get(
-                "SENDINCHAT_LOGIN_ATTEMPTS_PER_USERNAME",
-                cls.login_attempts_per_username,
-                _int_between(1, 10**6),
-            ),
-            login_attempts_per_peer=reader.get(
-                "SENDINCHAT_LOGIN_ATTEMPTS_PER_PEER", cls.login_attempts_per_peer, _int_between(1, 10**6)
-            ),
-            login_window_seconds=reader.get(
-                "SENDINCHAT_LOGIN_WINDOW_SECONDS", cls.login_window_seconds, _int_between(1, 86400)
-            ),
-            tls_cert_file=reader.optional("SENDINCHAT_TLS_CERT_FILE", _existing_file),
-            tls_key_file=reader.optional("SENDINCHAT_TLS_KEY_FILE", _existing_file),
-            admin_username=reader.optional("SENDINCHAT_ADMIN_USERNAME", _non_empty),
-            admin_password=reader.optional("SENDINCHAT_ADMIN_PASSWORD", _non_empty),
-            log_level=reader.get("SENDINCHAT_LOG_LEVEL", cls.log_level, _log_level),
-            chat_stream_buffer=reader.get(
-                "SENDINCHAT_CHAT_STREAM_BUFFER", cls.chat_stream_buffer, _int_between(8, 100_000)
-            ),
-            transfer_batch_linger_ms=reader.get(
-                "SENDINCHAT_TRANSFER_BATCH_LINGER_MS", cls.transfer_batch_linger_ms, _float_between(0, 1000)
-            ),
-            sched_batch=reader.get("SENDINCHAT_SCHED_BATCH", cls.sched_batch, _switch),
-            workers=reader.get("SENDINCHAT_WORKERS", cls.workers, _workers),
-            chat_bus=reader.get("SENDINCHAT_CHAT_BUS", cls.chat_bus, _nats_servers),
-        )
+        values: dict[str, Any] = {}
+        for field, parse in _PARSERS.items():
+            name = variable(field)
+            raw = env.get(name, "")
+            if raw != "":
+                values[field] = _parsed(name, raw, parse)
+        config = cls(**values)
         if config.database_url is not None and config.jwt_secret is None:
             raise ConfigError("SENDINCHAT_JWT_SECRET: required when DATABASE_URL is set (32+ bytes)")
         if (config.tls_cert_file is None) != (config.tls_key_file is None):
             raise ConfigError("SENDINCHAT_TLS_CERT_FILE: set both it and SENDINCHAT_TLS_KEY_FILE, or neither")
         return config
-
-
-class _Reader:
-    def __init__(self, env: Mapping[str, str]) -> None:
-        self._env = env
-
-    def get(self, name: str, default: T, parse: Callable[[str], T]) -> T:
-        raw = self._env.get(name, "")
-        return default if raw == "" else self._parse(name, raw, parse)
-
-    def optional(self, name: str, parse: Callable[[str], T]) -> T | None:
-        raw = self._env.get(name, "")
-        return None if raw == "" else self._parse(name, raw, parse)
-
-    @staticmethod
-    def _parse(name: str, raw: str, parse: Callable[[str], T]) -> T:
-        try:
-            return parse(raw)
-        except ValueError as exc:
-            raise ConfigError(f"{name}: {exc}") from None
 
 
 def _non_empty(raw: str) -> str:
@@ -260,3 +189,48 @@ def _log_level(raw: str) -> str:
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
     return level
+
+
+def variable(field: str) -> str:
+    """The environment variable a Config field is read from."""
+    return "DATABASE_URL" if field == "database_url" else f"SENDINCHAT_{field.upper()}"
+
+
+def _parsed(name: str, raw: str, parse: Callable[[str], T]) -> T:
+    try:
+        return parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
+
+
+# How each Config field is parsed from its variable: SENDINCHAT_<FIELD> (DATABASE_URL for
+# database_url); unset or empty, the field keeps its default.
+_PARSERS: dict[str, Callable[[str], object]] = {
+    "address": _address,
+    "database_url": _database_url,
+    "data_dir": Path,
+    "jwt_secret": _jwt_secret,
+    "jwt_issuer": _non_empty,
+    "jwt_audience": _non_empty,
+    "access_token_ttl_seconds": _int_between(1, 86400),
+    "refresh_token_ttl_seconds": _int_between(60, 365 * 86400),
+    "bcrypt_rounds": _int_between(4, 16),
+    "db_pool_size": _int_between(1, 200),
+    "db_connect_timeout_seconds": _float_between(0, 3600),
+    "metrics_address": _optional_address,
+    "shutdown_grace_seconds": _float_between(0, 600),
+    "login_attempts_per_username_and_peer": _int_between(1, 10**6),
+    "login_attempts_per_username": _int_between(1, 10**6),
+    "login_attempts_per_peer": _int_between(1, 10**6),
+    "login_window_seconds": _int_between(1, 86400),
+    "tls_cert_file": _existing_file,
+    "tls_key_file": _existing_file,
+    "admin_username": _non_empty,
+    "admin_password": _non_empty,
+    "log_level": _log_level,
+    "chat_stream_buffer": _int_between(8, 100_000),
+    "transfer_batch_linger_ms": _float_between(0, 1000),
+    "sched_batch": _switch,
+    "workers": _workers,
+    "chat_bus": _nats_servers,
+}

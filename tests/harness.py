@@ -13,7 +13,8 @@ import grpc
 from grpc_health.v1 import health_pb2_grpc
 
 from sendinchat.v1 import chat_pb2_grpc, ledger_pb2_grpc, users_pb2_grpc
-from server.app import RunningServer, create_server, run_migrations
+from server.app import RunningServer, create_server
+from server.bootstrap import run_migrations
 from server.config import Config
 from server.db.embedded import EmbeddedPostgres
 from server.db.pool import create_pool

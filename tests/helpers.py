@@ -65,7 +65,7 @@ async def signed_up(stubs: Any, username: str | None = None, password: str = PAS
 
 async def signed_up_admin(server: Any, username: str | None = None) -> Account:
     """Create an admin directly in the database (as `python -m server create-admin` does) and log in."""
-    from server.app import user_deps
+    from server.bootstrap import user_deps
 
     deps: UserDeps = user_deps(server.config, server.config.jwt_secret)
     name = username or random_name("admin")

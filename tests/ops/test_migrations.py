@@ -8,7 +8,7 @@ import asyncpg
 import grpc
 
 from sendinchat.v1 import users_pb2, users_pb2_grpc
-from server.app import run_migrations
+from server.bootstrap import run_migrations
 from server.db.migrate import load_migrations
 from tests.helpers import PASSWORD, random_name
 

@@ -10,7 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from server.app import run_migrations
+from server.bootstrap import run_migrations
 from server.db.migrate import (
     FUNCTIONS_CHECKSUM,
     FUNCTIONS_VERSION,

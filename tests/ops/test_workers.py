@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sendinchat.v1 import users_pb2, users_pb2_grpc
 from server.config import Config, ConfigError, machine_cores
 from server.observability import with_fields
-from server.workers import reserve_address
+from server.ports import reserve_address
 from tests.harness import ServerFactory
 from tests.helpers import PASSWORD, random_name
 from tests.ops.process import (

@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from sendinchat.v1 import users_pb2
-from server.app import user_deps
+from server.bootstrap import user_deps
 from server.users import throttle
 from tests.harness import TEST_JWT_SECRET, Stubs
 from tests.helpers import PASSWORD, field_violations, random_name, retry_delay_seconds, signed_up

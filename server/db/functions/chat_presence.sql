@@ -40,30 +40,6 @@ BEGIN
     RETURN false;
 END $$;
 
--- A replica is stopping: up to p_batch of its rows go (call again while it returns p_batch rows),
--- each with whether its user went offline; the last call forgets the replica.
-CREATE OR REPLACE FUNCTION chat_presence_leave(p_replica uuid, p_batch integer)
-RETURNS TABLE (gone_room uuid, gone_user uuid, went_offline boolean)
-LANGUAGE plpgsql
-SET lock_timeout = '2s'
-AS $$
-DECLARE
-    v record;
-    v_count integer := 0;
-BEGIN
-    FOR v IN SELECT p.room_id, p.user_id FROM chat_presence p WHERE p.replica = p_replica
-             ORDER BY p.room_id, p.user_id LIMIT p_batch LOOP
-        gone_room := v.room_id;
-        gone_user := v.user_id;
-        went_offline := chat_presence_change(v.room_id, v.user_id, p_replica, false);
-        v_count := v_count + 1;
-        RETURN NEXT;
-    END LOOP;
-    IF v_count < p_batch THEN
-        DELETE FROM chat_replicas WHERE replica = p_replica;
-    END IF;
-END $$;
-
 -- A replica says it is alive (its own short transaction: it takes no presence lock). True when it
 -- was unknown or silent for p_stale until now (its rows may have been taken away).
 CREATE OR REPLACE FUNCTION chat_presence_register(p_replica uuid, p_stale interval) RETURNS boolean
@@ -77,10 +53,11 @@ BEGIN
     RETURN v_seen IS NULL OR v_seen <= clock_timestamp() - p_stale;
 END $$;
 
--- Take away up to p_batch rows of replicas silent for p_stale (call again while it returns p_batch
--- rows), each with whether its user went offline; one reaper at a time, the others get no rows.
--- The last call forgets the silent replicas.
-CREATE OR REPLACE FUNCTION chat_presence_reap_silent(p_stale interval, p_batch integer)
+-- Take away up to p_batch presence rows (call again while it returns p_batch rows), each with
+-- whether its user went offline: with p_replica, that replica's (it is stopping); without, those
+-- of replicas silent for p_stale (one reaper at a time: the others get no rows; a row goes only
+-- if its replica is still silent once its lock is held). The last call forgets the replicas.
+CREATE OR REPLACE FUNCTION chat_presence_take_away(p_replica uuid, p_stale interval, p_batch integer)
 RETURNS TABLE (gone_room uuid, gone_user uuid, went_offline boolean)
 LANGUAGE plpgsql
 SET lock_timeout = '2s'
@@ -88,25 +65,27 @@ AS $$
 DECLARE
     v record;
     v_count integer := 0;
+    v_reaping boolean := p_replica IS NULL;
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(hashtextextended('chat_presence:reaper', 0)) THEN
+    IF v_reaping AND NOT pg_try_advisory_xact_lock(hashtextextended('chat_presence:reaper', 0)) THEN
         RETURN;
     END IF;
     FOR v IN
         SELECT p.room_id, p.user_id, p.replica FROM chat_presence p
-        WHERE NOT EXISTS (
-            SELECT 1 FROM chat_replicas r WHERE r.replica = p.replica AND r.seen_at > clock_timestamp() - p_stale)
+        WHERE p.replica = p_replica OR (v_reaping AND NOT EXISTS (
+            SELECT 1 FROM chat_replicas r WHERE r.replica = p.replica AND r.seen_at > clock_timestamp() - p_stale))
         ORDER BY p.room_id, p.user_id, p.replica
         LIMIT p_batch
     LOOP
         gone_room := v.room_id;
         gone_user := v.user_id;
-        went_offline := chat_presence_change(v.room_id, v.user_id, v.replica, false, p_stale);
+        went_offline := chat_presence_change(
+            v.room_id, v.user_id, v.replica, false, CASE WHEN v_reaping THEN p_stale END);
         v_count := v_count + 1;
         RETURN NEXT;
     END LOOP;
     IF v_count < p_batch THEN
-        DELETE FROM chat_replicas WHERE seen_at <= clock_timestamp() - p_stale;
+        DELETE FROM chat_replicas WHERE replica = p_replica OR (v_reaping AND seen_at <= clock_timestamp() - p_stale);
     END IF;
 END $$;
 
@@ -118,7 +97,7 @@ CREATE OR REPLACE FUNCTION chat_presence_set(
 LANGUAGE sql AS $$ SELECT chat_presence_change(p_room, p_user, p_replica, p_online, p_if_silent_for) $$;
 
 CREATE OR REPLACE FUNCTION chat_presence_leave_all(p_replica uuid, p_batch integer) RETURNS integer
-LANGUAGE sql AS $$ SELECT count(*)::integer FROM chat_presence_leave(p_replica, p_batch) $$;
+LANGUAGE sql AS $$ SELECT count(*)::integer FROM chat_presence_take_away(p_replica, NULL, p_batch) $$;
 
 CREATE OR REPLACE FUNCTION chat_presence_reap(p_stale interval, p_batch integer) RETURNS integer
-LANGUAGE sql AS $$ SELECT count(*)::integer FROM chat_presence_reap_silent(p_stale, p_batch) $$;
+LANGUAGE sql AS $$ SELECT count(*)::integer FROM chat_presence_take_away(NULL, p_stale, p_batch) $$;
