@@ -1,6 +1,7 @@
 """ChatService: transport for chat's domain modules.
 
-CreateRoom, GetRoom, ListRooms, AddMembers, RemoveMember, LeaveRoom: server/chat/rooms.py.
+CreateRoom, GetRoom, ListRooms: server/chat/rooms.py. AddMembers, RemoveMember, LeaveRoom:
+server/chat/members.py.
 SendMessage, ListMessages, MarkRead: server/chat/messages.py (the message log).
 SendPayment, RequestPayment, RespondToPaymentRequest: server/chat/payments.py.
 Connect: server/chat/stream.py (one session per stream), fed by server/chat/hub.py.
@@ -15,7 +16,7 @@ import grpc
 
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2
 from server.auth.principal import current_principal
-from server.chat import convert, messages, payments, rooms, validation
+from server.chat import convert, members, messages, payments, rooms, validation
 from server.chat.hub import ChatHub
 from server.chat.stream import ConnectSession
 from server.db.pool import Pool
@@ -100,7 +101,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.AddMembersRequest, chat_pb2.AddMembersResponse],
     ) -> chat_pb2.AddMembersResponse:
         """ChatService.AddMembers."""
-        room = await rooms.add_members(
+        room = await members.add_members(
             self._pool,
             user_id=current_principal().user_id,
             room_id=request.room_id,
@@ -115,7 +116,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.RemoveMemberRequest, chat_pb2.RemoveMemberResponse],
     ) -> chat_pb2.RemoveMemberResponse:
         """ChatService.RemoveMember."""
-        room = await rooms.remove_member(
+        room = await members.remove_member(
             self._pool,
             user_id=current_principal().user_id,
             room_id=request.room_id,
@@ -130,7 +131,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.LeaveRoomRequest, chat_pb2.LeaveRoomResponse],
     ) -> chat_pb2.LeaveRoomResponse:
         """ChatService.LeaveRoom."""
-        await rooms.leave_room(
+        await members.leave_room(
             self._pool, user_id=current_principal().user_id, room_id=request.room_id, bus=self._hub.bus
         )
         return chat_pb2.LeaveRoomResponse()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,10 +24,9 @@ from typing import Any
 import grpc
 
 from sendinchat.v1 import chat_pb2
-from server import boundary, status
-from server.chat import convert, messages
+from server import boundary
+from server.chat import convert, frame_errors, messages
 from server.chat.hub import ChatHub, LiveMessage
-from server.db import errors as db_errors
 from server.db.pool import Pool
 from server.errors import InvalidArgumentError, RateLimitedError
 from server.validation import parse_uuid
@@ -37,7 +35,6 @@ _REPLAY_PAGE = 100
 _EVERYTHING = 2**62
 _OVERFLOW_RETRY_SECONDS = 1.0
 TYPING_INTERVAL_SECONDS = 1.0
-_MAX_ECHO_CHARS = 64  # a UUID is 36, a client message id at most 64
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +83,11 @@ class ConnectSession:
     def drop_room(self, room_id: str) -> None:
         """The user left or was removed: nothing more of the room is sent, even if queued."""
         if self._subscriptions.pop(room_id, None) is not None:
-            self._put(_error(grpc.StatusCode.NOT_FOUND, "no longer a member of the room", room_id=room_id))
+            self._put(
+                frame_errors.event(
+                    grpc.StatusCode.NOT_FOUND, "no longer a member of the room", room_id=room_id
+                )
+            )
 
     def _put(self, item: _Item) -> None:
         if self._overflowed.is_set():
@@ -152,7 +153,7 @@ class ConnectSession:
                 boundary.check(request)
                 await self._handle(request)
             except Exception as exc:
-                self._put(_frame_error(exc, request))
+                self._put(frame_errors.answer(exc, request))
 
     async def _handle(self, request: chat_pb2.ConnectRequest) -> None:
         frame = request.WhichOneof("frame")
@@ -234,7 +235,7 @@ class ConnectSession:
         if self._subscriptions.get(subscription.room_id) is subscription:
             del self._subscriptions[subscription.room_id]
             self._hub.unsubscribe(subscription.room_id, self)
-        error = _frame_error(
+        error = frame_errors.answer(
             exc, chat_pb2.ConnectRequest(subscribe=chat_pb2.SubscribeFrame(room_id=subscription.room_id))
         )
         error.error.message += "; subscribe again from the last sequence"
@@ -293,45 +294,3 @@ class ConnectSession:
                 subscription.last_sent = message.sequence
             if len(page) < _REPLAY_PAGE:
                 return
-
-
-def _frame_error(
-    exc: Exception, request: chat_pb2.ConnectRequest | boundary.Unparsable
-) -> chat_pb2.ConnectResponse:
-    """The ErrorEvent answering a frame that failed: as a unary RPC would answer it, per frame."""
-    error = db_errors.translate(exc)
-    if error is None:
-        correlation_id = uuid.uuid4().hex
-        log.exception("unexpected error handling a Connect frame (correlation id %s)", correlation_id)
-        return _error(
-            grpc.StatusCode.INTERNAL, f"internal error (correlation id {correlation_id})", **_about(request)
-        )
-    return _error(
-        status.code_of(error), error.message, reason=getattr(error, "reason", ""), **_about(request)
-    )
-
-
-def _about(request: chat_pb2.ConnectRequest | boundary.Unparsable) -> dict[str, str]:
-    """The room and client message id a frame names, echoed in its ErrorEvent."""
-    if isinstance(request, boundary.Unparsable):
-        return {}
-    frame = request.WhichOneof("frame")
-    if frame is None or frame == "ping":
-        return {}
-    body = getattr(request, frame)
-    echoed = {"room_id": body.room_id, "client_message_id": body.client_message_id if frame == "send" else ""}
-    # Only what could be a real id goes back: a hostile frame must not make its answer large.
-    return {key: value if len(value) <= _MAX_ECHO_CHARS else "" for key, value in echoed.items()}
-
-
-def _error(
-    code: grpc.StatusCode, message: str, *, room_id: str = "", client_message_id: str = "", reason: str = ""
-) -> chat_pb2.ConnectResponse:
-    error = chat_pb2.ErrorEvent(
-        code=chat_pb2.ErrorCode.ValueType(code.value[0]),
-        message=message,
-        room_id=room_id,
-        client_message_id=client_message_id,
-        reason=reason,
-    )
-    return chat_pb2.ConnectResponse(error=error)
