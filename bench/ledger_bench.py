@@ -47,12 +47,13 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.common import add_worker_arguments, free_port, open_channel, resolve_connections, wait_serving
-from sendinchat.v1 import ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
+from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 JWT_SECRET = "bench-secret-" + "b" * 40
 PASSWORD = "bench-password-123"
 FUNDS = 10**12
+KINDS = {"health": "Health/Check", "transfer": "CreateTransfer", "message": "SendMessage"}
 
 
 @dataclass
@@ -71,6 +72,7 @@ class Result:
     machine_cores: float = 0.0  # every process on the machine, this benchmark's included
     worker_cores: list[float] = field(default_factory=list)  # each server worker's share of server_cores
     loop_cores: float = 0.0  # the server processes' main (event-loop) threads, part of server_cores
+    round: int = 0
 
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
@@ -141,6 +143,7 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
     # The stubs type HealthStub without its methods.
     healths: list[Any] = [health_pb2_grpc.HealthStub(channel) for channel in channels]
     ledgers = [ledger_pb2_grpc.LedgerServiceStub(channel) for channel in channels]
+    chats = [chat_pb2_grpc.ChatServiceStub(channel) for channel in channels]
     users: list[dict[str, str]] = spec["users"]
     latencies: list[float] = []
     errors = 0
@@ -154,12 +157,20 @@ async def _worker_main(spec: dict[str, Any]) -> dict[str, Any]:
         others = [u["id"] for u in users if u["id"] != me["id"]]
         rng = random.Random(index)
         health, ledger = healths[index % len(channels)], ledgers[index % len(channels)]
+        chat = chats[index % len(channels)]
         await asyncio.sleep(max(0.0, start_barrier - time.time()))
         while time.time() < stop_at:
             started = time.perf_counter()
             try:
                 if spec["kind"] == "health":
                     await health.Check(health_pb2.HealthCheckRequest())
+                elif spec["kind"] == "message":
+                    await chat.SendMessage(
+                        chat_pb2.SendMessageRequest(
+                            room_id=me["room_id"], client_message_id=str(uuid.uuid4()), text="bench"
+                        ),
+                        metadata=metadata,
+                    )
                 else:
                     await ledger.CreateTransfer(
                         ledger_pb2.CreateTransferRequest(
@@ -239,7 +250,7 @@ def _run_load(
         latencies.extend(out["latencies"])
         errors += out["errors"]
     latencies.sort()
-    name = "Health/Check" if kind == "health" else "CreateTransfer"
+    name = KINDS[kind]
     if not latencies:
         return Result(name, concurrency, 0.0, errors=errors)
     return Result(
@@ -286,15 +297,22 @@ async def _prepare(address: str, dsn: str, count: int) -> list[dict[str, str]]:
     admin = await stub_users.Login(users_pb2.LoginRequest(username=admin_name, password=PASSWORD))
     admin_auth = (("authorization", f"Bearer {admin.tokens.access_token}"),)
     replies = await asyncio.gather(*(login(f"bench_{tag}_{i}") for i in range(count)))
+    chat = chat_pb2_grpc.ChatServiceStub(channel)
     users = []
-    for reply in replies:
+    for i, reply in enumerate(replies):
         await ledger.Deposit(
             ledger_pb2.DepositRequest(
                 request_id=str(uuid.uuid4()), to_user_id=reply.user.id, currency="USD", amount_minor=FUNDS
             ),
             metadata=admin_auth,
         )
-        users.append({"id": reply.user.id, "token": reply.tokens.access_token})
+        # Each user's SendMessage goes to a direct room with the next user (nobody subscribed).
+        other = replies[(i + 1) % len(replies)].user.id
+        room = await chat.CreateRoom(
+            chat_pb2.CreateRoomRequest(kind=chat_pb2.ROOM_KIND_DIRECT, member_user_ids=[other]),
+            metadata=(("authorization", f"Bearer {reply.tokens.access_token}"),),
+        )
+        users.append({"id": reply.user.id, "token": reply.tokens.access_token, "room_id": room.room.id})
     await channel.close(None)
     return users
 
@@ -415,22 +433,27 @@ def main(argv: list[str] | None = None) -> None:
         users = asyncio.run(_prepare(address, dsn, args.users))
         results: list[Result] = []
         for concurrency in args.concurrency:
-            for _ in range(args.rounds):
-                for kind in ("health", "transfer"):
-                    results.append(
-                        _run_load(
-                            address,
-                            kind,
-                            concurrency,
-                            args.seconds,
-                            users,
-                            args.client_procs,
-                            server.pid,
-                            args.connections,
-                        )
+            # SendMessage's target is at one caller; it is measured there only.
+            kinds = ("health", "transfer", "message") if concurrency == 1 else ("health", "transfer")
+            for round_number in range(args.rounds):
+                measured = [
+                    _run_load(
+                        address,
+                        kind,
+                        concurrency,
+                        args.seconds,
+                        users,
+                        args.client_procs,
+                        server.pid,
+                        args.connections,
                     )
-                results.append(_pgbench(pg.bin_dir, pgbench_uri, concurrency, args.seconds))
-                _print_progress(results[-3:])
+                    for kind in kinds
+                ]
+                measured.append(_pgbench(pg.bin_dir, pgbench_uri, concurrency, args.seconds))
+                for result in measured:
+                    result.round = round_number
+                results.extend(measured)
+                _print_progress(measured)
         integrity = asyncio.run(_audit(address, dsn))
     finally:
         if server is not None:
@@ -473,13 +496,13 @@ def _median_of(results: list[Result], what: str, concurrency: int) -> Result:
 
 
 def _ratios(results: list[Result], concurrency: int) -> tuple[list[float], list[float]]:
-    """Per round: CreateTransfer ÷ pgbench and CreateTransfer ÷ Health (rounds are consecutive triples)."""
-    runs = [r for r in results if r.concurrency == concurrency]
-    by_pg, by_health = [], []
-    for i in range(0, len(runs), 3):
-        health, transfer, pgbench = runs[i : i + 3]
-        by_pg.append(transfer.rate / pgbench.rate)
-        by_health.append(transfer.rate / health.rate)
+    """Per round: CreateTransfer ÷ pgbench and CreateTransfer ÷ Health."""
+    rounds: dict[int, dict[str, Result]] = {}
+    for r in results:
+        if r.concurrency == concurrency:
+            rounds.setdefault(r.round, {})[r.what] = r
+    by_pg = [r["CreateTransfer"].rate / r["pgbench tpcb-like"].rate for r in rounds.values()]
+    by_health = [r["CreateTransfer"].rate / r["Health/Check"].rate for r in rounds.values()]
     return by_pg, by_health
 
 
@@ -516,6 +539,8 @@ def _report(args: argparse.Namespace, results: list[Result], integrity: str) -> 
         )
     print()
     print(f"  after the run: {integrity}")
+    if 1 in args.concurrency:
+        _report_one_caller(results)
     if 16 in args.concurrency:
         t = _median_of(results, "CreateTransfer", 16)
         p = _median_of(results, "pgbench tpcb-like", 16)
@@ -526,6 +551,25 @@ def _report(args: argparse.Namespace, results: list[Result], integrity: str) -> 
             f"({t.rate / p.rate:.2f}x), >= 0.6x Health/Check {'MET' if ok_h else 'NOT MET'} "
             f"({t.rate / h.rate:.2f}x)"
         )
+
+
+def _median_p50(results: list[Result], what: str) -> float:
+    return statistics.median(r.p50_ms or 0.0 for r in results if r.what == what and r.concurrency == 1)
+
+
+def _report_one_caller(results: list[Result]) -> None:
+    """The one-caller target: p50 <= Health/Check's p50 + 1.5 x pgbench's latency per transaction."""
+    health = _median_p50(results, "Health/Check")
+    pgbench = _median_p50(results, "pgbench tpcb-like")
+    budget = health + 1.5 * pgbench
+    print(
+        f"  one caller (medians of the rounds): Health/Check p50 {health:.2f} ms, pgbench tpcb-like"
+        f" {pgbench:.2f} ms a transaction; budget {health:.2f} + 1.5 x {pgbench:.2f} = {budget:.2f} ms"
+    )
+    for what in ("CreateTransfer", "SendMessage"):
+        p50 = _median_p50(results, what)
+        verdict = "MET" if p50 <= budget else "NOT MET"
+        print(f"    {what} p50 {p50:.2f} ms: {verdict} ({p50 - health:+.2f} ms over Health/Check)")
 
 
 if __name__ == "__main__":
