@@ -138,7 +138,7 @@ async def create_server(
     await hub.start()
     await server.start()
     await health_state.probe_database(pool)
-    jobs = Jobs(pool, health_state, deps.login_limits)
+    jobs = Jobs(pool, health_state, deps.login_limits, hub.bus)
     await jobs.audit()
     await health_state.publish()
     running = RunningServer(

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 
 from server.chat import payments
+from server.chat.bus import Publisher
 from server.db import errors as db_errors
 from server.health import HealthState
 from server.ledger import transfers
@@ -31,8 +32,15 @@ LOGIN_COUNTER_SWEEP_SECONDS = 60.0
 class Jobs:
     """The periodic work of one replica."""
 
-    def __init__(self, pool: asyncpg.Pool, health: HealthState, login_limits: throttle.LoginLimits) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        health: HealthState,
+        login_limits: throttle.LoginLimits,
+        chat_bus: Publisher,
+    ) -> None:
         self._pool = pool
+        self._chat_bus = chat_bus
         self._health = health
         self._login_limits = login_limits
         self._audited = False
@@ -85,7 +93,7 @@ class Jobs:
             await throttle.forget_ended_windows(conn, self._login_limits)
 
     async def _payment_request_round(self) -> None:
-        while await payments.expire_due_requests(self._pool) > 0:
+        while await payments.expire_due_requests(self._pool, self._chat_bus) > 0:
             pass
 
 

@@ -28,7 +28,7 @@ from server.validation import Fields
 _SEND_PAYMENT = "SELECT * FROM chat_send_payment($1, $2, $3, $4, $5, $6, $7)"
 _REQUEST_PAYMENT = "SELECT * FROM chat_request_payment($1, $2, $3, $4, $5, $6, $7, $8)"
 _RESPOND = "SELECT * FROM chat_respond_payment_request($1, $2, $3, $4)"
-_EXPIRE_DUE = "SELECT chat_expire_payment_requests()"
+_EXPIRE_DUE = "SELECT room_id, sequence FROM chat_expire_due_payment_requests()"
 _MESSAGE = f"""
 SELECT {MESSAGE_COLUMNS}
 FROM messages m LEFT JOIN payment_requests pr ON pr.id = m.payment_request_id
@@ -170,12 +170,11 @@ async def respond_to_payment_request(
     )
 
 
-async def expire_due_requests(pool: asyncpg.Pool) -> int:
-    """Close open payment requests past their expiry (with an EXPIRED message); how many.
+async def expire_due_requests(pool: asyncpg.Pool, bus: Publisher) -> int:
+    """Close a round of open payment requests past their expiry (each with an EXPIRED message).
 
-    On the default bus the transaction notifies each EXPIRED message. On NATS nothing publishes
-    them (the sweeper, server/jobs.py, has no bus), so followers get them from the hub's periodic
-    catch-up read, within its CATCH_UP_SECONDS.
+    Each message goes on the chat bus after the round's commit; returns how many were closed.
     """
-    closed: int = await pool.fetchval(_EXPIRE_DUE)
-    return closed
+    rows = await pool.fetch(_EXPIRE_DUE)
+    await bus.publish(*(events.MessageStored(str(r["room_id"]), int(r["sequence"])) for r in rows))
+    return len(rows)

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from sendinchat.v1 import chat_pb2, ledger_pb2
-from server.chat import payments
+from server.chat import events, payments
 from tests.chat.support import Stream, group
 from tests.helpers import Account, error_info, field_violations, request_id, signed_up, signed_up_admin
 from tests.ledger.support import balance, deposit
@@ -297,10 +297,23 @@ class TestRespondToPaymentRequest:
         soon.FromDatetime(datetime.now(UTC) + timedelta(milliseconds=300))
         asked = await _ask(server.stubs, bob, room, alice, 700, expire_time=soon)
         await asyncio.sleep(0.4)
-        assert await payments.expire_due_requests(server.pool) == 1
-        assert await payments.expire_due_requests(server.pool) == 0
+        published = _Recorder()
+        assert await payments.expire_due_requests(server.pool, published) == 1
+        assert await payments.expire_due_requests(server.pool, published) == 0
+        expired = (await _history(server.stubs, bob, room))[-1]
+        assert published.events == [events.MessageStored(room.id, expired.sequence)]  # for the chat bus
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _respond(server.stubs, alice, asked, ACCEPT)
         assert error_info(caught.value).reason == "PAYMENT_REQUEST_EXPIRED"
         states = [m.payment_request.state for m in await _history(server.stubs, bob, room)]
         assert states == [chat_pb2.PAYMENT_REQUEST_STATE_OPEN, chat_pb2.PAYMENT_REQUEST_STATE_EXPIRED]
+
+
+class _Recorder:
+    """A chat bus that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.events: list[events.ChatEvent] = []
+
+    async def publish(self, *published: events.ChatEvent) -> None:
+        self.events.extend(published)

@@ -233,15 +233,17 @@ BEGIN
 END
 $$;
 
--- The sweeper: close every open request past its expiry with an EXPIRED message. Safe to run
--- from every replica at once (SKIP LOCKED); returns how many it closed.
-CREATE OR REPLACE FUNCTION chat_expire_payment_requests() RETURNS integer
+-- The sweeper: close up to 100 open requests past their expiry, each with an EXPIRED message whose
+-- place it returns (for the chat bus). Safe to run from every replica at once (SKIP LOCKED).
+CREATE OR REPLACE FUNCTION chat_expire_due_payment_requests()
+RETURNS TABLE (room_id uuid, sequence bigint)
 LANGUAGE plpgsql AS $$
+#variable_conflict use_column
 DECLARE
-    v_id    uuid;
-    v_room  uuid;
-    v_pr    payment_requests;
-    v_count integer := 0;
+    v_id      uuid;
+    v_room    uuid;
+    v_pr      payment_requests;
+    v_message messages;
 BEGIN
     FOR v_id, v_room IN
         SELECT r.id, r.room_id FROM payment_requests r
@@ -252,9 +254,14 @@ BEGIN
         CONTINUE WHEN NOT FOUND;
         SELECT * INTO v_pr FROM payment_requests r WHERE r.id = v_id FOR UPDATE SKIP LOCKED;
         CONTINUE WHEN NOT FOUND OR v_pr.state <> 'open';
-        PERFORM chat_close_request(v_pr, 'expired', NULL, NULL, NULL);
-        v_count := v_count + 1;
+        v_message := chat_close_request(v_pr, 'expired', NULL, NULL, NULL);
+        room_id := v_message.room_id;
+        sequence := v_message.sequence;
+        RETURN NEXT;
     END LOOP;
-    RETURN v_count;
 END
 $$;
+
+-- The previous release's sweeper (a count), kept so its servers work on during a rolling upgrade.
+CREATE OR REPLACE FUNCTION chat_expire_payment_requests() RETURNS integer
+LANGUAGE sql AS $$ SELECT count(*)::integer FROM chat_expire_due_payment_requests() $$;
