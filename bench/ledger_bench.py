@@ -306,13 +306,16 @@ async def _prepare(address: str, dsn: str, count: int) -> list[dict[str, str]]:
             ),
             metadata=admin_auth,
         )
-        # Each user's SendMessage goes to a direct room with the next user (nobody subscribed).
-        other = replies[(i + 1) % len(replies)].user.id
-        room = await chat.CreateRoom(
-            chat_pb2.CreateRoomRequest(kind=chat_pb2.ROOM_KIND_DIRECT, member_user_ids=[other]),
-            metadata=(("authorization", f"Bearer {reply.tokens.access_token}"),),
-        )
-        users.append({"id": reply.user.id, "token": reply.tokens.access_token, "room_id": room.room.id})
+        user = {"id": reply.user.id, "token": reply.tokens.access_token}
+        if len(replies) > 1:  # each user's SendMessage goes to a direct room with the next (unwatched)
+            room = await chat.CreateRoom(
+                chat_pb2.CreateRoomRequest(
+                    kind=chat_pb2.ROOM_KIND_DIRECT, member_user_ids=[replies[(i + 1) % len(replies)].user.id]
+                ),
+                metadata=(("authorization", f"Bearer {reply.tokens.access_token}"),),
+            )
+            user["room_id"] = room.room.id
+        users.append(user)
     await channel.close(None)
     return users
 

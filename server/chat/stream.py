@@ -35,6 +35,7 @@ _REPLAY_PAGE = 100
 _EVERYTHING = 2**62
 _OVERFLOW_RETRY_SECONDS = 1.0
 TYPING_INTERVAL_SECONDS = 1.0
+TYPED_ROOMS_KEPT = 256  # a stream's memory of where it typed stays bounded
 
 log = logging.getLogger(__name__)
 
@@ -184,9 +185,14 @@ class ConnectSession:
     async def _typing(self, room_id: str) -> None:
         # Typing is a hint: one announcement a room per TYPING_INTERVAL_SECONDS is all others need,
         # and a client sending more must not cost the database or flood the room's other streams.
+        room_id = parse_uuid(room_id, "room_id")  # junk is refused before it is remembered
         now = time.monotonic()
         if now - self._typed.get(room_id, -TYPING_INTERVAL_SECONDS) < TYPING_INTERVAL_SECONDS:
             return
+        if len(self._typed) >= TYPED_ROOMS_KEPT:  # only the last interval's entries matter
+            self._typed = {r: t for r, t in self._typed.items() if now - t < TYPING_INTERVAL_SECONDS}
+            if len(self._typed) >= TYPED_ROOMS_KEPT:
+                self._typed.clear()
         self._typed[room_id] = now
         await messages.announce_typing(self._pool, user_id=self._user_id, room_id=room_id, bus=self._hub.bus)
 

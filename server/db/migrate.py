@@ -7,10 +7,11 @@ edited in place and its history is its file's. A function whose arguments or res
 a migration that drops the old one first. A run is one transaction under a PostgreSQL advisory
 lock: replicas starting together are safe, and a run that fails changes nothing.
 
-The function files carry a version (FUNCTIONS_VERSION, with the checksum it stands for; a test
-fails when the files change and it does not). The database records the version it last got, and a
-server whose version is lower, or that lacks an applied migration, leaves the functions alone: in a
-rolling deploy an old replica that restarts must not put back older definitions.
+The function files carry a version (FUNCTIONS_RELEASES: each version with the checksum it stands
+for; a test fails when the files change and no version is added). The database records the
+version it last got, and a server whose version is lower, or that lacks an applied migration,
+leaves the functions alone: in a rolling deploy an old replica that restarts must not put back
+older definitions.
 
 The first release squashed six earlier migrations into 0001_baseline.sql; a database they built
 (recognized by their names and checksums) is recorded as having the baseline.
@@ -40,9 +41,15 @@ SQUASHED_INTO_BASELINE = {
     "0005_room_list_snapshots.sql": "b5a9df0592fc213f45f6d9f7aa529a24eb549023ed16495ed522c1e99a3609be",
     "0006_chat_presence.sql": "5cc8c7145ec4e89ea5797e6309055a8757b4fafb48136aec7ec29fa64e3e85fa",
 }
-# Bump FUNCTIONS_VERSION whenever a file in functions/ changes, with the checksum the test prints.
-FUNCTIONS_VERSION = 2
-FUNCTIONS_CHECKSUM = "0a7c1d9f49801e12479191c17765c79439d47cf45c07956edd1255a7f05de910"
+# Every release of the files in functions/: its version and their checksum. A change to a file
+# adds a version (never edits one): a server leaves alone functions of a version above its own.
+FUNCTIONS_RELEASES = {
+    1: "ef295918ba1704c6550433f1747a8bd1c27447b430d691e478140fd7ea3fe177",
+    2: "2667f25cacb6bc64009eb24a52b147cabcdd59e5581a4b43189087338077a140",
+    3: "322540a972d612a3a7308e6b5a9567328013af6b273984f21e65a2fbb9592967",
+}
+FUNCTIONS_VERSION = max(FUNCTIONS_RELEASES)
+FUNCTIONS_CHECKSUM = FUNCTIONS_RELEASES[FUNCTIONS_VERSION]
 
 _CREATE_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_migrations (

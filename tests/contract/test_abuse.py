@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import uuid
 from typing import Any
 
@@ -19,6 +20,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from sendinchat.v1 import chat_pb2, users_pb2
 from server import boundary
 from server.chat import validation
+from server.chat.stream import TYPED_ROOMS_KEPT, ConnectSession
 from server.errors import InvalidArgumentError
 from tests.chat.support import Stream, group
 from tests.helpers import bearer, error_info, field_violations, signed_up
@@ -112,6 +114,21 @@ class TestFloods:
             assert watcher.error is None
         finally:
             await watcher.close()
+            await typist.close()
+
+    async def test_typing_frames_naming_ever_new_rooms_keep_a_stream_small(self, stubs):
+        alice = await signed_up(stubs)
+        typist = Stream(stubs, alice)
+        try:
+            for i in range(600):  # junk ids, then well-formed ids of rooms that do not exist
+                room_id = f"{i:08d}" + "x" * 8000 if i % 2 else str(uuid.uuid4())
+                await typist.write(typing=chat_pb2.TypingFrame(room_id=room_id))
+            await typist.write(ping=chat_pb2.PingFrame(nonce="done"))
+            await typist.next_of("pong")
+            sessions = [o for o in gc.get_objects() if isinstance(o, ConnectSession)]
+            assert sessions and all(len(s._typed) <= TYPED_ROOMS_KEPT for s in sessions)
+            assert all(len(room) == 36 for s in sessions for room in s._typed)
+        finally:
             await typist.close()
 
     async def test_a_user_past_the_stream_cap_is_refused_and_others_are_not(self, stubs):

@@ -13,6 +13,7 @@ import pytest
 from server.bootstrap import run_migrations
 from server.db.migrate import (
     FUNCTIONS_CHECKSUM,
+    FUNCTIONS_RELEASES,
     FUNCTIONS_VERSION,
     SQUASHED_INTO_BASELINE,
     functions_checksum,
@@ -172,9 +173,10 @@ class TestFunctions:
 class TestFunctionsVersion:
     def test_the_functions_version_stands_for_the_function_files_as_they_are(self):
         assert functions_checksum() == FUNCTIONS_CHECKSUM, (
-            "server/db/functions/ changed: bump FUNCTIONS_VERSION in server/db/migrate.py and set "
-            f"FUNCTIONS_CHECKSUM = {functions_checksum()!r}"
+            "server/db/functions/ changed: add version "
+            f"{FUNCTIONS_VERSION + 1}: {functions_checksum()!r} to FUNCTIONS_RELEASES in server/db/migrate.py"
         )
+        assert len(set(FUNCTIONS_RELEASES.values())) == len(FUNCTIONS_RELEASES)  # no version reused
 
     async def test_a_server_with_older_functions_leaves_the_newer_ones_alone(self, servers):
         url = await servers.database()

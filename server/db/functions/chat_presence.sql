@@ -66,14 +66,19 @@ DECLARE
     v record;
     v_count integer := 0;
     v_reaping boolean := p_replica IS NULL;
+    -- Computed once: clock_timestamp() inside the NOT EXISTS would keep it a subquery per row.
+    v_cutoff timestamptz := clock_timestamp() - p_stale;
 BEGIN
+    IF v_reaping AND p_stale IS NULL THEN
+        RAISE EXCEPTION 'chat_presence_take_away: a replica, or how long a silent one has been silent';
+    END IF;
     IF v_reaping AND NOT pg_try_advisory_xact_lock(hashtextextended('chat_presence:reaper', 0)) THEN
         RETURN;
     END IF;
     FOR v IN
         SELECT p.room_id, p.user_id, p.replica FROM chat_presence p
         WHERE p.replica = p_replica OR (v_reaping AND NOT EXISTS (
-            SELECT 1 FROM chat_replicas r WHERE r.replica = p.replica AND r.seen_at > clock_timestamp() - p_stale))
+            SELECT 1 FROM chat_replicas r WHERE r.replica = p.replica AND r.seen_at > v_cutoff))
         ORDER BY p.room_id, p.user_id, p.replica
         LIMIT p_batch
     LOOP
@@ -85,7 +90,7 @@ BEGIN
         RETURN NEXT;
     END LOOP;
     IF v_count < p_batch THEN
-        DELETE FROM chat_replicas WHERE replica = p_replica OR (v_reaping AND seen_at <= clock_timestamp() - p_stale);
+        DELETE FROM chat_replicas WHERE replica = p_replica OR (v_reaping AND seen_at <= v_cutoff);
     END IF;
 END $$;
 
