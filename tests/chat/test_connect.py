@@ -296,7 +296,7 @@ class TestConnectAccess:
         assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
     async def test_ends_unauthenticated_when_the_token_expires_and_resumes_with_a_fresh_one(self, servers):
-        server = await servers.start(access_token_ttl_seconds=2)
+        server = await servers.start(access_token_ttl_seconds=3)
         alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
         room = await group(server.stubs, alice, bob)
         stream = Stream(server.stubs, bob)

@@ -19,6 +19,7 @@ from sendinchat import (
 from sendinchat.errors import FailedPreconditionError
 from sendinchat.v1 import ledger_pb2
 from tests import harness
+from tests.helpers import PASSWORD
 from tests.sdk.conftest import FUNDS_MINOR, logged_in
 from tests.sdk.lossy import LossyProxy
 
@@ -192,10 +193,13 @@ class TestWatchTransfers:
     async def test_refreshes_the_token_and_resumes_when_the_stream_expires(
         self, servers, server, admin, alice
     ):
+        async with logged_in(server.address) as setup:  # a long-lived token: no race with setup
+            me = await setup.get_me()
+            cursor = await _cursor_now(setup, admin)
         short = await servers.start(database_url=server.database_url, access_token_ttl_seconds=1)
-        async with logged_in(short.address) as watcher:
-            watcher_id = await _user_id(watcher)
-            cursor = await _cursor_now(watcher, admin)
+        async with Client(short.address) as watcher:
+            await watcher.login(me.username, PASSWORD)
+            watcher_id = me.id
             first_tokens = watcher.tokens
             events = watcher.watch_transfers(cursor=cursor)
             async with asyncio.timeout(20):
