@@ -1,11 +1,19 @@
-"""What both benchmarks need: a free local port, channels, the server's processes, waiting for SERVING."""
+"""What the benchmarks share: ports, channels, server processes, waiting for SERVING, conditions, load."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import datetime
+import os
+import platform
 import socket
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,3 +95,94 @@ def resolve_connections(args: argparse.Namespace) -> None:
     """Fill in the default of `--connections`; several per worker, as the kernel spreads connections."""
     if args.connections is None:
         args.connections = 1 if args.workers == 1 else 4 * args.workers
+
+
+# --- the conditions a figure was taken in ---------------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def pressure() -> str:
+    """Linux PSI: the share of the last 60 s some task waited for CPU / for I/O (other engineers' work)."""
+    shares = []
+    for kind in ("cpu", "io"):
+        try:
+            first = Path(f"/proc/pressure/{kind}").read_text().split("\n", 1)[0]
+            shares.append(f"{kind} {first.split()[2].partition('=')[2]} %")
+        except (OSError, IndexError):
+            shares.append(f"{kind} ?")
+    return ", ".join(shares)
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot (Linux /proc/stat; 0 elsewhere)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _TICKS
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """What the machine was doing at one moment: the time, load averages and PSI."""
+
+    utc: str
+    load: tuple[float, float, float]
+    pressure: str
+
+    @classmethod
+    def now(cls) -> Conditions:
+        """The conditions right now."""
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        one, five, fifteen = os.getloadavg()
+        return cls(stamp, (one, five, fifteen), pressure())
+
+    def __str__(self) -> str:
+        one, five, fifteen = self.load
+        load = f"{one:.2f}/{five:.2f}/{fifteen:.2f}"
+        return f"{self.utc}, load average {load} (1/5/15 min), PSI avg60 {self.pressure}"
+
+
+def machine_line() -> str:
+    """Cores, kernel and the versions that set the figures."""
+    return (
+        f"{os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()},"
+        f" grpcio {grpc.__version__}"
+    )
+
+
+# --- a loaded machine on purpose --------------------------------------------------------------------
+
+_BURN = "while True:\n    pass\n"
+
+
+def add_load_argument(parser: argparse.ArgumentParser) -> None:
+    """`--load [N]`: N CPU-burning processes for the whole run (bare `--load`: one per core)."""
+    parser.add_argument(
+        "--load",
+        type=int,
+        nargs="?",
+        const=os.cpu_count() or 1,
+        default=0,
+        metavar="N",
+        help="start N busy-looping processes for the run (default without N: one per core)",
+    )
+
+
+@contextlib.contextmanager
+def cpu_burners(count: int) -> Iterator[list[int]]:
+    """Run `count` busy-looping Python processes (default priority) while the block runs; yield their pids.
+
+    Each spins on one core's worth of CPU, so the benchmark's processes share the machine with them
+    as with a neighbour's CPU-bound work. They are killed when the block ends, however it ends.
+    """
+    burners = [subprocess.Popen([sys.executable, "-c", _BURN]) for _ in range(count)]
+    try:
+        yield [b.pid for b in burners]
+    finally:
+        for burner in burners:
+            burner.kill()
+        for burner in burners:
+            burner.wait()
