@@ -2,8 +2,10 @@
 
 The bus (PostgreSQL LISTEN/NOTIFY by default, or NATS) hands the hub the events of the rooms this
 process's streams follow (server/chat/events.py has them). An event is only a wake-up: for a new
-message in room R the hub reads R's new rows from the messages table once, builds each
-ConnectResponse once, and offers the same object to every local subscriber of R. Offers never
+message in room R the hub reads R's new rows from the messages table once, builds and serializes
+each ConnectResponse once, and offers the same bytes to every local subscriber of R. A message
+sent through this process is handed over by its sender after commit (`stored`): when it is the
+next one the hub is due to offer, it goes out at once, without that read. Offers never
 block; each stream has its own bounded queue and ends itself when it overflows. Because the table
 is the log, a lost event delays delivery but loses nothing: after the bus reconnects (and, on
 NATS, every few seconds) the hub compares each followed room's newest sequence with what it has
@@ -25,6 +27,7 @@ import asyncpg
 from sendinchat.v1 import chat_pb2
 from server.chat import convert, events, messages
 from server.chat.bus import QUIET_SETTING, ChatBus
+from server.chat.models import Message
 from server.chat.presence import Presence
 from server.db import errors as db_errors
 
@@ -38,11 +41,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class LiveMessage:
-    """A stored message on its way to the streams; one object shared by every subscriber."""
+    """A stored message on its way to the streams; one object shared by every subscriber.
+
+    `frame` is its ConnectResponse, serialized once for all of them (Connect's response serializer
+    passes bytes through: server/interceptor.py).
+    """
 
     room_id: str
     sequence: int
-    response: chat_pb2.ConnectResponse
+    frame: bytes
+
+    @classmethod
+    def of(cls, message: Message) -> LiveMessage:
+        """The frame of a stored message."""
+        return cls(message.room_id, message.sequence, convert.connect_message(message).SerializeToString())
 
 
 class Subscriber(Protocol):
@@ -250,6 +262,26 @@ class ChatHub:
             if subscriber.user_id != skip_user:
                 subscriber.offer(item)
 
+    def stored(self, message: Message) -> None:
+        """A message this process stored has committed: offer it now if it is the room's next one.
+
+        Otherwise (an earlier message is not offered yet, or a read is under way that may bring
+        it) this is only a wake-up, like the bus's event that follows.
+        """
+        feed = self._feeds.get(message.room_id)
+        if feed is None or feed.fetched is None:
+            return
+        if message.sequence == feed.fetched + 1:
+            feed.fetched = message.sequence
+            self._offer_message(feed, LiveMessage.of(message))
+        else:
+            self._want(feed, message.sequence)
+
+    @staticmethod
+    def _offer_message(feed: _Feed, item: LiveMessage) -> None:
+        for subscriber in tuple(feed.subscribers):
+            subscriber.offer(item)
+
     def _want(self, feed: _Feed, sequence: int) -> None:
         assert feed.fetched is not None
         if sequence <= max(feed.fetched, feed.wanted):
@@ -269,10 +301,9 @@ class ChatHub:
                     feed.wanted = feed.fetched
                     break
                 for message in batch:
-                    item = LiveMessage(message.room_id, message.sequence, convert.connect_message(message))
-                    for subscriber in tuple(feed.subscribers):
-                        subscriber.offer(item)
-                feed.fetched = batch[-1].sequence
+                    if message.sequence > feed.fetched:  # not handed over by `stored` meanwhile
+                        feed.fetched = message.sequence
+                        self._offer_message(feed, LiveMessage.of(message))
         except Exception as exc:
             if not db_errors.is_transient(exc):
                 raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 
@@ -18,7 +19,7 @@ from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2
 from server.auth.principal import current_principal
 from server.chat import convert, members, messages, payments, rooms, validation
 from server.chat.hub import ChatHub
-from server.chat.stream import ConnectSession
+from server.chat.stream import ConnectSession, Write
 from server.db.pool import Pool
 from server.errors import RateLimitedError
 from server.ledger import rules
@@ -150,6 +151,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             text=request.text,
             bus=self._hub.bus,
         )
+        self._hub.stored(message)
         return chat_pb2.SendMessageResponse(message=convert.message(message))
 
     async def ListMessages(
@@ -252,8 +254,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 retry_after_seconds=1.0,
             )
         self._streams[user_id] += 1
+        # Connect's response serializer passes bytes through (server/interceptor.py), so the session
+        # may write a frame serialized once for every stream.
+        write = cast(Write, context.write)
         session = ConnectSession(
-            pool=self._pool, hub=self._hub, user_id=user_id, buffer=self._stream_buffer, write=context.write
+            pool=self._pool, hub=self._hub, user_id=user_id, buffer=self._stream_buffer, write=write
         )
         try:
             # The session writes through context.write from its own loop, so that an overflowing

@@ -38,7 +38,8 @@ TYPING_INTERVAL_SECONDS = 1.0
 
 log = logging.getLogger(__name__)
 
-Write = Callable[[chat_pb2.ConnectResponse], Awaitable[None]]
+# Bytes are a ConnectResponse serialized already (a live message's frame, shared by every stream).
+Write = Callable[[chat_pb2.ConnectResponse | bytes], Awaitable[None]]
 
 
 @dataclass(eq=False)
@@ -225,6 +226,7 @@ class ConnectSession:
             bus=self._hub.bus,
             stream=True,
         )
+        self._hub.stored(message)
         ack = chat_pb2.AckEvent(
             client_message_id=frame.client_message_id, room_id=message.room_id, sequence=message.sequence
         )
@@ -260,7 +262,7 @@ class ConnectSession:
             await self._catch_up(subscription, upto=item.sequence - 1)
             if self._subscriptions.get(item.room_id) is not subscription:
                 return
-        await self._write(item.response)
+        await self._write(item.frame)
         subscription.last_sent = item.sequence
 
     async def _replay(self, replay: _Replay) -> None:
