@@ -73,7 +73,8 @@ from sendinchat.v1 import chat_pb2, chat_pb2_grpc, users_pb2_grpc
 REPO = Path(__file__).resolve().parent.parent
 JWT_SECRET = "bench-secret-" + "c" * 40
 CHANNELS = 4
-RATES = [50, 100, 150, 200, 250, 300, 400, 500, 600, 800, 1000, 1200, 1500, 2000]
+# Each step 1.25x the one before: a ratio of two sustained rates is then good to about 25 %.
+RATES = [round(40 * 1.25**k) for k in range(20)]  # 40, 50, 62, 78, 98, 122, 153, 191, 238, ...
 
 
 def _channels(address: str, args: argparse.Namespace) -> list[Any]:
@@ -273,7 +274,8 @@ def _report(
         ratios.append(r / f if f else 0.0)
         print(
             f"    round {i}: floor {f:.0f} ({_at(f_best)}), real {r:.0f} ({_at(r_best)}),"
-            f" ratio {ratios[-1]:.2f}"
+            f" ratio {ratios[-1]:.2f}; server CPU per delivery there:"
+            f" floor {_cpu_per_delivery(f_best, args)}, real {_cpu_per_delivery(r_best, args)}"
         )
     floor_median, real_median = statistics.median(floors), statistics.median(reals)
     ratio = real_median / floor_median if floor_median else 0.0
@@ -295,6 +297,12 @@ def _report(
         f" {args.idle_streams} idle streams <= 600 MB:"
         f" {'met' if memory['real_after'] <= 600 else 'NOT met'} ({memory['real_after']:.0f} MB)"
     )
+
+
+def _cpu_per_delivery(step: Step | None, args: argparse.Namespace) -> str:
+    if step is None:
+        return "-"
+    return f"{step.server_cores / (step.rate * args.subscribers) * 1e6:.0f} µs"
 
 
 def _at(step: Step | None) -> str:
