@@ -5,12 +5,14 @@ process's streams follow (server/chat/events.py has them). An event is only a wa
 message in room R the hub reads R's new rows from the messages table once, builds and serializes
 each ConnectResponse once, and offers the same bytes to every local subscriber of R. A message
 sent through this process is handed over by its sender after commit (`stored`): when it is the
-next one the hub is due to offer, it goes out at once, without that read. Offers never
-block; each stream has its own bounded queue and ends itself when it overflows. Because the table
-is the log, a lost event delays delivery but loses nothing: after the bus reconnects (and, on
-NATS, every few seconds) the hub compares each followed room's newest sequence with what it has
-read, in one query per thousand rooms, and reads what it lacks (the periodic round checks at most
-PERIODIC_ROOMS_PER_SECOND rooms a second); streams fill any gap they see.
+next one the hub is due to offer, it goes out at once, without that read; and a wake-up that
+arrives while such sends are in flight waits for them before reading (only for those: later
+sends do not hold it further). Offers never block; each stream has its own bounded queue and
+ends itself when it overflows. Because the table is the log, a lost event delays delivery but
+loses nothing: after the bus reconnects (and, on NATS, every few seconds) the hub compares each
+followed room's newest sequence with what it has read, in one query per thousand rooms, and
+reads what it lacks (the periodic round checks at most PERIODIC_ROOMS_PER_SECOND rooms a
+second); streams fill any gap they see.
 Presence is recorded by server/chat/presence.py, told by the hub.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -82,6 +85,8 @@ class _Feed:
     fetched: int | None = None  # highest sequence read and offered; None until the first wake-up
     wanted: int = 0
     task: asyncio.Task[None] | None = None
+    sends: set[int] = field(default_factory=set)  # tickets of this process's sends in flight
+    hold_until: int = 0  # a read waits for the sends with tickets up to this one (they may bring it)
 
 
 class ChatHub:
@@ -94,6 +99,7 @@ class ChatHub:
         self._catching_up: asyncio.Task[None] | None = None
         self._catch_up_again = False
         self._periodic: asyncio.Task[None] | None = None
+        self._tickets = 0
         self.presence = Presence(pool, self._present, bus)
 
     async def start(self) -> None:
@@ -262,6 +268,22 @@ class ChatHub:
             if subscriber.user_id != skip_user:
                 subscriber.offer(item)
 
+    @contextlib.contextmanager
+    def sending(self, room_id: str) -> Iterator[None]:
+        """Around a send of this process to the room, which ends with `stored` when it commits."""
+        feed = self._feeds.get(room_id)
+        if feed is None:
+            yield
+            return
+        self._tickets += 1
+        ticket = self._tickets
+        feed.sends.add(ticket)
+        try:
+            yield
+        finally:
+            feed.sends.discard(ticket)
+            self._read_if_due(feed)
+
     def stored(self, message: Message) -> None:
         """A message this process stored has committed: offer it now if it is the room's next one.
 
@@ -287,7 +309,19 @@ class ChatHub:
         if sequence <= max(feed.fetched, feed.wanted):
             return
         feed.wanted = sequence
-        if feed.task is None:
+        if not self._held(feed):
+            # The sends in flight now may bring what is wanted; the ones after them hold nothing.
+            feed.hold_until = max(feed.sends, default=0)
+        self._read_if_due(feed)
+
+    @staticmethod
+    def _held(feed: _Feed) -> bool:
+        return any(ticket <= feed.hold_until for ticket in feed.sends)
+
+    def _read_if_due(self, feed: _Feed) -> None:
+        if feed.task is not None or feed.fetched is None or feed.wanted <= feed.fetched or self._held(feed):
+            return
+        if self._feeds.get(feed.room_id) is feed:
             feed.task = asyncio.create_task(self._pump(feed))
 
     async def _pump(self, feed: _Feed) -> None:

@@ -143,15 +143,16 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.SendMessageRequest, chat_pb2.SendMessageResponse],
     ) -> chat_pb2.SendMessageResponse:
         """ChatService.SendMessage."""
-        message = await messages.send_message(
-            self._pool,
-            user_id=current_principal().user_id,
-            room_id=request.room_id,
-            client_message_id=request.client_message_id,
-            text=request.text,
-            bus=self._hub.bus,
-        )
-        self._hub.stored(message)
+        with self._hub.sending(request.room_id):
+            message = await messages.send_message(
+                self._pool,
+                user_id=current_principal().user_id,
+                room_id=request.room_id,
+                client_message_id=request.client_message_id,
+                text=request.text,
+                bus=self._hub.bus,
+            )
+            self._hub.stored(message)
         return chat_pb2.SendMessageResponse(message=convert.message(message))
 
     async def ListMessages(

@@ -217,16 +217,17 @@ class ConnectSession:
         self._put(_Replay(subscription, last))
 
     async def _send(self, frame: chat_pb2.SendFrame) -> None:
-        message = await messages.send_message(
-            self._pool,
-            user_id=self._user_id,
-            room_id=frame.room_id,
-            client_message_id=frame.client_message_id,
-            text=frame.text,
-            bus=self._hub.bus,
-            stream=True,
-        )
-        self._hub.stored(message)
+        with self._hub.sending(frame.room_id):
+            message = await messages.send_message(
+                self._pool,
+                user_id=self._user_id,
+                room_id=frame.room_id,
+                client_message_id=frame.client_message_id,
+                text=frame.text,
+                bus=self._hub.bus,
+                stream=True,
+            )
+            self._hub.stored(message)
         ack = chat_pb2.AckEvent(
             client_message_id=frame.client_message_id, room_id=message.room_id, sequence=message.sequence
         )
