@@ -63,6 +63,7 @@ from bench.common import (
     add_worker_arguments,
     cpu_burners,
     free_port,
+    health_rate,
     machine_line,
     open_channel,
     resolve_connections,
@@ -120,6 +121,7 @@ async def _measure(
     await asyncio.sleep(1)
     print(f"  {args.subscribers} subscribers connected to each server", file=sys.stderr)
 
+    health_before = await health_rate(address)
     for target in (real, floor):
         await run_step(target, args.rate, 2.0)  # warm-up
     runs = []
@@ -137,10 +139,11 @@ async def _measure(
             await sub.close()
     await asyncio.sleep(1)
 
+    health_after = await health_rate(address)
     memory = await measure_idle_streams(args.idle_streams, users_stub, chats, floor_chats, pid, floor_pid)
     for channel in channels + floor_channels:
         await channel.close(None)
-    return {"latency_runs": runs, "rounds": rounds, "memory": memory}
+    return {"latency_runs": runs, "rounds": rounds, "memory": memory, "health": (health_before, health_after)}
 
 
 def _start_real(dsn: str, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
@@ -250,6 +253,11 @@ def _report(
     print(f"  measuring until: {ended}")
     load = f"{args.load} CPU-burning processes (--load)" if args.load else "no added load"
     print(f"  machine: {machine_line()}; {load}; server, floor, PostgreSQL and this load generator on it")
+    before, after = figures["health"]
+    print(
+        f"  Health/Check on the real server, 16 callers in this process for 3 s: {before:.0f}/s before the"
+        f" measurements, {after:.0f}/s after them"
+    )
     print(
         f"  one group room, 1 sender (SendMessage at a fixed rate), {args.subscribers} subscribers"
         f" (one Connect stream each, over {_channels_in_words(args)}); {args.workers} server worker(s);"

@@ -47,7 +47,7 @@ from typing import Any
 
 import grpc
 
-from bench.common import free_port, wait_serving
+from bench.common import free_port, machine_busy_seconds, pressure, wait_serving
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, users_pb2, users_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -84,24 +84,6 @@ def _postgres_cpu(postmaster: int) -> float:
             if int(raw[raw.rindex(")") + 2 :].split()[1]) == postmaster:
                 total += _cpu(int(stat.parent.name))
     return total
-
-
-def _pressure() -> str:
-    """Linux PSI: the share of the last 60 s some task waited for CPU / for I/O (other engineers' work)."""
-    shares = []
-    for kind in ("cpu", "io"):
-        try:
-            first = Path(f"/proc/pressure/{kind}").read_text().split("\n", 1)[0]
-            shares.append(f"{kind} {first.split()[2].partition('=')[2]} %")
-        except (OSError, IndexError):
-            shares.append(f"{kind} ?")
-    return ", ".join(shares)
-
-
-def _machine_busy() -> float:
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / _TICKS
 
 
 @dataclass
@@ -318,7 +300,7 @@ class Load:
     def _cpu(self) -> dict[str, float]:
         cpu = {part: sum(_cpu(pid) for pid in pids) for part, pids in self._parts.items()}
         cpu["postgres"] = _postgres_cpu(self._postmaster)
-        cpu["machine"] = _machine_busy()
+        cpu["machine"] = machine_busy_seconds()
         return cpu
 
     async def close(self) -> None:
@@ -473,7 +455,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, list[Step]] = {}
     interest: dict[str, float] = {}
     load_start = os.getloadavg()
-    pressure_start = _pressure()
+    pressure_start = pressure()
     try:
         cluster.start()
         if args.interest:
@@ -516,7 +498,7 @@ def _report(
         f" at end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}"
         " (the machine is shared: other engineers' tests show in the 'machine' column)"
     )
-    print(f"  tasks waiting (PSI, avg60) at start: {pressure_start}; at end: {_pressure()}")
+    print(f"  tasks waiting (PSI, avg60) at start: {pressure_start}; at end: {pressure()}")
     print(
         f"  machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()},"
         f" grpcio {grpc.__version__}; 2 servers, PostgreSQL, 3 NATS nodes and this load generator on it"

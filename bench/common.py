@@ -186,3 +186,27 @@ def cpu_burners(count: int) -> Iterator[list[int]]:
             burner.kill()
         for burner in burners:
             burner.wait()
+
+
+async def health_rate(address: str, *, seconds: float = 3.0, callers: int = 16) -> float:
+    """Health/Check calls a second that `callers` closed-loop callers in this process get from `address`.
+
+    A yardstick of the machine's speed at the moment (the ledger bench measures the same RPC from two
+    processes, so its figure is higher): a reader comparing runs of different days compares it too.
+    """
+    async with open_channel(address, own_connection=True) as channel:
+        health: Any = health_pb2_grpc.HealthStub(channel)  # the stubs type it as sync
+        request = health_pb2.HealthCheckRequest()
+        await health.Check(request)
+        done = 0
+        stop_at = time.perf_counter() + seconds
+
+        async def caller() -> None:
+            nonlocal done
+            while time.perf_counter() < stop_at:
+                await health.Check(request)
+                done += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(callers)))
+        return done / (time.perf_counter() - started)

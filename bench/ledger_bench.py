@@ -46,7 +46,14 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.common import add_worker_arguments, free_port, open_channel, resolve_connections, wait_serving
+from bench.common import (
+    add_worker_arguments,
+    free_port,
+    machine_busy_seconds,
+    open_channel,
+    resolve_connections,
+    wait_serving,
+)
 from sendinchat.v1 import ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,16 +126,6 @@ def _main_thread_seconds(pid: int) -> float:
         return 0.0
     fields = raw[raw.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def _machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy since boot (Linux /proc/stat; 0 elsewhere)."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / _TICKS
 
 
 # --- load generator (runs in its own process) ---------------------------------------------------
@@ -227,9 +224,9 @@ def _run_load(
     pids = frozenset(child.pid for child, _ in children)
     workers_before: dict[int, float] = {}
     workers_after: dict[int, float] = {}
-    cpu_before, machine_before = _cpu_seconds(server_pid, pids, workers_before), _machine_busy_seconds()
+    cpu_before, machine_before = _cpu_seconds(server_pid, pids, workers_before), machine_busy_seconds()
     time.sleep(seconds)
-    cpu_after, machine_after = _cpu_seconds(server_pid, pids, workers_after), _machine_busy_seconds()
+    cpu_after, machine_after = _cpu_seconds(server_pid, pids, workers_after), machine_busy_seconds()
     latencies: list[float] = []
     errors = 0
     for child, path in children:
@@ -301,7 +298,7 @@ async def _prepare(address: str, dsn: str, count: int) -> list[dict[str, str]]:
 
 def _pgbench(bin_dir: Path, uri: str, clients: int, seconds: float) -> Result:
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_before, machine_before, started = _cpu_seconds(None), _machine_busy_seconds(), time.perf_counter()
+    cpu_before, machine_before, started = _cpu_seconds(None), machine_busy_seconds(), time.perf_counter()
     out = subprocess.run(
         [
             str(bin_dir / "pgbench"),
@@ -325,7 +322,7 @@ def _pgbench(bin_dir: Path, uri: str, clients: int, seconds: float) -> Result:
     match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
     assert match is not None, out
     latency = re.search(r"latency average = ([\d.]+) ms", out)
-    elapsed, machine_after = time.perf_counter() - started, _machine_busy_seconds()  # connecting included
+    elapsed, machine_after = time.perf_counter() - started, machine_busy_seconds()  # connecting included
     time.sleep(0.2)  # until the postmaster has reaped pgbench's backends (their CPU joins its own)
     cpu_after = _cpu_seconds(None)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
