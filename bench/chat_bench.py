@@ -63,6 +63,7 @@ from bench.common import (
     add_worker_arguments,
     cpu_burners,
     free_port,
+    fsync_probe,
     health_rate,
     machine_line,
     open_channel,
@@ -212,7 +213,9 @@ def main(argv: list[str] | None = None) -> None:
         processes.append(floor)
         with cpu_burners(args.load):
             started = Conditions.now()
+            disk_before = fsync_probe(data_dir)
             figures = uvloop.run(_measure(address, floor_address, args, server.pid, floor.pid))
+            disk_after = fsync_probe(data_dir)
             ended = Conditions.now()
     finally:
         for process in processes:
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         pg.stop()
         if args.data_dir is None:
             shutil.rmtree(data_dir, ignore_errors=True)
-    _report(args, figures, began, started, ended)
+    _report(args, figures, began, started, ended, (disk_before, disk_after))
 
 
 def _channels_in_words(args: argparse.Namespace) -> str:
@@ -242,6 +245,7 @@ def _report(
     began: Conditions,
     started: Conditions,
     ended: Conditions,
+    disk: tuple[str, str],
 ) -> None:
     runs: list[Step] = figures["latency_runs"]
     # The machine is shared (tests, other benchmarks): report the median run by p99, as PERFORMANCE.md does.
@@ -253,6 +257,7 @@ def _report(
     print(f"  measuring until: {ended}")
     load = f"{args.load} CPU-burning processes (--load)" if args.load else "no added load"
     print(f"  machine: {machine_line()}; {load}; server, floor, PostgreSQL and this load generator on it")
+    print(f"  disk (PostgreSQL's folder), before: {disk[0]}; after: {disk[1]}")
     before, after = figures["health"]
     print(
         f"  Health/Check on the real server, 16 callers in this process for 3 s: {before:.0f}/s before the"

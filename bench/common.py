@@ -210,3 +210,29 @@ async def health_rate(address: str, *, seconds: float = 3.0, callers: int = 16) 
         started = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(callers)))
         return done / (time.perf_counter() - started)
+
+
+def fsync_probe(folder: Path, seconds: float = 2.0) -> str:
+    """Latency of 8 kB write + fdatasync in `folder` (where PostgreSQL keeps its WAL) for `seconds`.
+
+    A commit waits for one of these; the shared disk's stalls (hundreds of ms at times) show in the
+    maximum, and a real server's p99 with them.
+    """
+    path = folder / "fsync-probe"
+    latencies = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        block = b"\0" * 8192
+        stop_at = time.perf_counter() + seconds
+        while time.perf_counter() < stop_at:
+            began = time.perf_counter()
+            os.pwrite(fd, block, 0)
+            os.fdatasync(fd)
+            latencies.append(time.perf_counter() - began)
+    finally:
+        os.close(fd)
+        path.unlink()
+    latencies.sort()
+    n = len(latencies)
+    p50, p99, worst = (latencies[int(n * q)] * 1000 for q in (0.5, 0.99, 0.999999))
+    return f"fdatasync of 8 kB: p50 {p50:.2f} ms, p99 {p99:.2f} ms, max {worst:.1f} ms ({n} in {seconds:g} s)"
