@@ -149,6 +149,8 @@ async def _measure(
 
 def _start_real(dsn: str, args: argparse.Namespace) -> tuple[subprocess.Popen[bytes], str]:
     address = f"127.0.0.1:{free_port()}"
+    if args.synchronous_commit == "off":
+        dsn += "&synchronous_commit=off"  # asyncpg sends it as a session setting of every connection
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
@@ -193,6 +195,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--idle-streams", type=int, default=10_000)
     parser.add_argument("--data-dir", type=Path, default=None, help="embedded PostgreSQL folder (temp)")
     add_worker_arguments(parser, connections="the streams use")
+    parser.add_argument(
+        "--synchronous-commit",
+        choices=("on", "off"),
+        default="on",
+        help="off: the real server's commits do not wait for the disk (a diagnosis of what the disk's"
+        " stalls cost; the server always runs with on, and an acknowledged message must survive a crash)",
+    )
     add_load_argument(parser)
     args = parser.parse_args(argv)
     resolve_connections(args)
@@ -256,6 +265,8 @@ def _report(
     print(f"  measuring from:  {started}")
     print(f"  measuring until: {ended}")
     load = f"{args.load} CPU-burning processes (--load)" if args.load else "no added load"
+    if args.synchronous_commit == "off":
+        load += "; DIAGNOSIS: the real server's commits do not wait for the disk (--synchronous-commit off)"
     print(f"  machine: {machine_line()}; {load}; server, floor, PostgreSQL and this load generator on it")
     print(f"  disk (PostgreSQL's folder), before: {disk[0]}; after: {disk[1]}")
     before, after = figures["health"]
