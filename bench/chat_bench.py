@@ -1,6 +1,6 @@
 """Chat fan-out against its own floor: sustained deliveries/s, latency, and memory with idle streams.
 
-    python -m bench.chat_bench                       # about 4 minutes
+    python -m bench.chat_bench                       # about 6 minutes
     python -m bench.chat_bench --load                # the same with one CPU-burning process per core
     python -m bench.chat_bench --rounds 1 --idle-streams 10000
     python -m bench.chat_bench --workers 2 --connections 8   # SENDINCHAT_WORKERS=2, over 8 TCP connections
