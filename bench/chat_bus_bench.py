@@ -47,11 +47,10 @@ from typing import Any
 
 import grpc
 
-from bench.common import free_port, wait_serving
+from bench.common import free_port, machine_busy_seconds, pressure, server_env, wait_serving
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, users_pb2, users_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
-JWT_SECRET = "bench-secret-" + "n" * 40
 PASSWORD = "bench-password-123"
 CHANNELS = 4  # per replica
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -84,24 +83,6 @@ def _postgres_cpu(postmaster: int) -> float:
             if int(raw[raw.rindex(")") + 2 :].split()[1]) == postmaster:
                 total += _cpu(int(stat.parent.name))
     return total
-
-
-def _pressure() -> str:
-    """Linux PSI: the share of the last 60 s some task waited for CPU / for I/O (other engineers' work)."""
-    shares = []
-    for kind in ("cpu", "io"):
-        try:
-            first = Path(f"/proc/pressure/{kind}").read_text().split("\n", 1)[0]
-            shares.append(f"{kind} {first.split()[2].partition('=')[2]} %")
-        except (OSError, IndexError):
-            shares.append(f"{kind} ?")
-    return ", ".join(shares)
-
-
-def _machine_busy() -> float:
-    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / _TICKS
 
 
 @dataclass
@@ -318,7 +299,7 @@ class Load:
     def _cpu(self) -> dict[str, float]:
         cpu = {part: sum(_cpu(pid) for pid in pids) for part, pids in self._parts.items()}
         cpu["postgres"] = _postgres_cpu(self._postmaster)
-        cpu["machine"] = _machine_busy()
+        cpu["machine"] = machine_busy_seconds()
         return cpu
 
     async def close(self) -> None:
@@ -333,17 +314,7 @@ def _start_replicas(dsn: str, chat_bus: list[str] | None) -> list[Replica]:
     replicas = []
     for k in range(2):
         address, metrics_port = f"127.0.0.1:{free_port()}", free_port()
-        env = {
-            **os.environ,
-            "DATABASE_URL": dsn,
-            "SENDINCHAT_JWT_SECRET": JWT_SECRET,
-            "SENDINCHAT_ADDRESS": address,
-            "SENDINCHAT_LOG_LEVEL": "WARNING",
-            "SENDINCHAT_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}",
-            "SENDINCHAT_BCRYPT_ROUNDS": "4",
-            "SENDINCHAT_ACCESS_TOKEN_TTL_SECONDS": "86400",
-            "SENDINCHAT_LOGIN_ATTEMPTS_PER_PEER": "1000000",
-        }
+        env = server_env(dsn, address, metrics_address=f"127.0.0.1:{metrics_port}")
         if chat_bus:
             env["SENDINCHAT_CHAT_BUS"] = ",".join(chat_bus[k:] + chat_bus[:k])
         process = subprocess.Popen([sys.executable, "-m", "server"], cwd=REPO, env=env)
@@ -473,7 +444,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, list[Step]] = {}
     interest: dict[str, float] = {}
     load_start = os.getloadavg()
-    pressure_start = _pressure()
+    pressure_start = pressure()
     try:
         cluster.start()
         if args.interest:
@@ -516,7 +487,7 @@ def _report(
         f" at end {load_end[0]:.2f}/{load_end[1]:.2f}/{load_end[2]:.2f}"
         " (the machine is shared: other engineers' tests show in the 'machine' column)"
     )
-    print(f"  tasks waiting (PSI, avg60) at start: {pressure_start}; at end: {_pressure()}")
+    print(f"  tasks waiting (PSI, avg60) at start: {pressure_start}; at end: {pressure()}")
     print(
         f"  machine: {os.cpu_count()} cores, {platform.platform()}, Python {platform.python_version()},"
         f" grpcio {grpc.__version__}; 2 servers, PostgreSQL, 3 NATS nodes and this load generator on it"

@@ -46,11 +46,18 @@ import asyncpg
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.common import add_worker_arguments, free_port, open_channel, resolve_connections, wait_serving
+from bench.common import (
+    add_worker_arguments,
+    free_port,
+    machine_busy_seconds,
+    open_channel,
+    resolve_connections,
+    server_env,
+    wait_serving,
+)
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
-JWT_SECRET = "bench-secret-" + "b" * 40
 PASSWORD = "bench-password-123"
 FUNDS = 10**12
 KINDS = {"health": "Health/Check", "transfer": "CreateTransfer", "message": "SendMessage"}
@@ -121,16 +128,6 @@ def _main_thread_seconds(pid: int) -> float:
         return 0.0
     fields = raw[raw.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def _machine_busy_seconds() -> float:
-    """CPU seconds the whole machine has been busy since boot (Linux /proc/stat; 0 elsewhere)."""
-    try:
-        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
-    except OSError:
-        return 0.0
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
-    return (user + nice + system + irq + softirq + steal) / _TICKS
 
 
 # --- load generator (runs in its own process) ---------------------------------------------------
@@ -238,9 +235,9 @@ def _run_load(
     pids = frozenset(child.pid for child, _ in children)
     workers_before: dict[int, float] = {}
     workers_after: dict[int, float] = {}
-    cpu_before, machine_before = _cpu_seconds(server_pid, pids, workers_before), _machine_busy_seconds()
+    cpu_before, machine_before = _cpu_seconds(server_pid, pids, workers_before), machine_busy_seconds()
     time.sleep(seconds)
-    cpu_after, machine_after = _cpu_seconds(server_pid, pids, workers_after), _machine_busy_seconds()
+    cpu_after, machine_after = _cpu_seconds(server_pid, pids, workers_after), machine_busy_seconds()
     latencies: list[float] = []
     errors = 0
     for child, path in children:
@@ -322,7 +319,7 @@ async def _prepare(address: str, dsn: str, count: int) -> list[dict[str, str]]:
 
 def _pgbench(bin_dir: Path, uri: str, clients: int, seconds: float) -> Result:
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_before, machine_before, started = _cpu_seconds(None), _machine_busy_seconds(), time.perf_counter()
+    cpu_before, machine_before, started = _cpu_seconds(None), machine_busy_seconds(), time.perf_counter()
     out = subprocess.run(
         [
             str(bin_dir / "pgbench"),
@@ -346,7 +343,7 @@ def _pgbench(bin_dir: Path, uri: str, clients: int, seconds: float) -> Result:
     match = re.search(r"tps = ([\d.]+) \(without initial connection time\)", out)
     assert match is not None, out
     latency = re.search(r"latency average = ([\d.]+) ms", out)
-    elapsed, machine_after = time.perf_counter() - started, _machine_busy_seconds()  # connecting included
+    elapsed, machine_after = time.perf_counter() - started, machine_busy_seconds()  # connecting included
     time.sleep(0.2)  # until the postmaster has reaped pgbench's backends (their CPU joins its own)
     cpu_after = _cpu_seconds(None)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -417,20 +414,13 @@ def main(argv: list[str] | None = None) -> None:
         )
         port = free_port()
         address = f"127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "DATABASE_URL": dsn,
-            "SENDINCHAT_JWT_SECRET": JWT_SECRET,
-            "SENDINCHAT_ADDRESS": address,
-            "SENDINCHAT_LOG_LEVEL": "WARNING",
-            "SENDINCHAT_METRICS_ADDRESS": "off",
-            "SENDINCHAT_BCRYPT_ROUNDS": "4",
-            "SENDINCHAT_DB_POOL_SIZE": str(args.pool_size),
-            "SENDINCHAT_SCHED_BATCH": args.sched_batch,
-            "SENDINCHAT_WORKERS": str(args.workers),
-            "SENDINCHAT_ACCESS_TOKEN_TTL_SECONDS": "86400",
-            "SENDINCHAT_LOGIN_ATTEMPTS_PER_PEER": "1000000",
-        }
+        env = server_env(
+            dsn,
+            address,
+            db_pool_size=str(args.pool_size),
+            sched_batch=args.sched_batch,
+            workers=str(args.workers),
+        )
         server = subprocess.Popen([sys.executable, "-m", "server"], cwd=REPO, env=env)
         wait_serving(address, connections=1 if args.workers == 1 else 8 * args.workers)
         users = asyncio.run(_prepare(address, dsn, args.users))

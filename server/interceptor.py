@@ -89,7 +89,9 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             "request_deserializer": None
             if deserialize is None
             else boundary.lenient(deserialize, _type_name(deserialize, method)),
-            "response_serializer": handler.response_serializer,
+            "response_serializer": _passing_bytes(handler.response_serializer)
+            if handler.response_streaming
+            else handler.response_serializer,
         }
         if not handler.request_streaming and not handler.response_streaming:
             unary_unary = cast(Callable[..., Awaitable[Any]], handler.unary_unary)
@@ -210,6 +212,22 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
         raise errors.UnauthenticatedError(
             "missing 'authorization: Bearer <access token>' metadata", reason="TOKEN_MISSING"
         )
+
+
+def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:
+    """A response serializer that also takes bytes, a message serialized already.
+
+    A frame that a stream shares with many others (a live chat message) is serialized once, not
+    once per stream.
+    """
+    if serialize is None:
+        return None
+    inner = serialize
+
+    def serialize_or_pass(response: Any) -> bytes:
+        return response if isinstance(response, bytes) else inner(response)
+
+    return serialize_or_pass
 
 
 def _type_name(deserialize: Callable[[bytes], Any], method: str) -> str:

@@ -2,12 +2,13 @@
 
 The bus (PostgreSQL LISTEN/NOTIFY by default, or NATS) hands the hub the events of the rooms this
 process's streams follow (server/chat/events.py has them). An event is only a wake-up: for a new
-message in room R the hub reads R's new rows from the messages table once, builds each
-ConnectResponse once, and offers the same object to every local subscriber of R. Offers never
-block; each stream has its own bounded queue and ends itself when it overflows. Because the table
-is the log, a lost event delays delivery but loses nothing: after the bus reconnects (and, on
-NATS, every few seconds) the hub compares each followed room's newest sequence with what it has
-read, in one query per thousand rooms, and reads what it lacks (the periodic round checks at most
+message in room R the room's feed (server/chat/feed.py) reads R's new rows from the messages table
+once and offers each frame, serialized once, to every local subscriber of R; a message sent through
+this process is handed to its feed by the sender after commit (`stored`). Offers never block; each
+stream has its own bounded queue and ends itself when it overflows. Because the table is the log, a
+lost event delays delivery but loses nothing: after the bus reconnects (and, on NATS, every few
+seconds) the hub compares each followed room's newest sequence with what it has read, in one query
+per thousand rooms, and reads what it lacks (the periodic round checks at most
 PERIODIC_ROOMS_PER_SECOND rooms a second); streams fill any gap they see.
 Presence is recorded by server/chat/presence.py, told by the hub.
 """
@@ -17,59 +18,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import asyncpg
 
 from sendinchat.v1 import chat_pb2
-from server.chat import convert, events, messages
+from server.chat import events, messages
 from server.chat.bus import QUIET_SETTING, ChatBus
+from server.chat.feed import RoomFeed, Subscriber
+from server.chat.models import Message
 from server.chat.presence import Presence
 from server.db import errors as db_errors
 
-_FETCH_LIMIT = 100
 _POSITIONS_BATCH = 1000  # rooms per catch-up query
 PERIODIC_ROOMS_PER_SECOND = 5000  # the periodic catch-up's most (one index lookup each)
 _NOTIFIES = "SELECT chat_notifies()"
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class LiveMessage:
-    """A stored message on its way to the streams; one object shared by every subscriber."""
-
-    room_id: str
-    sequence: int
-    response: chat_pb2.ConnectResponse
-
-
-class Subscriber(Protocol):
-    """What the hub needs from a stream."""
-
-    @property
-    def user_id(self) -> str:
-        """Who is connected."""
-        ...
-
-    def offer(self, item: LiveMessage | chat_pb2.ConnectResponse) -> None:
-        """Queue an item without blocking (a full queue ends the stream)."""
-        ...
-
-    def drop_room(self, room_id: str) -> None:
-        """The user is no longer a member of the room: stop sending it at once."""
-        ...
-
-
-@dataclass(eq=False)
-class _Feed:
-    room_id: str
-    subscribers: set[Subscriber] = field(default_factory=set)
-    present: set[Subscriber] = field(default_factory=set)  # subscribers whose membership was checked
-    fetched: int | None = None  # highest sequence read and offered; None until the first wake-up
-    wanted: int = 0
-    task: asyncio.Task[None] | None = None
 
 
 class ChatHub:
@@ -78,7 +42,7 @@ class ChatHub:
     def __init__(self, pool: asyncpg.Pool, bus: ChatBus) -> None:
         self._pool = pool
         self.bus = bus
-        self._feeds: dict[str, _Feed] = {}
+        self._feeds: dict[str, RoomFeed] = {}
         self._catching_up: asyncio.Task[None] | None = None
         self._catch_up_again = False
         self._periodic: asyncio.Task[None] | None = None
@@ -107,8 +71,8 @@ class ChatHub:
 
     async def stop(self) -> None:
         """Stop the feeds and presence (its users leave their rooms, told on the bus), then the bus."""
-        feeds = [f.task for f in self._feeds.values()]
-        tasks = [t for t in (self._periodic, self._catching_up, *feeds) if t is not None]
+        readers = [feed.close() for feed in self._feeds.values()]
+        tasks = [t for t in (self._periodic, self._catching_up, *readers) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -121,7 +85,7 @@ class ChatHub:
         """Start offering the room's events to a stream (membership is confirmed separately)."""
         feed = self._feeds.get(room_id)
         if feed is None:
-            feed = self._feeds[room_id] = _Feed(room_id)
+            feed = self._feeds[room_id] = RoomFeed(self._pool, room_id)
             self.bus.follow(room_id)
         feed.subscribers.add(subscriber)
 
@@ -156,8 +120,7 @@ class ChatHub:
             if not any(s.user_id == subscriber.user_id for s in feed.present):
                 self.presence.announce(room_id, subscriber.user_id, online=False)
         if not feed.subscribers:
-            if feed.task is not None:
-                feed.task.cancel()
+            feed.close()
             del self._feeds[room_id]
             self.bus.unfollow(room_id)
 
@@ -218,7 +181,7 @@ class ChatHub:
             for room_id, last in positions.items():
                 feed = self._feeds.get(room_id)
                 if feed is not None and feed.fetched is not None:
-                    self._want(feed, last)
+                    feed.want(last)
 
     def _on_event(self, event: events.ChatEvent) -> None:
         feed = self._feeds.get(event.room_id)
@@ -229,54 +192,41 @@ class ChatHub:
                 if feed.fetched is None:
                     # No subscriber is confirmed yet: what came before is their replay's business.
                     feed.fetched = sequence - 1
-                self._want(feed, sequence)
+                feed.want(sequence)
             case events.MemberRemoved(user_id=user_id):
                 for subscriber in [s for s in feed.subscribers if s.user_id == user_id]:
                     self.unsubscribe(feed.room_id, subscriber)
                     subscriber.drop_room(feed.room_id)
             case events.ReadMarked(room_id, user_id, sequence):
                 receipt = chat_pb2.ReadReceiptEvent(room_id=room_id, user_id=user_id, sequence=sequence)
-                self._offer_all(feed, chat_pb2.ConnectResponse(read_receipt=receipt), skip_user=None)
+                feed.offer_present(chat_pb2.ConnectResponse(read_receipt=receipt), skip_user=None)
             case events.Typing(room_id, user_id):
                 typing = chat_pb2.TypingEvent(room_id=room_id, user_id=user_id)
-                self._offer_all(feed, chat_pb2.ConnectResponse(typing=typing), skip_user=user_id)
+                feed.offer_present(chat_pb2.ConnectResponse(typing=typing), skip_user=user_id)
             case events.PresenceChanged(room_id, user_id, online):
                 presence = chat_pb2.PresenceEvent(room_id=room_id, user_id=user_id, online=online)
-                self._offer_all(feed, chat_pb2.ConnectResponse(presence=presence), skip_user=user_id)
+                feed.offer_present(chat_pb2.ConnectResponse(presence=presence), skip_user=user_id)
 
-    @staticmethod
-    def _offer_all(feed: _Feed, item: chat_pb2.ConnectResponse, *, skip_user: str | None) -> None:
-        for subscriber in tuple(feed.present):
-            if subscriber.user_id != skip_user:
-                subscriber.offer(item)
+    async def send_message(
+        self, *, user_id: str, room_id: str, client_message_id: str, text: str, stream: bool = False
+    ) -> Message:
+        """messages.send_message through this process.
 
-    def _want(self, feed: _Feed, sequence: int) -> None:
-        assert feed.fetched is not None
-        if sequence <= max(feed.fetched, feed.wanted):
-            return
-        feed.wanted = sequence
-        if feed.task is None:
-            feed.task = asyncio.create_task(self._pump(feed))
-
-    async def _pump(self, feed: _Feed) -> None:
-        # One reader per room: wake-ups that arrive while it reads only raise `wanted`.
-        try:
-            while feed.fetched is not None and feed.wanted > feed.fetched and feed.subscribers:
-                batch = await messages.messages_after(
-                    self._pool, room_id=feed.room_id, after=feed.fetched, upto=feed.wanted, limit=_FETCH_LIMIT
-                )
-                if not batch:
-                    feed.wanted = feed.fetched
-                    break
-                for message in batch:
-                    item = LiveMessage(message.room_id, message.sequence, convert.connect_message(message))
-                    for subscriber in tuple(feed.subscribers):
-                        subscriber.offer(item)
-                feed.fetched = batch[-1].sequence
-        except Exception as exc:
-            if not db_errors.is_transient(exc):
-                raise
-            # Subscribers notice the gap on the next message and read it themselves.
-            log.warning("chat hub could not read room %s (%r)", feed.room_id, exc)
-        finally:
-            feed.task = None
+        Once it commits, the room's feed here may offer it without reading it back
+        (server/chat/feed.py).
+        """
+        feed = self._feeds.get(room_id)
+        with feed.sending() if feed is not None else contextlib.nullcontext():
+            message = await messages.send_message(
+                self._pool,
+                user_id=user_id,
+                room_id=room_id,
+                client_message_id=client_message_id,
+                text=text,
+                bus=self.bus,
+                stream=stream,
+            )
+            following = self._feeds.get(room_id)  # the feed may have been replaced meanwhile
+            if following is not None:
+                following.stored(message)
+        return message

@@ -2,7 +2,8 @@
 
 CreateRoom, GetRoom, ListRooms: server/chat/rooms.py. AddMembers, RemoveMember, LeaveRoom:
 server/chat/members.py.
-SendMessage, ListMessages, MarkRead: server/chat/messages.py (the message log).
+SendMessage, ListMessages, MarkRead: server/chat/messages.py (the message log); SendMessage goes
+through server/chat/hub.py, which hands the stored message to this process's streams.
 SendPayment, RequestPayment, RespondToPaymentRequest: server/chat/payments.py.
 Connect: server/chat/stream.py (one session per stream), fed by server/chat/hub.py.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator
+from typing import cast
 
 import grpc
 
@@ -18,7 +20,7 @@ from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2
 from server.auth.principal import current_principal
 from server.chat import convert, members, messages, payments, rooms, validation
 from server.chat.hub import ChatHub
-from server.chat.stream import ConnectSession
+from server.chat.stream import ConnectSession, Write
 from server.db.pool import Pool
 from server.errors import RateLimitedError
 from server.ledger import rules
@@ -142,13 +144,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.SendMessageRequest, chat_pb2.SendMessageResponse],
     ) -> chat_pb2.SendMessageResponse:
         """ChatService.SendMessage."""
-        message = await messages.send_message(
-            self._pool,
+        message = await self._hub.send_message(
             user_id=current_principal().user_id,
             room_id=request.room_id,
             client_message_id=request.client_message_id,
             text=request.text,
-            bus=self._hub.bus,
         )
         return chat_pb2.SendMessageResponse(message=convert.message(message))
 
@@ -252,8 +252,11 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
                 retry_after_seconds=1.0,
             )
         self._streams[user_id] += 1
+        # Connect's response serializer passes bytes through (server/interceptor.py), so the session
+        # may write a frame serialized once for every stream.
+        write = cast(Write, context.write)
         session = ConnectSession(
-            pool=self._pool, hub=self._hub, user_id=user_id, buffer=self._stream_buffer, write=context.write
+            pool=self._pool, hub=self._hub, user_id=user_id, buffer=self._stream_buffer, write=write
         )
         try:
             # The session writes through context.write from its own loop, so that an overflowing

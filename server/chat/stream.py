@@ -26,7 +26,8 @@ import grpc
 from sendinchat.v1 import chat_pb2
 from server import boundary
 from server.chat import convert, frame_errors, messages
-from server.chat.hub import ChatHub, LiveMessage
+from server.chat.feed import LiveMessage
+from server.chat.hub import ChatHub
 from server.db.pool import Pool
 from server.errors import InvalidArgumentError, RateLimitedError
 from server.validation import parse_uuid
@@ -39,7 +40,8 @@ TYPED_ROOMS_KEPT = 256  # a stream's memory of where it typed stays bounded
 
 log = logging.getLogger(__name__)
 
-Write = Callable[[chat_pb2.ConnectResponse], Awaitable[None]]
+# Bytes are a ConnectResponse serialized already (a live message's frame, shared by every stream).
+Write = Callable[[chat_pb2.ConnectResponse | bytes], Awaitable[None]]
 
 
 @dataclass(eq=False)
@@ -222,13 +224,11 @@ class ConnectSession:
         self._put(_Replay(subscription, last))
 
     async def _send(self, frame: chat_pb2.SendFrame) -> None:
-        message = await messages.send_message(
-            self._pool,
+        message = await self._hub.send_message(
             user_id=self._user_id,
             room_id=frame.room_id,
             client_message_id=frame.client_message_id,
             text=frame.text,
-            bus=self._hub.bus,
             stream=True,
         )
         ack = chat_pb2.AckEvent(
@@ -266,7 +266,7 @@ class ConnectSession:
             await self._catch_up(subscription, upto=item.sequence - 1)
             if self._subscriptions.get(item.room_id) is not subscription:
                 return
-        await self._write(item.response)
+        await self._write(item.frame)
         subscription.last_sent = item.sequence
 
     async def _replay(self, replay: _Replay) -> None:

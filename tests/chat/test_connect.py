@@ -232,6 +232,35 @@ class TestConnect:
             assert [(m.sequence, m.text) for m in got] == [(1, "from first"), (2, "from second")]
             await stream.close()
 
+    async def test_delivers_the_other_replicas_messages_in_order_while_this_one_keeps_sending(
+        self, server, servers
+    ):
+        # Messages sent here are handed to the hub by their senders; the others' are read after a
+        # wake-up, which waits only for the sends in flight when it came (later ones hold nothing).
+        replica = await servers.start(database_url=server.database_url)
+        alice, bob, carol = [await signed_up(server.stubs) for _ in range(3)]
+        room = await group(server.stubs, alice, bob, carol)
+        here = Stream(server.stubs, carol)
+        await here.subscribe(room.id, 0)
+        rounds, per_round = 10, 8
+
+        async def local() -> None:
+            for r in range(rounds):
+                await asyncio.gather(
+                    *(say(server.stubs, alice, room.id, f"a{r}.{k}") for k in range(per_round))
+                )
+
+        async def remote() -> None:
+            for r in range(rounds):
+                await say(replica.stubs, bob, room.id, f"b{r}")
+
+        receiving = asyncio.create_task(here.messages(rounds * (per_round + 1)))
+        await asyncio.gather(local(), remote())
+        got = await receiving
+        assert _sequences(got) == list(range(1, rounds * (per_round + 1) + 1))
+        assert [m.text for m in got if m.text.startswith("b")] == [f"b{r}" for r in range(rounds)]
+        await here.close()
+
     @pytest.mark.parametrize("earlier", [0, 1])
     async def test_loses_nothing_when_the_listener_connection_drops(self, server, earlier):
         alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
