@@ -3,6 +3,7 @@
     python -m bench.ledger_bench                      # ~3 minutes: 1, 16, 64 callers, 3 rounds of 5 s
     python -m bench.ledger_bench --seconds 20 --rounds 1 --concurrency 1 16 64 128
     python -m bench.ledger_bench --workers 2 --connections 8   # SENDINCHAT_WORKERS=2, 8 connections a process
+    python -m bench.ledger_bench --load               # the same beside one CPU-burning process per core
 
 It starts an embedded PostgreSQL (its own data folder), the real server as a subprocess
 (`python -m server`, uvloop, log level WARNING, SCHED_BATCH unless `--sched-batch off`),
@@ -18,7 +19,8 @@ interleaving keeps the three comparable):
 
 Load comes from separate client processes using the generated async stubs, each over
 `--connections` TCP connections (with `--workers N` the kernel spreads connections, not calls,
-over the workers). Not part of the tests.
+over the workers). `--load [N]` runs N CPU-burning processes for the whole run, so the ratios can
+be taken on a loaded machine as well as a quiet one. Not part of the tests.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.common import (
+    add_load_argument,
     add_worker_arguments,
+    cpu_burners,
     free_port,
     machine_busy_seconds,
     open_channel,
@@ -391,6 +395,7 @@ def main(argv: list[str] | None = None) -> None:
         "--sched-batch", choices=("on", "off"), default="on", help="server's SENDINCHAT_SCHED_BATCH"
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="embedded PostgreSQL folder (temp)")
+    add_load_argument(parser)
     args = parser.parse_args(argv)
     if args.worker:
         _worker()
@@ -425,28 +430,8 @@ def main(argv: list[str] | None = None) -> None:
         wait_serving(address, connections=1 if args.workers == 1 else 8 * args.workers)
         users = asyncio.run(_prepare(address, dsn, args.users))
         results: list[Result] = []
-        for concurrency in args.concurrency:
-            # SendMessage's target is at one caller; it is measured there only.
-            kinds = ("health", "transfer", "message") if concurrency == 1 else ("health", "transfer")
-            for round_number in range(args.rounds):
-                measured = [
-                    _run_load(
-                        address,
-                        kind,
-                        concurrency,
-                        args.seconds,
-                        users,
-                        args.client_procs,
-                        server.pid,
-                        args.connections,
-                    )
-                    for kind in kinds
-                ]
-                measured.append(_pgbench(pg.bin_dir, pgbench_uri, concurrency, args.seconds))
-                for result in measured:
-                    result.round = round_number
-                results.extend(measured)
-                _print_progress(measured)
+        with cpu_burners(args.load):
+            _measure(args, address, pg.bin_dir, pgbench_uri, users, server.pid, results)
         integrity = asyncio.run(_audit(address, dsn))
     finally:
         if server is not None:
@@ -456,6 +441,39 @@ def main(argv: list[str] | None = None) -> None:
         if args.data_dir is None:
             shutil.rmtree(data_dir, ignore_errors=True)
     _report(args, results, integrity)
+
+
+def _measure(
+    args: argparse.Namespace,
+    address: str,
+    bin_dir: Path,
+    pgbench_uri: str,
+    users: list[dict[str, str]],
+    server_pid: int,
+    results: list[Result],
+) -> None:
+    for concurrency in args.concurrency:
+        # SendMessage's target is at one caller; it is measured there only.
+        kinds = ("health", "transfer", "message") if concurrency == 1 else ("health", "transfer")
+        for round_number in range(args.rounds):
+            measured = [
+                _run_load(
+                    address,
+                    kind,
+                    concurrency,
+                    args.seconds,
+                    users,
+                    args.client_procs,
+                    server_pid,
+                    args.connections,
+                )
+                for kind in kinds
+            ]
+            measured.append(_pgbench(bin_dir, pgbench_uri, concurrency, args.seconds))
+            for result in measured:
+                result.round = round_number
+            results.extend(measured)
+            _print_progress(measured)
 
 
 def _print_progress(results: list[Result]) -> None:
@@ -511,7 +529,8 @@ def _report(args: argparse.Namespace, results: list[Result], integrity: str) -> 
         f" {args.users} funded users; {args.client_procs} client processes;"
         f" pgbench -M prepared tpcb-like, scale {args.pgbench_scale}; server pool {args.pool_size},"
         f" SCHED_BATCH {args.sched_batch}; {args.workers} server worker(s),"
-        f" {args.connections} connection(s) per client process"
+        f" {args.connections} connection(s) per client process;"
+        f" {f'{args.load} CPU-burning process(es) beside it' if args.load else 'no added load'}"
     )
     print()
     header = (
