@@ -95,16 +95,15 @@ class RoomFeed:
     def stored(self, message: Message) -> None:
         """A message this process stored has committed: offer it now if it is the room's next one.
 
-        Otherwise (an earlier message is not offered yet, or a read is under way that may bring
-        it) this is only a wake-up, like the bus's event that follows.
+        Otherwise (an earlier message is not offered yet) it waits for the bus's event of it: a
+        read here must not run ahead of the bus, whose events come in commit order, or a member
+        removed by a commit before this one (whose event has not arrived yet) would be offered it.
         """
         if self.fetched is None:
             return
         if message.sequence == self.fetched + 1:
             self.fetched = message.sequence
             self._offer_message(LiveMessage.of(message))
-        else:
-            self.want(message.sequence)
 
     def want(self, sequence: int) -> None:
         """The room's log reaches `sequence`: read and offer what was not offered yet."""

@@ -177,7 +177,18 @@ class ChatHub:
     async def _check(self, rooms: list[str]) -> None:
         """Read what the rooms' logs have beyond what was offered (one query per thousand rooms)."""
         for start in range(0, len(rooms), _POSITIONS_BATCH):
-            positions = await messages.room_positions(self._pool, rooms[start : start + _POSITIONS_BATCH])
+            batch = rooms[start : start + _POSITIONS_BATCH]
+            positions = await messages.room_positions(self._pool, batch)
+            # A removal whose event was lost (a listener reconnect, a lost publish) must not let its
+            # member read on: checked after the positions, so every removal before them is seen.
+            pairs = {
+                (room_id, s.user_id)
+                for room_id in batch
+                if (feed := self._feeds.get(room_id)) is not None
+                for s in feed.subscribers
+            }
+            for room_id, user_id in await messages.not_members(self._pool, sorted(pairs)):
+                self._remove(room_id, user_id)
             for room_id, last in positions.items():
                 feed = self._feeds.get(room_id)
                 if feed is not None and feed.fetched is not None:
@@ -194,9 +205,7 @@ class ChatHub:
                     feed.fetched = sequence - 1
                 feed.want(sequence)
             case events.MemberRemoved(user_id=user_id):
-                for subscriber in [s for s in feed.subscribers if s.user_id == user_id]:
-                    self.unsubscribe(feed.room_id, subscriber)
-                    subscriber.drop_room(feed.room_id)
+                self._remove(feed.room_id, user_id)
             case events.ReadMarked(room_id, user_id, sequence):
                 receipt = chat_pb2.ReadReceiptEvent(room_id=room_id, user_id=user_id, sequence=sequence)
                 feed.offer_present(chat_pb2.ConnectResponse(read_receipt=receipt), skip_user=None)
@@ -206,6 +215,15 @@ class ChatHub:
             case events.PresenceChanged(room_id, user_id, online):
                 presence = chat_pb2.PresenceEvent(room_id=room_id, user_id=user_id, online=online)
                 feed.offer_present(chat_pb2.ConnectResponse(presence=presence), skip_user=user_id)
+
+    def _remove(self, room_id: str, user_id: str) -> None:
+        """The user is no longer a member of the room: their streams here lose it at once."""
+        feed = self._feeds.get(room_id)
+        if feed is None:
+            return
+        for subscriber in [s for s in feed.subscribers if s.user_id == user_id]:
+            self.unsubscribe(room_id, subscriber)
+            subscriber.drop_room(room_id)
 
     async def send_message(
         self, *, user_id: str, room_id: str, client_message_id: str, text: str, stream: bool = False

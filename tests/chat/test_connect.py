@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import grpc
@@ -316,6 +317,33 @@ class TestConnectAccess:
         assert not [f for f in frames if f.WhichOneof("event") == "message"]
         await stream.write(subscribe=chat_pb2.SubscribeFrame(room_id=room.id))
         assert (await stream.next_of("error")).error.code == code_pb2.NOT_FOUND
+        await stream.close()
+
+    async def test_cuts_off_a_member_removed_while_the_listener_was_away(self, server):
+        # The removal's event is lost with the listener's connection; the catch-up after the
+        # reconnect must not hand the removed member what the room said after the removal.
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        stream = Stream(server.stubs, bob)
+        await stream.subscribe(room.id, 0)
+        await say(server.stubs, alice, room.id, "welcome")
+        assert _sequences(await stream.messages(1)) == [1]
+        killed = await server.pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%'"
+            " AND pid <> pg_backend_pid()"
+        )
+        assert killed == 1
+        await server.stubs.chat.RemoveMember(
+            chat_pb2.RemoveMemberRequest(room_id=room.id, user_id=bob.id), metadata=alice.auth
+        )
+        await say(server.stubs, alice, room.id, "secret")
+        frames: list[chat_pb2.ConnectResponse] = []
+        with contextlib.suppress(TimeoutError):
+            while not frames or frames[-1].WhichOneof("event") != "error":
+                frames.append(await asyncio.wait_for(stream.frames.get(), 5.0))
+        assert [f.message.text for f in frames if f.WhichOneof("event") == "message"] == []
+        assert [(f.error.code, f.error.room_id) for f in frames] == [(code_pb2.NOT_FOUND, room.id)]
         await stream.close()
 
     async def test_is_refused_unauthenticated_when_opened_without_a_token(self, stubs):
