@@ -25,6 +25,8 @@ from server.chat.models import Message
 from server.db import errors as db_errors
 
 _FETCH_LIMIT = 100
+_RETRY_START_SECONDS = 0.2
+_RETRY_MAX_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +146,31 @@ class RoomFeed:
             self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        # One reader per room: wake-ups that arrive while it reads only raise `wanted`.
+        # One reader per room: wake-ups that arrive while it reads only raise `wanted`. A read that
+        # fails is tried again (a quiet room has no next wake-up to rely on) until the feed closes.
+        retry = _RETRY_START_SECONDS
         try:
             while self.fetched is not None and self.wanted > self.fetched and self.subscribers:
-                batch = await messages.messages_after(
-                    self.pool, room_id=self.room_id, after=self.fetched, upto=self.wanted, limit=_FETCH_LIMIT
-                )
+                try:
+                    batch = await messages.messages_after(
+                        self.pool,
+                        room_id=self.room_id,
+                        after=self.fetched,
+                        upto=self.wanted,
+                        limit=_FETCH_LIMIT,
+                    )
+                except Exception as exc:
+                    log.warning(
+                        "chat hub could not read room %s (%r); retrying in %.1f s",
+                        self.room_id,
+                        exc,
+                        retry,
+                        exc_info=not db_errors.is_transient(exc),
+                    )
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, _RETRY_MAX_SECONDS)
+                    continue
+                retry = _RETRY_START_SECONDS
                 if not batch:
                     self.wanted = self.fetched
                     break
@@ -157,10 +178,5 @@ class RoomFeed:
                     if message.sequence > self.fetched:  # not handed over by `stored` meanwhile
                         self.fetched = message.sequence
                         self._offer_message(LiveMessage.of(message))
-        except Exception as exc:
-            if not db_errors.is_transient(exc):
-                raise
-            # Subscribers notice the gap on the next message and read it themselves.
-            log.warning("chat hub could not read room %s (%r)", self.room_id, exc)
         finally:
             self._task = None

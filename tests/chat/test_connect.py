@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.rpc import code_pb2
@@ -280,6 +281,42 @@ class TestConnect:
         for i in range(3):
             await say(server.stubs, alice, room.id, f"during {i}")
         assert _sequences(await stream.messages(3)) == [earlier + 1, earlier + 2, earlier + 3]
+        await stream.close()
+
+    async def test_delivers_a_message_whose_read_failed_without_waiting_for_another(self, servers):
+        # The hub's read of a room fails once (here: the catch-up after a listener reconnect runs
+        # into a locked table and lock_timeout); the message must still arrive, with no later one.
+        url = await servers.database()
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                f"ALTER DATABASE {await conn.fetchval('SELECT quote_ident(current_database())')}"
+                " SET lock_timeout = '300ms'"
+            )
+        finally:
+            await conn.close()
+        here = await servers.start(database_url=url)
+        there = await servers.start(database_url=url)
+        alice, bob = await signed_up(here.stubs), await signed_up(here.stubs)
+        room = await group(here.stubs, alice, bob)
+        stream = Stream(here.stubs, bob)
+        await stream.subscribe(room.id, 0)
+        await say(here.stubs, alice, room.id, "welcome")
+        assert _sequences(await stream.messages(1)) == [1]
+        async with here.pool.acquire() as lock, lock.transaction():
+            killed = await lock.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%'"
+                " AND pid <> pg_backend_pid() AND application_name = 'sendinchat-chat-listener'"
+                " AND backend_start = (SELECT min(backend_start) FROM pg_stat_activity"
+                "  WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%')"
+            )
+            assert killed == 1  # the first server's listener (it started first)
+            await say(there.stubs, alice, room.id, "while away")  # its event is lost to `here`
+            await lock.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+            await asyncio.sleep(1.5)  # `here` reconnects, catches up, and its read times out
+        got = await stream.messages(1)
+        assert [(m.sequence, m.text) for m in got] == [(2, "while away")]
         await stream.close()
 
 
