@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,7 +21,7 @@ import asyncpg
 
 from sendinchat.v1 import chat_pb2
 from server.chat import convert, messages
-from server.chat.models import Message
+from server.chat.models import Message, MessageKind
 from server.db import errors as db_errors
 
 _FETCH_LIMIT = 100
@@ -81,6 +81,7 @@ class RoomFeed:
     _sends: set[int] = field(default_factory=set)  # tickets of this process's sends in flight
     _tickets: int = 0
     _hold_until: int = 0  # a read waits for the sends with tickets up to this one
+    on_removed: Callable[[str], None] = field(default=lambda _user_id: None)  # a user is no longer a member
 
     @contextlib.contextmanager
     def sending(self) -> Iterator[None]:
@@ -97,15 +98,16 @@ class RoomFeed:
     def stored(self, message: Message) -> None:
         """A message this process stored has committed: offer it now if it is the room's next one.
 
-        Otherwise (an earlier message is not offered yet) it waits for the bus's event of it: a
-        read here must not run ahead of the bus, whose events come in commit order, or a member
-        removed by a commit before this one (whose event has not arrived yet) would be offered it.
+        Otherwise (an earlier message is not offered yet, or a read is under way that may bring
+        it) this is only a wake-up, like the bus's event that follows.
         """
         if self.fetched is None:
             return
         if message.sequence == self.fetched + 1:
             self.fetched = message.sequence
             self._offer_message(LiveMessage.of(message))
+        else:
+            self.want(message.sequence)
 
     def want(self, sequence: int) -> None:
         """The room's log reaches `sequence`: read and offer what was not offered yet."""
@@ -131,6 +133,15 @@ class RoomFeed:
         if task is not None:
             task.cancel()
         return task
+
+    async def _drop_non_members(self) -> None:
+        # A member leaves or is removed only in a commit that also appends a SYSTEM message, so
+        # the feed, which offers in sequence order, asks before offering one: whoever is no longer
+        # a member loses the room before it and everything after, whether or not the removal's
+        # event arrived (a listener reconnect or a lost publish loses it; a read may run ahead of it).
+        users = sorted({s.user_id for s in self.subscribers})
+        for _room_id, user_id in await messages.not_members(self.pool, [(self.room_id, u) for u in users]):
+            self.on_removed(user_id)
 
     def _offer_message(self, item: LiveMessage) -> None:
         for subscriber in tuple(self.subscribers):
@@ -159,6 +170,8 @@ class RoomFeed:
                         upto=self.wanted,
                         limit=_FETCH_LIMIT,
                     )
+                    if any(m.kind == MessageKind.SYSTEM and m.sequence > self.fetched for m in batch):
+                        await self._drop_non_members()
                 except Exception as exc:
                     log.warning(
                         "chat hub could not read room %s (%r); retrying in %.1f s",

@@ -85,7 +85,9 @@ class ChatHub:
         """Start offering the room's events to a stream (membership is confirmed separately)."""
         feed = self._feeds.get(room_id)
         if feed is None:
-            feed = self._feeds[room_id] = RoomFeed(self._pool, room_id)
+            feed = self._feeds[room_id] = RoomFeed(
+                self._pool, room_id, on_removed=lambda user_id: self._remove(room_id, user_id)
+            )
             self.bus.follow(room_id)
         feed.subscribers.add(subscriber)
 
@@ -177,18 +179,7 @@ class ChatHub:
     async def _check(self, rooms: list[str]) -> None:
         """Read what the rooms' logs have beyond what was offered (one query per thousand rooms)."""
         for start in range(0, len(rooms), _POSITIONS_BATCH):
-            batch = rooms[start : start + _POSITIONS_BATCH]
-            positions = await messages.room_positions(self._pool, batch)
-            # A removal whose event was lost (a listener reconnect, a lost publish) must not let its
-            # member read on: checked after the positions, so every removal before them is seen.
-            pairs = {
-                (room_id, s.user_id)
-                for room_id in batch
-                if (feed := self._feeds.get(room_id)) is not None
-                for s in feed.subscribers
-            }
-            for room_id, user_id in await messages.not_members(self._pool, sorted(pairs)):
-                self._remove(room_id, user_id)
+            positions = await messages.room_positions(self._pool, rooms[start : start + _POSITIONS_BATCH])
             for room_id, last in positions.items():
                 feed = self._feeds.get(room_id)
                 if feed is not None and feed.fetched is not None:

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from google.rpc import code_pb2
 
 from sendinchat.v1 import chat_pb2
 from server.chat.bus import quiet_database_url
@@ -199,6 +200,27 @@ class TestFailures:
         # Committed, never published: as by a replica that died right after its commit.
         await server.pool.execute("SELECT chat_send_message($1, $2, NULL, 'lost')", room.id, alice.id)
         assert [m.text for m in await watcher.messages(1)] == ["lost"]
+        await watcher.close()
+
+    async def test_a_removal_no_bus_carried_still_cuts_the_member_off(self, servers, nats):
+        server = await _replica(servers, nats)
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        watcher = Stream(server.stubs, bob)
+        await watcher.subscribe(room.id)
+        # Committed, never published: as by a replica that died right after RemoveMember's commit.
+        async with server.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2", room.id, bob.id
+            )
+            await conn.execute("SELECT chat_append($1, NULL, NULL, 'system', 'bob was removed')", room.id)
+        await say(server.stubs, alice, room.id, "secret")  # its event wakes the room's feed here
+        frames: list[chat_pb2.ConnectResponse] = []
+        with contextlib.suppress(TimeoutError):
+            while not frames or frames[-1].WhichOneof("event") != "error":
+                frames.append(await asyncio.wait_for(watcher.frames.get(), 5.0))
+        assert [f.message.text for f in frames if f.WhichOneof("event") == "message"] == []
+        assert [f.error.code for f in frames if f.WhichOneof("event") == "error"] == [code_pb2.NOT_FOUND]
         await watcher.close()
 
 
