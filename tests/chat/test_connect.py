@@ -263,6 +263,24 @@ class TestConnect:
         assert [m.text for m in got if m.text.startswith("b")] == [f"b{r}" for r in range(rounds)]
         await here.close()
 
+    async def test_a_send_that_fails_here_holds_back_nothing(self, server, servers):
+        # A send takes the room's feed ticket before its membership is checked; one that fails
+        # must still release the wake-ups that came meanwhile.
+        replica = await servers.start(database_url=server.database_url)
+        alice, bob, mallory = [await signed_up(server.stubs) for _ in range(3)]
+        room = await group(server.stubs, alice, bob)
+        here = Stream(server.stubs, bob)
+        await here.subscribe(room.id, 0)
+
+        async def refused(i: int) -> None:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await say(server.stubs, mallory, room.id, f"m{i}")
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+        await asyncio.gather(*(refused(i) for i in range(20)), say(replica.stubs, alice, room.id, "there"))
+        assert [(m.sequence, m.text) for m in await here.messages(1)] == [(1, "there")]
+        await here.close()
+
     @pytest.mark.parametrize("earlier", [0, 1])
     async def test_loses_nothing_when_the_listener_connection_drops(self, server, earlier):
         alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
