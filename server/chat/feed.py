@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -21,10 +21,12 @@ import asyncpg
 
 from sendinchat.v1 import chat_pb2
 from server.chat import convert, messages
-from server.chat.models import Message
+from server.chat.models import Message, MessageKind
 from server.db import errors as db_errors
 
 _FETCH_LIMIT = 100
+_RETRY_START_SECONDS = 0.2
+_RETRY_MAX_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class RoomFeed:
     _sends: set[int] = field(default_factory=set)  # tickets of this process's sends in flight
     _tickets: int = 0
     _hold_until: int = 0  # a read waits for the sends with tickets up to this one
+    on_removed: Callable[[str], None] = field(default=lambda _user_id: None)  # a user is no longer a member
 
     @contextlib.contextmanager
     def sending(self) -> Iterator[None]:
@@ -131,6 +134,15 @@ class RoomFeed:
             task.cancel()
         return task
 
+    async def _drop_non_members(self) -> None:
+        # A member leaves or is removed only in a commit that also appends a SYSTEM message, so
+        # the feed, which offers in sequence order, asks before offering one: whoever is no longer
+        # a member loses the room before it and everything after, whether or not the removal's
+        # event arrived (a listener reconnect or a lost publish loses it; a read may run ahead of it).
+        users = sorted({s.user_id for s in self.subscribers})
+        for _room_id, user_id in await messages.not_members(self.pool, [(self.room_id, u) for u in users]):
+            self.on_removed(user_id)
+
     def _offer_message(self, item: LiveMessage) -> None:
         for subscriber in tuple(self.subscribers):
             subscriber.offer(item)
@@ -145,12 +157,33 @@ class RoomFeed:
             self._task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
-        # One reader per room: wake-ups that arrive while it reads only raise `wanted`.
+        # One reader per room: wake-ups that arrive while it reads only raise `wanted`. A read that
+        # fails is tried again (a quiet room has no next wake-up to rely on) until the feed closes.
+        retry = _RETRY_START_SECONDS
         try:
             while self.fetched is not None and self.wanted > self.fetched and self.subscribers:
-                batch = await messages.messages_after(
-                    self.pool, room_id=self.room_id, after=self.fetched, upto=self.wanted, limit=_FETCH_LIMIT
-                )
+                try:
+                    batch = await messages.messages_after(
+                        self.pool,
+                        room_id=self.room_id,
+                        after=self.fetched,
+                        upto=self.wanted,
+                        limit=_FETCH_LIMIT,
+                    )
+                    if any(m.kind == MessageKind.SYSTEM and m.sequence > self.fetched for m in batch):
+                        await self._drop_non_members()
+                except Exception as exc:
+                    log.warning(
+                        "chat hub could not read room %s (%r); retrying in %.1f s",
+                        self.room_id,
+                        exc,
+                        retry,
+                        exc_info=not db_errors.is_transient(exc),
+                    )
+                    await asyncio.sleep(retry)
+                    retry = min(retry * 2, _RETRY_MAX_SECONDS)
+                    continue
+                retry = _RETRY_START_SECONDS
                 if not batch:
                     self.wanted = self.fetched
                     break
@@ -158,10 +191,5 @@ class RoomFeed:
                     if message.sequence > self.fetched:  # not handed over by `stored` meanwhile
                         self.fetched = message.sequence
                         self._offer_message(LiveMessage.of(message))
-        except Exception as exc:
-            if not db_errors.is_transient(exc):
-                raise
-            # Subscribers notice the gap on the next message and read it themselves.
-            log.warning("chat hub could not read room %s (%r)", self.room_id, exc)
         finally:
             self._task = None

@@ -85,7 +85,9 @@ class ChatHub:
         """Start offering the room's events to a stream (membership is confirmed separately)."""
         feed = self._feeds.get(room_id)
         if feed is None:
-            feed = self._feeds[room_id] = RoomFeed(self._pool, room_id)
+            feed = self._feeds[room_id] = RoomFeed(
+                self._pool, room_id, on_removed=lambda user_id: self._remove(room_id, user_id)
+            )
             self.bus.follow(room_id)
         feed.subscribers.add(subscriber)
 
@@ -194,9 +196,7 @@ class ChatHub:
                     feed.fetched = sequence - 1
                 feed.want(sequence)
             case events.MemberRemoved(user_id=user_id):
-                for subscriber in [s for s in feed.subscribers if s.user_id == user_id]:
-                    self.unsubscribe(feed.room_id, subscriber)
-                    subscriber.drop_room(feed.room_id)
+                self._remove(feed.room_id, user_id)
             case events.ReadMarked(room_id, user_id, sequence):
                 receipt = chat_pb2.ReadReceiptEvent(room_id=room_id, user_id=user_id, sequence=sequence)
                 feed.offer_present(chat_pb2.ConnectResponse(read_receipt=receipt), skip_user=None)
@@ -206,6 +206,15 @@ class ChatHub:
             case events.PresenceChanged(room_id, user_id, online):
                 presence = chat_pb2.PresenceEvent(room_id=room_id, user_id=user_id, online=online)
                 feed.offer_present(chat_pb2.ConnectResponse(presence=presence), skip_user=user_id)
+
+    def _remove(self, room_id: str, user_id: str) -> None:
+        """The user is no longer a member of the room: their streams here lose it at once."""
+        feed = self._feeds.get(room_id)
+        if feed is None:
+            return
+        for subscriber in [s for s in feed.subscribers if s.user_id == user_id]:
+            self.unsubscribe(room_id, subscriber)
+            subscriber.drop_room(room_id)
 
     async def send_message(
         self, *, user_id: str, room_id: str, client_message_id: str, text: str, stream: bool = False

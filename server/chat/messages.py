@@ -62,6 +62,11 @@ _TYPING = """
 SELECT chat_notify_typing(room_id, user_id) FROM room_members WHERE room_id = $1 AND user_id = $2
 """
 _POSITIONS = "SELECT id::text, last_sequence FROM rooms WHERE id = ANY($1::uuid[])"
+_NOT_MEMBERS = """
+SELECT DISTINCT x.room_id::text, x.user_id::text
+FROM unnest($1::uuid[], $2::uuid[]) AS x(room_id, user_id)
+WHERE NOT EXISTS (SELECT 1 FROM room_members me WHERE me.room_id = x.room_id AND me.user_id = x.user_id)
+"""
 _TRANSFERS = f"SELECT {TRANSFER_COLUMNS} FROM transfers t WHERE t.id = ANY($1::uuid[])"
 NOT_FOUND = "room not found"
 
@@ -91,6 +96,14 @@ async def room_position(conn: Db, *, user_id: str, room_id: str) -> int:
 async def room_positions(conn: Db, room_ids: list[str]) -> dict[str, int]:
     """The newest sequence of each room that exists (for the hub, which checked membership)."""
     return {str(r[0]): int(r[1]) for r in await conn.fetch(_POSITIONS, room_ids)}
+
+
+async def not_members(conn: Db, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The (room, user) pairs whose user is no longer a member of the room (for the hub's catch-up)."""
+    if not pairs:
+        return set()
+    rows = await conn.fetch(_NOT_MEMBERS, [r for r, _ in pairs], [u for _, u in pairs])
+    return {(str(r[0]), str(r[1])) for r in rows}
 
 
 async def send_message(

@@ -28,8 +28,9 @@ from server import boundary
 from server.chat import convert, frame_errors, messages
 from server.chat.feed import LiveMessage
 from server.chat.hub import ChatHub
+from server.chat.models import MessageKind
 from server.db.pool import Pool
-from server.errors import InvalidArgumentError, RateLimitedError
+from server.errors import InvalidArgumentError, NotFoundError, RateLimitedError
 from server.validation import parse_uuid
 
 _REPLAY_PAGE = 100
@@ -247,6 +248,25 @@ class ConnectSession:
         error.error.message += "; subscribe again from the last sequence"
         self._put(error)
 
+    async def _still_member(self, subscription: _Subscription) -> bool:
+        """Whether the user is a member of the subscription's room now.
+
+        A member leaves or is removed only in a commit that also appends a SYSTEM message, so a
+        page that holds one is checked (after it was read) before it is sent: a removal since the
+        subscription's check whose event has not arrived (or never will) stops the room at the
+        page's first SYSTEM message.
+        """
+        try:
+            await messages.room_position(self._pool, user_id=self._user_id, room_id=subscription.room_id)
+        except NotFoundError:
+            return False
+        return True
+
+    def _removed(self, subscription: _Subscription) -> None:
+        if self._subscriptions.get(subscription.room_id) is subscription:
+            self._hub.unsubscribe(subscription.room_id, self)
+            self.drop_room(subscription.room_id)
+
     async def _write_loop(self) -> None:
         while True:
             item = await self._queue.get()
@@ -290,11 +310,20 @@ class ConnectSession:
                     upto=upto,
                     limit=_REPLAY_PAGE,
                 )
+                member = (
+                    await self._still_member(subscription)
+                    if any(m.kind == MessageKind.SYSTEM for m in page)
+                    else True
+                )
             except Exception as exc:  # the subscription is lost, not the stream
                 self._lose(subscription, exc)
                 return
             for message in page:
                 if self._subscriptions.get(subscription.room_id) is not subscription:
+                    return
+                if message.kind == MessageKind.SYSTEM and not member:
+                    # Removed at this message or a later one: it and what follows are not theirs.
+                    self._removed(subscription)
                     return
                 await self._write(convert.connect_message(message))
                 subscription.last_sent = message.sequence

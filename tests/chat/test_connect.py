@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.rpc import code_pb2
@@ -261,6 +263,24 @@ class TestConnect:
         assert [m.text for m in got if m.text.startswith("b")] == [f"b{r}" for r in range(rounds)]
         await here.close()
 
+    async def test_a_send_that_fails_here_holds_back_nothing(self, server, servers):
+        # A send takes the room's feed ticket before its membership is checked; one that fails
+        # must still release the wake-ups that came meanwhile.
+        replica = await servers.start(database_url=server.database_url)
+        alice, bob, mallory = [await signed_up(server.stubs) for _ in range(3)]
+        room = await group(server.stubs, alice, bob)
+        here = Stream(server.stubs, bob)
+        await here.subscribe(room.id, 0)
+
+        async def refused(i: int) -> None:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await say(server.stubs, mallory, room.id, f"m{i}")
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+        await asyncio.gather(*(refused(i) for i in range(20)), say(replica.stubs, alice, room.id, "there"))
+        assert [(m.sequence, m.text) for m in await here.messages(1)] == [(1, "there")]
+        await here.close()
+
     @pytest.mark.parametrize("earlier", [0, 1])
     async def test_loses_nothing_when_the_listener_connection_drops(self, server, earlier):
         alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
@@ -279,6 +299,42 @@ class TestConnect:
         for i in range(3):
             await say(server.stubs, alice, room.id, f"during {i}")
         assert _sequences(await stream.messages(3)) == [earlier + 1, earlier + 2, earlier + 3]
+        await stream.close()
+
+    async def test_delivers_a_message_whose_read_failed_without_waiting_for_another(self, servers):
+        # The hub's read of a room fails once (here: the catch-up after a listener reconnect runs
+        # into a locked table and lock_timeout); the message must still arrive, with no later one.
+        url = await servers.database()
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(
+                f"ALTER DATABASE {await conn.fetchval('SELECT quote_ident(current_database())')}"
+                " SET lock_timeout = '300ms'"
+            )
+        finally:
+            await conn.close()
+        here = await servers.start(database_url=url)
+        there = await servers.start(database_url=url)
+        alice, bob = await signed_up(here.stubs), await signed_up(here.stubs)
+        room = await group(here.stubs, alice, bob)
+        stream = Stream(here.stubs, bob)
+        await stream.subscribe(room.id, 0)
+        await say(here.stubs, alice, room.id, "welcome")
+        assert _sequences(await stream.messages(1)) == [1]
+        async with here.pool.acquire() as lock, lock.transaction():
+            killed = await lock.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%'"
+                " AND pid <> pg_backend_pid() AND application_name = 'sendinchat-chat-listener'"
+                " AND backend_start = (SELECT min(backend_start) FROM pg_stat_activity"
+                "  WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%')"
+            )
+            assert killed == 1  # the first server's listener (it started first)
+            await say(there.stubs, alice, room.id, "while away")  # its event is lost to `here`
+            await lock.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+            await asyncio.sleep(1.5)  # `here` reconnects, catches up, and its read times out
+        got = await stream.messages(1)
+        assert [(m.sequence, m.text) for m in got] == [(2, "while away")]
         await stream.close()
 
 
@@ -316,6 +372,33 @@ class TestConnectAccess:
         assert not [f for f in frames if f.WhichOneof("event") == "message"]
         await stream.write(subscribe=chat_pb2.SubscribeFrame(room_id=room.id))
         assert (await stream.next_of("error")).error.code == code_pb2.NOT_FOUND
+        await stream.close()
+
+    async def test_cuts_off_a_member_removed_while_the_listener_was_away(self, server):
+        # The removal's event is lost with the listener's connection; the catch-up after the
+        # reconnect must not hand the removed member what the room said after the removal.
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        stream = Stream(server.stubs, bob)
+        await stream.subscribe(room.id, 0)
+        await say(server.stubs, alice, room.id, "welcome")
+        assert _sequences(await stream.messages(1)) == [1]
+        killed = await server.pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%'"
+            " AND pid <> pg_backend_pid()"
+        )
+        assert killed == 1
+        await server.stubs.chat.RemoveMember(
+            chat_pb2.RemoveMemberRequest(room_id=room.id, user_id=bob.id), metadata=alice.auth
+        )
+        await say(server.stubs, alice, room.id, "secret")
+        frames: list[chat_pb2.ConnectResponse] = []
+        with contextlib.suppress(TimeoutError):
+            while not frames or frames[-1].WhichOneof("event") != "error":
+                frames.append(await asyncio.wait_for(stream.frames.get(), 5.0))
+        assert [f.message.text for f in frames if f.WhichOneof("event") == "message"] == []
+        assert [(f.error.code, f.error.room_id) for f in frames] == [(code_pb2.NOT_FOUND, room.id)]
         await stream.close()
 
     async def test_is_refused_unauthenticated_when_opened_without_a_token(self, stubs):

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import grpc
 import pytest
+from google.rpc import code_pb2
 
 from sendinchat.v1 import chat_pb2
 from server.chat.bus import quiet_database_url
@@ -65,6 +66,20 @@ async def _burst(
         if i == at:
             then()
         await say(stubs, who, room_id, f"{who.username} {i}")
+
+
+async def _eventually_waiting(conn: asyncpg.Connection) -> None:
+    """Until another session of the database waits for a lock."""
+    query = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+    )
+    async with asyncio.timeout(WAIT):
+        while True:
+            await conn.execute("SELECT pg_stat_clear_snapshot()")  # inside a transaction it is kept
+            if await conn.fetchval(query):
+                return
+            await asyncio.sleep(0.02)
 
 
 def _in_order_once(messages: list[chat_pb2.Message], count: int) -> bool:
@@ -199,6 +214,55 @@ class TestFailures:
         # Committed, never published: as by a replica that died right after its commit.
         await server.pool.execute("SELECT chat_send_message($1, $2, NULL, 'lost')", room.id, alice.id)
         assert [m.text for m in await watcher.messages(1)] == ["lost"]
+        await watcher.close()
+
+    async def test_a_removal_no_bus_carried_still_cuts_the_member_off(self, servers, nats):
+        server = await _replica(servers, nats)
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        watcher = Stream(server.stubs, bob)
+        await watcher.subscribe(room.id)
+        # Committed, never published: as by a replica that died right after RemoveMember's commit.
+        async with server.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2", room.id, bob.id
+            )
+            await conn.execute("SELECT chat_append($1, NULL, NULL, 'system', 'bob was removed')", room.id)
+        await say(server.stubs, alice, room.id, "secret")  # its event wakes the room's feed here
+        frames: list[chat_pb2.ConnectResponse] = []
+        with contextlib.suppress(TimeoutError):
+            while not frames or frames[-1].WhichOneof("event") != "error":
+                frames.append(await asyncio.wait_for(watcher.frames.get(), 5.0))
+        assert [f.message.text for f in frames if f.WhichOneof("event") == "message"] == []
+        assert [f.error.code for f in frames if f.WhichOneof("event") == "error"] == [code_pb2.NOT_FOUND]
+        await watcher.close()
+
+    async def test_a_member_removed_while_their_replay_waits_gets_nothing_after_the_removal(
+        self, servers, nats
+    ):
+        # The subscription's membership was checked; the removal commits (and is never published,
+        # as by a replica that died after its commit) before the replay reads the log.
+        server = await _replica(servers, nats)
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        await say(server.stubs, alice, room.id, "welcome")
+        watcher = Stream(server.stubs, bob)
+        async with server.pool.acquire() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")  # replays wait
+            await watcher.write(subscribe=chat_pb2.SubscribeFrame(room_id=room.id, after_sequence=0))
+            assert (await watcher.next_of("subscribed")).subscribed.last_sequence == 1
+            await _eventually_waiting(conn)
+            await conn.execute(
+                "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2", room.id, bob.id
+            )
+            await conn.execute("SELECT chat_append($1, NULL, NULL, 'system', 'bob was removed')", room.id)
+            await conn.execute("SELECT chat_append($1, $2, NULL, 'text', 'secret')", room.id, alice.id)
+        frames: list[chat_pb2.ConnectResponse] = []
+        with contextlib.suppress(TimeoutError):
+            while not frames or frames[-1].WhichOneof("event") != "error":
+                frames.append(await asyncio.wait_for(watcher.frames.get(), 5.0))
+        assert [f.message.text for f in frames if f.WhichOneof("event") == "message"] == ["welcome"]
+        assert [f.error.code for f in frames if f.WhichOneof("event") == "error"] == [code_pb2.NOT_FOUND]
         await watcher.close()
 
 
