@@ -99,7 +99,7 @@ async def room_positions(conn: Db, room_ids: list[str]) -> dict[str, int]:
 
 
 async def not_members(conn: Db, pairs: list[tuple[str, str]]) -> set[tuple[str, str]]:
-    """The (room, user) pairs whose user is no longer a member of the room (for the hub's catch-up)."""
+    """The (room, user) pairs whose user is not a member of the room now (ids checked by the caller)."""
     if not pairs:
         return set()
     rows = await conn.fetch(_NOT_MEMBERS, [r for r, _ in pairs], [u for _, u in pairs])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,15 +28,14 @@ from server.chat import convert, frame_errors, messages
 from server.chat.feed import LiveMessage
 from server.chat.hub import ChatHub
 from server.chat.models import MessageKind
+from server.chat.typing_throttle import TypingThrottle
 from server.db.pool import Pool
-from server.errors import InvalidArgumentError, NotFoundError, RateLimitedError
+from server.errors import InvalidArgumentError, RateLimitedError
 from server.validation import parse_uuid
 
 _REPLAY_PAGE = 100
 _EVERYTHING = 2**62
 _OVERFLOW_RETRY_SECONDS = 1.0
-TYPING_INTERVAL_SECONDS = 1.0
-TYPED_ROOMS_KEPT = 256  # a stream's memory of where it typed stays bounded
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +69,7 @@ class ConnectSession:
         self._write = write
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=buffer)
         self._subscriptions: dict[str, _Subscription] = {}
-        self._typed: dict[str, float] = {}  # room -> when this stream last announced typing there
+        self._typing_throttle = TypingThrottle()
         self._overflowed = asyncio.Event()
         self._reader_done = asyncio.Event()
 
@@ -186,18 +184,11 @@ class ConnectSession:
             raise InvalidArgumentError.field("frame", "the frame is empty")
 
     async def _typing(self, room_id: str) -> None:
-        # Typing is a hint: one announcement a room per TYPING_INTERVAL_SECONDS is all others need,
-        # and a client sending more must not cost the database or flood the room's other streams.
         room_id = parse_uuid(room_id, "room_id")  # junk is refused before it is remembered
-        now = time.monotonic()
-        if now - self._typed.get(room_id, -TYPING_INTERVAL_SECONDS) < TYPING_INTERVAL_SECONDS:
-            return
-        if len(self._typed) >= TYPED_ROOMS_KEPT:  # only the last interval's entries matter
-            self._typed = {r: t for r, t in self._typed.items() if now - t < TYPING_INTERVAL_SECONDS}
-            if len(self._typed) >= TYPED_ROOMS_KEPT:
-                self._typed.clear()
-        self._typed[room_id] = now
-        await messages.announce_typing(self._pool, user_id=self._user_id, room_id=room_id, bus=self._hub.bus)
+        if self._typing_throttle.due(room_id):
+            await messages.announce_typing(
+                self._pool, user_id=self._user_id, room_id=room_id, bus=self._hub.bus
+            )
 
     async def _subscribe(self, frame: chat_pb2.SubscribeFrame) -> None:
         if frame.after_sequence < -1:
@@ -248,25 +239,6 @@ class ConnectSession:
         error.error.message += "; subscribe again from the last sequence"
         self._put(error)
 
-    async def _still_member(self, subscription: _Subscription) -> bool:
-        """Whether the user is a member of the subscription's room now.
-
-        A member leaves or is removed only in a commit that also appends a SYSTEM message, so a
-        page that holds one is checked (after it was read) before it is sent: a removal since the
-        subscription's check whose event has not arrived (or never will) stops the room at the
-        page's first SYSTEM message.
-        """
-        try:
-            await messages.room_position(self._pool, user_id=self._user_id, room_id=subscription.room_id)
-        except NotFoundError:
-            return False
-        return True
-
-    def _removed(self, subscription: _Subscription) -> None:
-        if self._subscriptions.get(subscription.room_id) is subscription:
-            self._hub.unsubscribe(subscription.room_id, self)
-            self.drop_room(subscription.room_id)
-
     async def _write_loop(self) -> None:
         while True:
             item = await self._queue.get()
@@ -310,10 +282,11 @@ class ConnectSession:
                     upto=upto,
                     limit=_REPLAY_PAGE,
                 )
-                member = (
-                    await self._still_member(subscription)
-                    if any(m.kind == MessageKind.SYSTEM for m in page)
-                    else True
+                # A member leaves or is removed only in a commit that also appends a SYSTEM
+                # message: a page holding one is sent only up to it unless the user is still a
+                # member (a removal whose event has not arrived, or never will, stops it there).
+                removed = any(m.kind == MessageKind.SYSTEM for m in page) and bool(
+                    await messages.not_members(self._pool, [(subscription.room_id, self._user_id)])
                 )
             except Exception as exc:  # the subscription is lost, not the stream
                 self._lose(subscription, exc)
@@ -321,9 +294,9 @@ class ConnectSession:
             for message in page:
                 if self._subscriptions.get(subscription.room_id) is not subscription:
                     return
-                if message.kind == MessageKind.SYSTEM and not member:
-                    # Removed at this message or a later one: it and what follows are not theirs.
-                    self._removed(subscription)
+                if message.kind == MessageKind.SYSTEM and removed:
+                    self._hub.unsubscribe(subscription.room_id, self)
+                    self.drop_room(subscription.room_id)
                     return
                 await self._write(convert.connect_message(message))
                 subscription.last_sent = message.sequence

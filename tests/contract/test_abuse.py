@@ -20,7 +20,8 @@ from grpc_reflection.v1alpha import reflection_pb2
 from sendinchat.v1 import chat_pb2, users_pb2
 from server import boundary
 from server.chat import validation
-from server.chat.stream import TYPED_ROOMS_KEPT, ConnectSession
+from server.chat.stream import ConnectSession
+from server.chat.typing_throttle import TYPED_ROOMS_KEPT
 from server.errors import InvalidArgumentError
 from tests.chat.support import Stream, group
 from tests.helpers import bearer, error_info, field_violations, signed_up
@@ -126,8 +127,8 @@ class TestFloods:
             await typist.write(ping=chat_pb2.PingFrame(nonce="done"))
             await typist.next_of("pong")
             sessions = [o for o in gc.get_objects() if isinstance(o, ConnectSession)]
-            assert sessions and all(len(s._typed) <= TYPED_ROOMS_KEPT for s in sessions)
-            assert all(len(room) == 36 for s in sessions for room in s._typed)
+            assert sessions and all(len(s._typing_throttle.rooms()) <= TYPED_ROOMS_KEPT for s in sessions)
+            assert all(len(room) == 36 for s in sessions for room in s._typing_throttle.rooms())
         finally:
             await typist.close()
 
