@@ -16,6 +16,7 @@ from sendinchat.v1 import chat_pb2
 from server.chat.bus import quiet_database_url
 from server.chat.bus_nats import NatsBus
 from server.config import Config, ConfigError
+from server.db.pool import Connection
 from server.errors import UnavailableError
 from tests import harness
 from tests.chat.nats_cluster import NatsCluster
@@ -68,7 +69,7 @@ async def _burst(
         await say(stubs, who, room_id, f"{who.username} {i}")
 
 
-async def _eventually_waiting(conn: asyncpg.Connection) -> None:
+async def _eventually_waiting(conn: Connection) -> None:
     """Until another session of the database waits for a lock."""
     query = (
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
