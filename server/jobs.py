@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -29,26 +30,20 @@ PAYMENT_REQUEST_SWEEP_SECONDS = 5.0
 LOGIN_COUNTER_SWEEP_SECONDS = 60.0
 
 
+@dataclass(eq=False)
 class Jobs:
     """The periodic work of one replica."""
 
-    def __init__(
-        self,
-        pool: asyncpg.Pool,
-        health: HealthState,
-        login_limits: throttle.LoginLimits,
-        chat_bus: Publisher,
-    ) -> None:
-        self._pool = pool
-        self._chat_bus = chat_bus
-        self._health = health
-        self._login_limits = login_limits
-        self._audited = False
+    pool: asyncpg.Pool
+    health: HealthState
+    login_limits: throttle.LoginLimits
+    chat_bus: Publisher
+    _audited: bool = field(default=False, init=False)
 
     async def audit(self) -> None:
         """Audit the ledger once; a broken invariant closes the `ledger_audit` health gate."""
         try:
-            report = await audit_ledger(self._pool)
+            report = await audit_ledger(self.pool)
         except Exception as exc:
             if not db_errors.is_transient(exc):
                 raise
@@ -63,8 +58,8 @@ class Jobs:
                 violation.account_id,
                 violation.detail,
             )
-        self._health.set_gate("ledger_audit", report.ok)
-        await self._health.publish()
+        self.health.set_gate("ledger_audit", report.ok)
+        await self.health.publish()
 
     async def run(self) -> None:
         """Run every job until cancelled."""
@@ -86,14 +81,14 @@ class Jobs:
     async def _pending_round(self) -> None:
         if not self._audited:
             await self.audit()
-        await transfers.expire_due(self._pool)
+        await transfers.expire_due(self.pool)
 
     async def _login_counter_round(self) -> None:
-        async with self._pool.acquire() as conn:
-            await throttle.forget_ended_windows(conn, self._login_limits)
+        async with self.pool.acquire() as conn:
+            await throttle.forget_ended_windows(conn, self.login_limits)
 
     async def _payment_request_round(self) -> None:
-        while await payments.expire_due_requests(self._pool, self._chat_bus) > 0:
+        while await payments.expire_due_requests(self.pool, self.chat_bus) > 0:
             pass
 
 
