@@ -1,13 +1,45 @@
-"""Conversions more than one area uses: timestamps both ways, and the ledger Transfer (chat shows them)."""
+"""Conversions more than one area uses.
+
+Timestamps both ways, the ledger Transfer (chat shows them), and a money-moving request (ledger
+and chat payments).
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from google.protobuf import timestamp_pb2
 
 from sendinchat.v1 import ledger_pb2
+from server.ledger import rules
 from server.ledger.models import Transfer
+
+
+class MoneyRequest(Protocol):
+    """The fields every money-moving request has (CreateTransfer, Deposit, SendPayment...)."""
+
+    @property
+    def request_id(self) -> str: ...
+    @property
+    def currency(self) -> str: ...
+    @property
+    def amount_minor(self) -> int: ...
+    @property
+    def memo(self) -> str: ...
+
+
+def money(request: MoneyRequest, *, user_id: str | None, username: str | None = None) -> rules.Money:
+    """What the request asks to move, with the other party as the caller read it from the request."""
+    return rules.Money(
+        request_id=request.request_id,
+        user_id=user_id,
+        username=username,
+        currency=request.currency,
+        amount=request.amount_minor,
+        memo=request.memo,
+    )
+
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)

@@ -23,25 +23,13 @@ from server.chat.hub import ChatHub
 from server.chat.stream import ConnectSession, Write
 from server.db.pool import Pool
 from server.errors import RateLimitedError
-from server.ledger import rules
-from server.protoconv import from_timestamp, transfer_proto
+from server.protoconv import from_timestamp, money, transfer_proto
 
 _ACTIONS = {
     chat_pb2.PAYMENT_REQUEST_ACTION_ACCEPT: payments.RequestAction.ACCEPT,
     chat_pb2.PAYMENT_REQUEST_ACTION_DECLINE: payments.RequestAction.DECLINE,
     chat_pb2.PAYMENT_REQUEST_ACTION_CANCEL: payments.RequestAction.CANCEL,
 }
-
-
-def _money(request: chat_pb2.SendPaymentRequest | chat_pb2.RequestPaymentRequest, other: str) -> rules.Money:
-    return rules.Money(
-        request_id=request.request_id,
-        user_id=other,
-        username=None,
-        currency=request.currency,
-        amount=request.amount_minor,
-        memo=request.memo,
-    )
 
 
 def _transfer(result: payments.PaymentResult) -> ledger_pb2.Transfer | None:
@@ -196,7 +184,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             self._pool,
             user_id=current_principal().user_id,
             room_id=request.room_id,
-            money=_money(request, request.to_user_id),
+            money=money(request, user_id=request.to_user_id),
             bus=self._hub.bus,
         )
         return chat_pb2.SendPaymentResponse(
@@ -213,7 +201,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             self._pool,
             user_id=current_principal().user_id,
             room_id=request.room_id,
-            money=_money(request, request.from_user_id),
+            money=money(request, user_id=request.from_user_id),
             expire_at=from_timestamp(request.expire_time, request.HasField("expire_time")),
             bus=self._hub.bus,
         )

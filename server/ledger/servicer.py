@@ -23,7 +23,7 @@ from server.ledger.batching import TransferBatcher
 from server.ledger.currencies import EXPONENTS
 from server.ledger.models import Account
 from server.ledger.watch import EventKey, WatchHub
-from server.protoconv import from_timestamp, timestamp, transfer_proto
+from server.protoconv import from_timestamp, money, timestamp, transfer_proto
 
 _DIRECTIONS: dict[int, transfers.Direction] = {
     ledger_pb2.TRANSFER_DIRECTION_UNSPECIFIED: "all",
@@ -83,14 +83,7 @@ _MoneyRequest: TypeAlias = (
 
 def _money(request: _MoneyRequest, party: str, prefix: str) -> rules.Money:
     user_id, username = _oneof(request, party, f"{prefix}_user_id", f"{prefix}_username")
-    return rules.Money(
-        request_id=request.request_id,
-        user_id=user_id,
-        username=username,
-        currency=request.currency,
-        amount=request.amount_minor,
-        memo=request.memo,
-    )
+    return money(request, user_id=user_id, username=username)
 
 
 class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):

@@ -16,6 +16,17 @@ from tests.chat.support import Stream, group, say
 from tests.helpers import Account, signed_up
 
 
+async def _end_chat_listeners(pool: Any) -> int:
+    """End the server's LISTEN connection (its events meanwhile are lost); how many were ended."""
+    return int(
+        await pool.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%'"
+            " AND pid <> pg_backend_pid()"
+        )
+    )
+
+
 def _sequences(messages: list[chat_pb2.Message]) -> list[int]:
     return [m.sequence for m in messages]
 
@@ -290,12 +301,7 @@ class TestConnect:
         for _ in range(earlier):
             await say(server.stubs, alice, room.id, "before")
         assert _sequences(await stream.messages(earlier)) == list(range(1, earlier + 1))
-        killed = await server.pool.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%'"
-            " AND pid <> pg_backend_pid()"
-        )
-        assert killed == 1
+        assert await _end_chat_listeners(server.pool) == 1
         for i in range(3):
             await say(server.stubs, alice, room.id, f"during {i}")
         assert _sequences(await stream.messages(3)) == [earlier + 1, earlier + 2, earlier + 3]
@@ -383,12 +389,7 @@ class TestConnectAccess:
         await stream.subscribe(room.id, 0)
         await say(server.stubs, alice, room.id, "welcome")
         assert _sequences(await stream.messages(1)) == [1]
-        killed = await server.pool.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%'"
-            " AND pid <> pg_backend_pid()"
-        )
-        assert killed == 1
+        assert await _end_chat_listeners(server.pool) == 1
         await server.stubs.chat.RemoveMember(
             chat_pb2.RemoveMemberRequest(room_id=room.id, user_id=bob.id), metadata=alice.auth
         )
