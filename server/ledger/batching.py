@@ -87,6 +87,7 @@ class TransferOrder:
 # The outcome word and, for CREATED and REPLAYED, the transfer.
 Result = tuple[str, Transfer | None]
 _Pending = tuple[TransferOrder, "asyncio.Future[Result]"]
+_Answer = tuple["asyncio.Future[Result]", Result]
 
 
 class TransferBatcher:
@@ -154,11 +155,13 @@ class TransferBatcher:
             if not live:
                 return
             failure: Exception | None = None
-            # Callers are answered, and the next batch may leave, before the connection goes back
-            # to the pool: asyncpg releases it in a task of its own, a loop turn later.
+            # The next batch leaves, then these callers are answered, all before the connection goes
+            # back to the pool (asyncpg releases it in a task of its own, a loop turn later). Leaving
+            # first queues the next batch's statement ahead of this batch's replies on the event
+            # loop, so the database does not wait for them.
             async with self._pool.acquire() as conn:
                 try:
-                    await self._create(conn, live)
+                    answers = await self._create(conn, live)
                 except Exception as exc:
                     failure = exc
                     if db_errors.is_unavailable(exc):
@@ -166,6 +169,8 @@ class TransferBatcher:
                 else:
                     in_flight = False
                     self._returned()
+                    for future, result in answers:
+                        _settle(future, result)
             if failure is not None and db_errors.is_unavailable(failure):
                 for _, future in live:
                     _settle_error(future, failure)
@@ -206,7 +211,8 @@ class TransferBatcher:
             else:
                 _settle(future, _result(row))
 
-    async def _create(self, conn: Connection, live: list[_Pending]) -> None:
+    async def _create(self, conn: Connection, live: list[_Pending]) -> list[_Answer]:
+        """Each live request's outcome, not yet given to its caller."""
         rest: list[_Pending] = []
         plain: list[_Pending] = []
         keys: set[tuple[str, str]] = set()
@@ -218,12 +224,15 @@ class TransferBatcher:
                 plain.append(item)
             else:
                 rest.append(item)
+        answers: list[_Answer] = []
         if plain:
             orders = [order for order, _ in plain]
             self.batches += 1
             self.orders += len(orders)
             rows = await conn.fetch(_TRANSFER_BATCH, *_columns(orders, _TRANSFER_BATCH_FIELDS))
+            created: set[int] = set()
             for row in rows:
+                created.add(row[0] - 1)
                 order, future = plain[row[0] - 1]
                 created_at = row[4]
                 transfer = Transfer(
@@ -243,14 +252,20 @@ class TransferBatcher:
                     expires_at=None,
                     resolved_at=created_at,
                 )
-                _settle(future, ("CREATED", transfer))
-            if len(rows) < len(plain):
-                rest.extend(item for item in plain if not item[1].done())
+                answers.append((future, ("CREATED", transfer)))
+            if len(created) < len(plain):
+                rest.extend(
+                    item for index, item in enumerate(plain) if index not in created and not item[1].done()
+                )
         if rest:
+            for future, result in answers:  # the created ones need not wait for the second round trip
+                _settle(future, result)
+            answers = []
             rows = await self._execute(conn, [order for order, _ in rest])
             by_index = {row["idx"]: row for row in rows}
             for index, (_, future) in enumerate(rest, start=1):
-                _settle(future, _result(by_index[index]))
+                answers.append((future, _result(by_index[index])))
+        return answers
 
     async def _execute(
         self, db: Connection | asyncpg.Pool, orders: list[TransferOrder]

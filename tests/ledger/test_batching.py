@@ -88,6 +88,27 @@ class TestTransferBatcher:
         assert [outcome for outcome, _ in results] == ["CREATED"] * 2
         assert (batcher.batches, batcher.orders) == (2, 6)
 
+    async def test_the_next_batch_leaves_before_the_returned_one_is_answered(self, server, alice, payee):
+        pool = await create_pool(server.database_url, size=2)  # both open: taking one never waits
+        try:
+            batcher = TransferBatcher(pool, linger_seconds=3600)
+
+            async def batches_sent_when_answered() -> int:
+                outcome, _ = await batcher.submit(_order(alice, payee))
+                assert outcome == "CREATED"
+                return batcher.batches
+
+            first = [asyncio.ensure_future(batches_sent_when_answered()) for _ in range(2)]
+            while batcher.batches < 1:  # noqa: ASYNC110  # the batcher has no event; one loop turn at a time
+                await asyncio.sleep(0)
+            second = [asyncio.ensure_future(batches_sent_when_answered()) for _ in range(2)]
+            answered = await asyncio.wait_for(asyncio.gather(*first, *second), HANG_GUARD_SECONDS)
+        finally:
+            await pool.close()
+        # The first batch's callers resumed after the second batch's statement had gone out.
+        assert answered == [2, 2, 2, 2]
+        assert (batcher.batches, batcher.orders) == (2, 4)
+
 
 class TestWhenABatchFails:
     async def test_only_the_culprit_fails_and_a_one_connection_pool_does_not_hang(self, server, alice, payee):
