@@ -28,6 +28,7 @@ from server.chat.feed import RoomFeed, Subscriber
 from server.chat.models import Message
 from server.chat.presence import Presence
 from server.db import errors as db_errors
+from server.validation import Fields
 
 _POSITIONS_BATCH = 1000  # rooms per catch-up query
 PERIODIC_ROOMS_PER_SECOND = 5000  # the periodic catch-up's most (one index lookup each)
@@ -224,7 +225,10 @@ class ChatHub:
         Once it commits, the room's feed here may offer it without reading it back
         (server/chat/feed.py).
         """
-        feed = self._feeds.get(room_id)
+        # Feeds go by the id's canonical form; the request may spell it in upper case. A malformed
+        # id is left for messages.send_message to refuse, beside the request's other faults.
+        feed_key = Fields().uuid("room_id", room_id) or room_id
+        feed = self._feeds.get(feed_key)
         with feed.sending() if feed is not None else contextlib.nullcontext():
             message = await messages.send_message(
                 self._pool,
@@ -235,7 +239,7 @@ class ChatHub:
                 bus=self.bus,
                 stream=stream,
             )
-            following = self._feeds.get(room_id)  # the feed may have been replaced meanwhile
+            following = self._feeds.get(feed_key)  # the feed may have been replaced meanwhile
             if following is not None:
                 following.stored(message)
         return message

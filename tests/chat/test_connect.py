@@ -12,6 +12,7 @@ import pytest
 from google.rpc import code_pb2
 
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, users_pb2
+from server.chat.bus import quiet_database_url
 from tests.chat.support import Stream, group, say
 from tests.helpers import Account, signed_up
 
@@ -273,6 +274,18 @@ class TestConnect:
         assert _sequences(got) == list(range(1, rounds * (per_round + 1) + 1))
         assert [m.text for m in got if m.text.startswith("b")] == [f"b{r}" for r in range(rounds)]
         await here.close()
+
+    async def test_hands_its_own_send_to_the_room_however_the_id_is_spelled(self, server, servers):
+        # On a database whose sessions notify nothing, a subscriber here gets only what this
+        # server's senders hand to the room's feed: a room id in upper case must still find it.
+        quiet = await servers.start(database_url=quiet_database_url(server.database_url))
+        alice, bob = await signed_up(quiet.stubs), await signed_up(quiet.stubs)
+        room = await group(quiet.stubs, alice, bob)
+        stream = Stream(quiet.stubs, bob)
+        await stream.subscribe(room.id, 0)
+        await say(quiet.stubs, alice, room.id.upper(), "spelled in upper case")
+        assert [(m.sequence, m.text) for m in await stream.messages(1)] == [(1, "spelled in upper case")]
+        await stream.close()
 
     async def test_a_send_that_fails_here_holds_back_nothing(self, server, servers):
         # A send takes the room's feed ticket before its membership is checked; one that fails
