@@ -17,6 +17,7 @@ reaches only the request that causes it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -165,7 +166,10 @@ class TransferBatcher:
                 except Exception as exc:
                     failure = exc
                     if db_errors.is_unavailable(exc):
-                        conn.terminate()  # whatever state it is in, the pool opens a fresh one
+                        # Whatever state it is in, the pool opens a fresh one. asyncpg has given
+                        # back a connection that the server closed already: nothing to end then.
+                        with contextlib.suppress(asyncpg.InterfaceError):
+                            conn.terminate()
                 else:
                     in_flight = False
                     self._returned()

@@ -14,6 +14,7 @@ import asyncpg
 import pytest_asyncio
 
 from sendinchat.v1 import ledger_pb2
+from server.db import errors as db_errors
 from server.db.pool import create_pool
 from server.ledger.batching import Result, TransferBatcher, TransferOrder
 from tests import harness
@@ -43,6 +44,18 @@ async def _together(
 ) -> list[Result]:
     orders = (batcher.submit(_order(sender, recipient)) for _ in range(count))
     return await asyncio.wait_for(asyncio.gather(*orders), HANG_GUARD_SECONDS)
+
+
+async def _waiting_on_a_lock(conn: asyncpg.Connection) -> int:
+    """The backend of this database that waits for a lock (polled until there is one)."""
+    for _ in range(200):
+        pid = await conn.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        if pid is not None:
+            return int(pid)
+        await asyncio.sleep(0.05)
+    raise AssertionError("no statement waits for the lock")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -126,6 +139,28 @@ class TestWhenABatchFails:
         assert [result[0] for result in results[:3] if isinstance(result, tuple)] == ["CREATED"] * 3
         assert isinstance(results[3], Exception)
         assert await balance(server.stubs, payee) == 3
+
+    async def test_every_caller_gets_the_database_error_when_its_connection_is_killed(
+        self, server, alice, payee
+    ):
+        holder = await asyncpg.connect(server.database_url)
+        pool = await create_pool(server.database_url, size=1)
+        batcher = TransferBatcher(pool)
+        try:
+            async with holder.transaction():  # the batch's statement waits on alice's account
+                await holder.execute("SELECT 1 FROM accounts WHERE user_id = $1 FOR UPDATE", alice.id)
+                callers = asyncio.gather(
+                    *(batcher.submit(_order(alice, payee)) for _ in range(3)), return_exceptions=True
+                )
+                await holder.execute("SELECT pg_terminate_backend($1)", await _waiting_on_a_lock(holder))
+                results = await asyncio.wait_for(callers, HANG_GUARD_SECONDS)
+        finally:
+            await holder.close()
+            await pool.close()
+        # The database's own error, not asyncpg's complaint about ending a connection it gave back.
+        assert all(isinstance(r, Exception) and db_errors.is_unavailable(r) for r in results), results
+        assert not any(isinstance(r, asyncpg.InterfaceError) for r in results), results
+        assert await balance(server.stubs, payee) == 0
 
     async def test_every_caller_gets_the_error_when_the_pool_gives_no_connection(self, server, alice, payee):
         pool = await create_pool(server.database_url, size=1)
