@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from sendinchat.v1 import chat_pb2
-from tests.helpers import Account
+from tests.helpers import Account, signed_up
 
 WAIT = 10.0
 
@@ -24,6 +24,15 @@ async def group(stubs: Any, owner: Account, *members: Account, name: str = "team
     )
     room: chat_pb2.Room = reply.room
     return room
+
+
+async def watched_group(stubs: Any) -> tuple[Account, Account, chat_pb2.Room, Stream]:
+    """Alice's group with Bob, and Bob's Connect stream subscribed to it from the start."""
+    alice, bob = await signed_up(stubs), await signed_up(stubs)
+    room = await group(stubs, alice, bob)
+    stream = Stream(stubs, bob)
+    await stream.subscribe(room.id, 0)
+    return alice, bob, room, stream
 
 
 async def say(

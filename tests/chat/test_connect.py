@@ -13,17 +13,22 @@ from google.rpc import code_pb2
 
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, users_pb2
 from server.chat.bus import quiet_database_url
-from tests.chat.support import Stream, group, say
+from tests.chat.support import Stream, group, say, watched_group
 from tests.helpers import Account, signed_up
 
+_CHAT_LISTENERS = "datname = current_database() AND query LIKE 'LISTEN%chat_events%'"
 
-async def _end_chat_listeners(pool: Any) -> int:
-    """End the server's LISTEN connection (its events meanwhile are lost); how many were ended."""
+
+async def _end_chat_listeners(pool: Any, *, oldest_only: bool = False) -> int:
+    """End the servers' LISTEN connections (their events meanwhile are lost); how many were ended.
+
+    `oldest_only`: only the listener of the server that started first.
+    """
+    oldest = f" AND backend_start = (SELECT min(backend_start) FROM pg_stat_activity WHERE {_CHAT_LISTENERS})"
     return int(
         await pool.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%'"
-            " AND pid <> pg_backend_pid()"
+            f"SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE {_CHAT_LISTENERS}"
+            f" AND pid <> pg_backend_pid(){oldest if oldest_only else ''}"
         )
     )
 
@@ -116,10 +121,7 @@ class TestConnect:
         assert await stream.call.code() == grpc.StatusCode.OK
 
     async def test_stops_sending_a_room_when_unsubscribed(self, stubs):
-        alice, bob = await signed_up(stubs), await signed_up(stubs)
-        room = await group(stubs, alice, bob)
-        stream = Stream(stubs, bob)
-        await stream.subscribe(room.id, 0)
+        alice, _, room, stream = await watched_group(stubs)
         await say(stubs, alice, room.id, "seen")
         assert _sequences(await stream.messages(1)) == [1]
         await stream.write(unsubscribe=chat_pb2.UnsubscribeFrame(room_id=room.id))
@@ -307,10 +309,7 @@ class TestConnect:
 
     @pytest.mark.parametrize("earlier", [0, 1])
     async def test_loses_nothing_when_the_listener_connection_drops(self, server, earlier):
-        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
-        room = await group(server.stubs, alice, bob)
-        stream = Stream(server.stubs, bob)
-        await stream.subscribe(room.id, 0)
+        alice, _, room, stream = await watched_group(server.stubs)
         for _ in range(earlier):
             await say(server.stubs, alice, room.id, "before")
         assert _sequences(await stream.messages(earlier)) == list(range(1, earlier + 1))
@@ -334,21 +333,11 @@ class TestConnect:
             await conn.close()
         here = await servers.start(database_url=url)
         there = await servers.start(database_url=url)
-        alice, bob = await signed_up(here.stubs), await signed_up(here.stubs)
-        room = await group(here.stubs, alice, bob)
-        stream = Stream(here.stubs, bob)
-        await stream.subscribe(room.id, 0)
+        alice, _, room, stream = await watched_group(here.stubs)
         await say(here.stubs, alice, room.id, "welcome")
         assert _sequences(await stream.messages(1)) == [1]
         async with here.pool.acquire() as lock, lock.transaction():
-            killed = await lock.fetchval(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                " WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%'"
-                " AND pid <> pg_backend_pid() AND application_name = 'sendinchat-chat-listener'"
-                " AND backend_start = (SELECT min(backend_start) FROM pg_stat_activity"
-                "  WHERE datname = current_database() AND query LIKE 'LISTEN%chat_events%')"
-            )
-            assert killed == 1  # the first server's listener (it started first)
+            assert await _end_chat_listeners(lock, oldest_only=True) == 1  # `here` started first
             await say(there.stubs, alice, room.id, "while away")  # its event is lost to `here`
             await lock.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
             await asyncio.sleep(1.5)  # `here` reconnects, catches up, and its read times out
@@ -372,10 +361,7 @@ class TestConnectAccess:
         await stream.close()
 
     async def test_cuts_off_a_member_at_once_when_removed(self, stubs):
-        alice, bob = await signed_up(stubs), await signed_up(stubs)
-        room = await group(stubs, alice, bob)
-        stream = Stream(stubs, bob)
-        await stream.subscribe(room.id, 0)
+        alice, bob, room, stream = await watched_group(stubs)
         await say(stubs, alice, room.id, "welcome")
         assert _sequences(await stream.messages(1)) == [1]
         await stubs.chat.RemoveMember(
@@ -396,10 +382,7 @@ class TestConnectAccess:
     async def test_cuts_off_a_member_removed_while_the_listener_was_away(self, server):
         # The removal's event is lost with the listener's connection; the catch-up after the
         # reconnect must not hand the removed member what the room said after the removal.
-        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
-        room = await group(server.stubs, alice, bob)
-        stream = Stream(server.stubs, bob)
-        await stream.subscribe(room.id, 0)
+        alice, bob, room, stream = await watched_group(server.stubs)
         await say(server.stubs, alice, room.id, "welcome")
         assert _sequences(await stream.messages(1)) == [1]
         assert await _end_chat_listeners(server.pool) == 1
@@ -423,10 +406,7 @@ class TestConnectAccess:
 
     async def test_ends_unauthenticated_when_the_token_expires_and_resumes_with_a_fresh_one(self, servers):
         server = await servers.start(access_token_ttl_seconds=3)
-        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
-        room = await group(server.stubs, alice, bob)
-        stream = Stream(server.stubs, bob)
-        await stream.subscribe(room.id, 0)
+        alice, bob, room, stream = await watched_group(server.stubs)
         error = await stream.wait_ended()
         assert error is not None and error.code() == grpc.StatusCode.UNAUTHENTICATED
         await say(server.stubs, await _fresh(server.stubs, alice), room.id, "while away")

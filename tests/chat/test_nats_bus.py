@@ -20,7 +20,7 @@ from server.db.pool import Connection
 from server.errors import UnavailableError
 from tests import harness
 from tests.chat.nats_cluster import NatsCluster
-from tests.chat.support import WAIT, Stream, group, say
+from tests.chat.support import WAIT, Stream, group, say, watched_group
 from tests.helpers import Account, signed_up
 from tests.ops.dbproxy import DatabaseProxy
 
@@ -208,10 +208,7 @@ class TestFailures:
 
     async def test_a_message_no_bus_carried_arrives_with_the_periodic_catch_up(self, servers, nats):
         server = await _replica(servers, nats)
-        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
-        room = await group(server.stubs, alice, bob)
-        watcher = Stream(server.stubs, bob)
-        await watcher.subscribe(room.id)
+        alice, _, room, watcher = await watched_group(server.stubs)
         # Committed, never published: as by a replica that died right after its commit.
         await server.pool.execute("SELECT chat_send_message($1, $2, NULL, 'lost')", room.id, alice.id)
         assert [m.text for m in await watcher.messages(1)] == ["lost"]
@@ -219,10 +216,7 @@ class TestFailures:
 
     async def test_a_removal_no_bus_carried_still_cuts_the_member_off(self, servers, nats):
         server = await _replica(servers, nats)
-        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
-        room = await group(server.stubs, alice, bob)
-        watcher = Stream(server.stubs, bob)
-        await watcher.subscribe(room.id)
+        alice, bob, room, watcher = await watched_group(server.stubs)
         # Committed, never published: as by a replica that died right after RemoveMember's commit.
         async with server.pool.acquire() as conn, conn.transaction():
             await conn.execute(
