@@ -57,6 +57,7 @@ from bench.chat_load import (
 )
 from bench.chat_memory import measure_idle_streams
 from bench.common import (
+    REPO,
     Conditions,
     add_load_argument,
     add_worker_arguments,
@@ -72,7 +73,6 @@ from bench.common import (
 )
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, users_pb2_grpc
 
-REPO = Path(__file__).resolve().parent.parent
 CHANNELS = 4
 # Each step 1.25x the one before: a ratio of two sustained rates is then good to about 25 %.
 RATES = [round(40 * 1.25**k) for k in range(20)]  # 40, 50, 62, 78, 98, 122, 153, 191, 238, ...

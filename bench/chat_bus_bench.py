@@ -47,10 +47,9 @@ from typing import Any
 
 import grpc
 
-from bench.common import free_port, machine_busy_seconds, pressure, server_env, wait_serving
+from bench.common import REPO, free_port, machine_busy_seconds, pressure, server_env, wait_serving
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, users_pb2, users_pb2_grpc
 
-REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "bench-password-123"
 CHANNELS = 4  # per replica
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -20,6 +20,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+# The repository: benched servers run `python -m server` from here.
+REPO = Path(__file__).resolve().parent.parent
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""

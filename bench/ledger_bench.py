@@ -49,6 +49,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.common import (
+    REPO,
     add_load_argument,
     add_worker_arguments,
     cpu_burners,
@@ -61,7 +62,6 @@ from bench.common import (
 )
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 
-REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "bench-password-123"
 FUNDS = 10**12
 KINDS = {"health": "Health/Check", "transfer": "CreateTransfer", "message": "SendMessage"}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -113,3 +115,15 @@ def retry_delay_seconds(error: grpc.aio.AioRpcError) -> float:
             detail.Unpack(info)
             return float(info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
     raise AssertionError(f"no RetryInfo in {status}")
+
+
+async def waiting_on_a_lock(conn: asyncpg.Connection) -> int:
+    """The backend of this database that waits for a lock (polled until there is one)."""
+    for _ in range(200):
+        pid = await conn.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        if pid is not None:
+            return int(pid)
+        await asyncio.sleep(0.05)
+    raise AssertionError("no statement waits for the lock")

@@ -27,6 +27,7 @@ from server.chat.bus import QUIET_SETTING, ChatBus
 from server.chat.feed import RoomFeed, Subscriber
 from server.chat.models import Message
 from server.chat.presence import Presence
+from server.chat.sending import MessageSender
 from server.db import errors as db_errors
 from server.validation import Fields
 
@@ -42,6 +43,7 @@ class ChatHub:
 
     def __init__(self, pool: asyncpg.Pool, bus: ChatBus) -> None:
         self._pool = pool
+        self._sender = MessageSender(pool)
         self.bus = bus
         self._feeds: dict[str, RoomFeed] = {}
         self._catching_up: asyncio.Task[None] | None = None
@@ -231,7 +233,7 @@ class ChatHub:
         feed = self._feeds.get(feed_key)
         with feed.sending() if feed is not None else contextlib.nullcontext():
             message = await messages.send_message(
-                self._pool,
+                self._sender,
                 user_id=user_id,
                 room_id=room_id,
                 client_message_id=client_message_id,

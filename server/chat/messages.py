@@ -20,6 +20,7 @@ from server.chat import events
 from server.chat import validation as rules
 from server.chat.bus import Publisher
 from server.chat.models import MESSAGE_COLUMNS, Message, MessagePage
+from server.chat.sending import MessageOrder, MessageSender
 from server.db.pool import Connection
 from server.errors import NotFoundError
 from server.ledger.models import TRANSFER_COLUMNS, Transfer
@@ -31,11 +32,6 @@ FROM rooms r JOIN room_members me ON me.room_id = r.id AND me.user_id = $2
 WHERE r.id = $1
 """
 _MEMBERSHIP_FOR_UPDATE = _MEMBERSHIP + "FOR UPDATE OF r"
-_SEND = f"""
-SELECT {MESSAGE_COLUMNS}
-FROM chat_send_message($1, $2, $3, $4) AS m
-LEFT JOIN payment_requests pr ON pr.id = m.payment_request_id
-"""
 _MESSAGES_FROM = f"""
 SELECT {MESSAGE_COLUMNS}
 FROM messages m LEFT JOIN payment_requests pr ON pr.id = m.payment_request_id
@@ -107,7 +103,7 @@ async def not_members(conn: Db, pairs: list[tuple[str, str]]) -> set[tuple[str, 
 
 
 async def send_message(
-    conn: Db,
+    sender: MessageSender,
     *,
     user_id: str,
     room_id: str,
@@ -129,12 +125,9 @@ async def send_message(
     rules.message_text(fields, text)
     client_id = rules.client_message_id(fields, client_message_id, required=stream)
     fields.done()
-    try:
-        row = await conn.fetchrow(_SEND, room, user_id, client_id, text)
-    except asyncpg.exceptions.NoDataFoundError:  # raised by chat_send_message: not a member
-        raise NotFoundError(NOT_FOUND) from None
-    assert row is not None
-    message = Message.from_record(row)
+    message = await sender.send(MessageOrder(room, user_id, client_id, text))
+    if message is None:
+        raise NotFoundError(NOT_FOUND)
     await bus.publish(events.MessageStored(message.room_id, message.sequence))
     return message
 

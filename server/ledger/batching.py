@@ -1,35 +1,25 @@
-"""Group commit: concurrent transfer creations share one statement, each keeps its own outcome.
+"""Group commit for transfers (server/db/group_commit.py): concurrent creations share one statement.
 
-A batch leaves once as many requests wait as left in the previous one, or after a short linger,
-so a lone caller waits for nobody; requests that arrive while `max_in_flight` batches run wait for
-one to return (one batch in flight measured best: bench/README.md).
-One batch is one call of the PL/pgSQL function `ledger_create_transfers`: one round trip, one
-transaction, one row per request (by position).
-Plain immediate user-to-user transfers (the bulk of the traffic) go instead through the leaner
-`ledger_transfer_batch`, which creates every one that cannot fail in one statement; the rare rest
-(a retry, short funds, a recipient without an account...) then goes through `ledger_create_transfers`
-for its outcome, in a second round trip. If a statement fails because the database is unavailable,
-its connection is discarded and every request of the batch gets that error (UNAVAILABLE: retry with
-the same request_id); if it fails otherwise, every request is retried alone, so an unexpected error
-reaches only the request that causes it.
+One batch is one call of a PL/pgSQL function: one round trip, one transaction, one row per request
+(by position). One batch in flight measured best (bench/README.md). Plain immediate user-to-user
+transfers (the bulk of the traffic) go through the lean `ledger_transfer_batch`, which creates
+every one that cannot fail in one statement; the rare rest (a retry, short funds, a recipient
+without an account...) then goes through `ledger_create_transfers`, which alone decides outcomes,
+in a second round trip.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 
 from server.config import Config
-from server.db import errors as db_errors
+from server.db.group_commit import GroupCommit, settle
 from server.db.pool import Connection
 from server.ledger.models import Transfer
-
-log = logging.getLogger(__name__)
 
 _CREATE_TRANSFERS = """
 SELECT * FROM ledger_create_transfers(
@@ -91,8 +81,8 @@ _Pending = tuple[TransferOrder, "asyncio.Future[Result]"]
 _Answer = tuple["asyncio.Future[Result]", Result]
 
 
-class TransferBatcher:
-    """Coalesces concurrent TransferOrders into batched calls of `ledger_create_transfers`."""
+class TransferBatcher(GroupCommit[TransferOrder, Result]):
+    """Coalesces concurrent TransferOrders into batched calls of the ledger's batch functions."""
 
     def __init__(
         self,
@@ -102,118 +92,16 @@ class TransferBatcher:
         max_in_flight: int = 1,
         linger_seconds: float = Config.transfer_batch_linger_ms / 1000,
     ) -> None:
-        self._pool = pool
-        self._max_batch = max_batch
-        self._max_in_flight = max_in_flight
-        self._queue: list[_Pending] = []
-        self._in_flight = 0
-        self._flush_scheduled = False
-        self._tasks: set[asyncio.Task[None]] = set()
-        # A batch leaves as soon as as many requests wait as left last time, or after the linger.
-        # At steady load that keeps batches as large as the load makes them (less database, server
-        # and client work per transfer); a lone caller waits for nobody; when load falls, one batch
-        # leaves on the timer and sets the smaller size, so a request waits at most one linger.
-        self._expected = 1
-        self._linger: asyncio.TimerHandle | None = None
-        self._linger_seconds = linger_seconds
+        super().__init__(
+            pool, linger_seconds=linger_seconds, max_batch=max_batch, max_in_flight=max_in_flight
+        )
         self.batches = 0
         self.orders = 0
 
-    async def submit(self, order: TransferOrder) -> Result:
-        """This order's outcome and, when there is one, its transfer."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Result] = loop.create_future()
-        self._queue.append((order, future))
-        if self._in_flight < self._max_in_flight and not self._flush_scheduled:
-            if len(self._queue) >= self._expected:
-                self._flush_scheduled = True
-                if self._linger is not None:
-                    self._linger.cancel()
-                    self._linger = None
-                loop.call_soon(self._flush)
-            elif self._linger is None:
-                self._linger = loop.call_later(self._linger_seconds, self._flush)
-        return await future
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
-        while self._queue and self._in_flight < self._max_in_flight:
-            batch = self._queue[: self._max_batch]
-            self._expected = len(batch)
-            del self._queue[: self._max_batch]
-            self._in_flight += 1
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: list[_Pending]) -> None:
-        live = [item for item in batch if not item[1].done()]
-        in_flight = True
-        try:
-            if not live:
-                return
-            failure: Exception | None = None
-            # The next batch leaves, then these callers are answered, all before the connection goes
-            # back to the pool (asyncpg releases it in a task of its own, a loop turn later). Leaving
-            # first queues the next batch's statement ahead of this batch's replies on the event
-            # loop, so the database does not wait for them.
-            async with self._pool.acquire() as conn:
-                try:
-                    answers = await self._create(conn, live)
-                except Exception as exc:
-                    failure = exc
-                    if db_errors.is_unavailable(exc):
-                        # Whatever state it is in, the pool opens a fresh one. asyncpg has given
-                        # back a connection that the server closed already: nothing to end then.
-                        with contextlib.suppress(asyncpg.InterfaceError):
-                            conn.terminate()
-                else:
-                    in_flight = False
-                    self._returned()
-                    for future, result in answers:
-                        _settle(future, result)
-            if failure is not None and db_errors.is_unavailable(failure):
-                for _, future in live:
-                    _settle_error(future, failure)
-            elif failure is not None:
-                await self._retry_alone(live, failure)  # on fresh connections, this one given back
-        except Exception as exc:  # the pool gave no connection (or failed to take it back)
-            log.warning("a batch of %d transfers: the pool failed (%r)", len(live), exc)
-            for _, future in live:
-                _settle_error(future, exc)
-        finally:
-            if in_flight:
-                self._returned()
-            for _, future in live:
-                if not future.done():  # this task was cancelled: never leave a caller waiting
-                    future.cancel()
-
-    def _returned(self) -> None:
-        self._in_flight -= 1
-        if self._queue and len(self._queue) >= self._expected:
-            self._flush()
-        elif self._queue and self._linger is None:
-            self._linger = asyncio.get_running_loop().call_later(self._linger_seconds, self._flush)
-
-    async def _retry_alone(self, live: list[_Pending], failure: Exception) -> None:
-        """After a batch statement failed, each request alone through the full function.
-
-        Only the culprit then gets the error; a lone plain transfer whose lean statement failed gets
-        the full function's answer.
-        """
-        log.warning("a batch of %d transfers failed (%r); retrying each alone", len(live), failure)
-        for order, future in live:
-            if future.done():
-                continue
-            try:
-                (row,) = await self._execute(self._pool, [order])
-            except Exception as single_exc:
-                _settle_error(future, single_exc)
-            else:
-                _settle(future, _result(row))
+    async def _alone(self, order: TransferOrder) -> Result:
+        # The full function: a lone plain transfer whose lean statement failed gets its answer.
+        (row,) = await self._execute(self._pool, [order])
+        return _result(row)
 
     async def _create(self, conn: Connection, live: list[_Pending]) -> list[_Answer]:
         """Each live request's outcome, not yet given to its caller."""
@@ -263,7 +151,7 @@ class TransferBatcher:
                 )
         if rest:
             for future, result in answers:  # the created ones need not wait for the second round trip
-                _settle(future, result)
+                settle(future, result)
             answers = []
             rows = await self._execute(conn, [order for order, _ in rest])
             by_index = {row["idx"]: row for row in rows}
@@ -287,13 +175,3 @@ def _columns(orders: list[TransferOrder], names: tuple[str, ...]) -> list[list[o
 def _result(row: asyncpg.Record) -> Result:
     outcome: str = row["outcome"]
     return outcome, Transfer.from_record(row["transfer"]) if outcome in ("CREATED", "REPLAYED") else None
-
-
-def _settle(future: asyncio.Future[Result], result: Result) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
-def _settle_error(future: asyncio.Future[Result], exc: BaseException) -> None:
-    if not future.done():
-        future.set_exception(exc)

@@ -18,7 +18,7 @@ from server.db import errors as db_errors
 from server.db.pool import create_pool
 from server.ledger.batching import Result, TransferBatcher, TransferOrder
 from tests import harness
-from tests.helpers import Account
+from tests.helpers import Account, waiting_on_a_lock
 from tests.ledger.support import balance
 
 HANG_GUARD_SECONDS = 10
@@ -44,18 +44,6 @@ async def _together(
 ) -> list[Result]:
     orders = (batcher.submit(_order(sender, recipient)) for _ in range(count))
     return await asyncio.wait_for(asyncio.gather(*orders), HANG_GUARD_SECONDS)
-
-
-async def _waiting_on_a_lock(conn: asyncpg.Connection) -> int:
-    """The backend of this database that waits for a lock (polled until there is one)."""
-    for _ in range(200):
-        pid = await conn.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        if pid is not None:
-            return int(pid)
-        await asyncio.sleep(0.05)
-    raise AssertionError("no statement waits for the lock")
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -152,7 +140,7 @@ class TestWhenABatchFails:
                 callers = asyncio.gather(
                     *(batcher.submit(_order(alice, payee)) for _ in range(3)), return_exceptions=True
                 )
-                await holder.execute("SELECT pg_terminate_backend($1)", await _waiting_on_a_lock(holder))
+                await holder.execute("SELECT pg_terminate_backend($1)", await waiting_on_a_lock(holder))
                 results = await asyncio.wait_for(callers, HANG_GUARD_SECONDS)
         finally:
             await holder.close()

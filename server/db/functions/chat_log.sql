@@ -56,6 +56,38 @@ BEGIN
 END
 $$;
 
+-- SendMessage for several messages of one room in one transaction, as chat_send_message does each
+-- (the room's lock serializes its writers up to their commit, so messages that arrive while one
+-- commits wait, then go together: one commit for all). One row per item, `idx` its 1-based
+-- position: the stored message (a retry's: the first one), or NULL when the sender is not a member.
+CREATE OR REPLACE FUNCTION chat_send_messages(
+    p_room uuid, p_sender uuid[], p_client_message_id text[], p_text text[]
+) RETURNS TABLE (idx integer, message messages)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM 1 FROM rooms r
+    WHERE r.id = p_room
+      AND EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = r.id AND m.user_id = ANY (p_sender))
+    FOR UPDATE OF r;
+    FOR i IN 1 .. cardinality(p_sender) LOOP
+        idx := i;
+        message := NULL;
+        IF EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = p_room AND m.user_id = p_sender[i]) THEN
+            IF p_client_message_id[i] IS NOT NULL THEN
+                SELECT * INTO message FROM messages m
+                WHERE m.room_id = p_room AND m.sender_id = p_sender[i]
+                  AND m.client_message_id = p_client_message_id[i];
+            END IF;
+            IF message.sequence IS NULL THEN
+                message := chat_append(p_room, p_sender[i], p_client_message_id[i], 'text', p_text[i]);
+            END IF;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
 -- Locks the room when p_user is a member of it; false when not.
 CREATE OR REPLACE FUNCTION chat_lock_room_of_member(p_room uuid, p_user uuid) RETURNS boolean
 LANGUAGE plpgsql AS $$

@@ -1,0 +1,95 @@
+"""Group commit of a room's messages (server/chat/sending.py), against the real database.
+
+Each test drives its own MessageSender over the test server's pool. Messages that share a
+transaction share `messages.xid`, which is how the tests see what went together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+
+from server.chat.models import Message
+from server.chat.sending import MessageOrder, MessageSender, Sent
+from tests.chat.support import group
+from tests.helpers import Account, signed_up, waiting_on_a_lock
+
+HANG_GUARD_SECONDS = 10
+
+
+def _order(room_id: str, sender: Account, text: str, client_message_id: str | None = None) -> MessageOrder:
+    return MessageOrder(room_id=room_id, sender_id=sender.id, client_message_id=client_message_id, text=text)
+
+
+async def _together(sender: MessageSender, orders: list[MessageOrder]) -> list[Sent]:
+    return await asyncio.wait_for(asyncio.gather(*(sender.send(o) for o in orders)), HANG_GUARD_SECONDS)
+
+
+async def _transactions(pool: asyncpg.Pool, room_id: str) -> list[list[int]]:
+    """The room's sequences, grouped by the transaction that wrote them, in order."""
+    rows = await pool.fetch(
+        "SELECT array_agg(sequence ORDER BY sequence) AS seqs FROM messages WHERE room_id = $1"
+        " GROUP BY xid ORDER BY min(sequence)",
+        room_id,
+    )
+    return [list(row["seqs"]) for row in rows]
+
+
+class TestMessageSender:
+    async def test_messages_that_wait_for_a_room_commit_together(self, server: Any, stubs: Any) -> None:
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        sender = MessageSender(server.pool)
+        holder = await asyncpg.connect(server.database_url)
+        try:
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", room.id)
+            first = asyncio.create_task(sender.send(_order(room.id, alice, "first")))
+            await waiting_on_a_lock(holder)  # the first batch is in flight, behind the lock
+            rest = asyncio.gather(*(sender.send(_order(room.id, bob, f"m{n}")) for n in range(5)))
+            await asyncio.sleep(0.1)  # they queue behind the batch in flight
+            await tx.rollback()
+            sent = await asyncio.wait_for(asyncio.gather(first, rest), HANG_GUARD_SECONDS)
+        finally:
+            await holder.close()
+        assert sent[0] is not None and sent[0].sequence == 1
+        assert [m.sequence for m in sent[1] if m is not None] == [2, 3, 4, 5, 6]
+        assert await _transactions(server.pool, room.id) == [[1], [2, 3, 4, 5, 6]]
+
+    async def test_each_message_of_a_batch_gets_its_own_answer(self, server: Any, stubs: Any) -> None:
+        alice, bob, carol = await signed_up(stubs), await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        sender = MessageSender(server.pool)
+        sent = await _together(
+            sender,
+            [
+                _order(room.id, alice, "one", "c-1"),
+                _order(room.id, carol, "not a member"),
+                _order(room.id, alice, "one again", "c-1"),
+                _order(room.id, bob, "two", "c-1"),
+            ],
+        )
+        first, outsider, retry, other = sent
+        assert outsider is None
+        assert first is not None and retry == first and first.body == "one"
+        assert other is not None and (other.sequence, other.sender_id) == (2, bob.id)
+        assert await _transactions(server.pool, room.id) == [[1, 2]]
+        assert sender.busy_rooms == 0
+
+    async def test_a_message_the_database_refuses_fails_alone(self, server: Any, stubs: Any) -> None:
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        sender = MessageSender(server.pool)
+        texts = ["fine", "nul \x00", "ok"]  # PostgreSQL's text cannot hold NUL (the RPC refuses it first)
+        orders = [_order(room.id, alice, text) for text in texts]
+        sent = await asyncio.wait_for(
+            asyncio.gather(*(sender.send(o) for o in orders), return_exceptions=True), HANG_GUARD_SECONDS
+        )
+        assert isinstance(sent[1], asyncpg.PostgresError)
+        stored = [m for m in (sent[0], sent[2]) if isinstance(m, Message)]
+        assert [m.body for m in stored] == ["fine", "ok"]
+        assert await _transactions(server.pool, room.id) == [[1], [2]]
+        assert sender.busy_rooms == 0
