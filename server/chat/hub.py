@@ -43,8 +43,8 @@ class ChatHub:
 
     def __init__(self, pool: asyncpg.Pool, bus: ChatBus) -> None:
         self._pool = pool
-        self._sender = MessageSender(pool)
         self.bus = bus
+        self._sender = MessageSender(pool, bus)
         self._feeds: dict[str, RoomFeed] = {}
         self._catching_up: asyncio.Task[None] | None = None
         self._catch_up_again = False
@@ -238,7 +238,6 @@ class ChatHub:
                 room_id=room_id,
                 client_message_id=client_message_id,
                 text=text,
-                bus=self.bus,
                 stream=stream,
             )
             following = self._feeds.get(feed_key)  # the feed may have been replaced meanwhile

@@ -109,7 +109,6 @@ async def send_message(
     room_id: str,
     client_message_id: str,
     text: str,
-    bus: Publisher,
     stream: bool = False,
 ) -> Message:
     """Append a text message; a retry with the same client_message_id returns the first one.
@@ -128,7 +127,6 @@ async def send_message(
     message = await sender.send(MessageOrder(room, user_id, client_id, text))
     if message is None:
         raise NotFoundError(NOT_FOUND)
-    await bus.publish(events.MessageStored(message.room_id, message.sequence))
     return message
 
 

@@ -11,10 +11,13 @@ messages on the way.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import asyncpg
 
+from server.chat import events
+from server.chat.bus import Publisher
 from server.chat.models import MESSAGE_COLUMNS, Message
 from server.db.group_commit import GroupCommit
 from server.db.pool import Connection
@@ -49,10 +52,15 @@ Sent = Message | None
 
 
 class MessageSender:
-    """Stores text messages, each room's concurrent ones in one transaction."""
+    """Stores text messages, each room's concurrent ones in one transaction, and announces them.
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    A message is announced on the bus once stored, also when its caller has given up meanwhile
+    (a deadline, a cancelled call): it is in the room's log, and its room's streams get it.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, bus: Publisher) -> None:
         self._pool = pool
+        self._bus = bus
         self._rooms: dict[str, _RoomBatcher] = {}
 
     @property
@@ -61,21 +69,26 @@ class MessageSender:
         return len(self._rooms)
 
     async def send(self, order: MessageOrder) -> Sent:
+        """The stored message, in the room's next batch (None: the sender is not a member)."""
         batcher = self._rooms.get(order.room_id)
         if batcher is None:
-            batcher = self._rooms[order.room_id] = _RoomBatcher(self._pool)
-        try:
-            return await batcher.submit(order)
-        finally:
-            if batcher.idle and self._rooms.get(order.room_id) is batcher:
-                del self._rooms[order.room_id]
+            batcher = self._rooms[order.room_id] = _RoomBatcher(
+                self._pool, self._bus, on_idle=lambda: self._forget(order.room_id)
+            )
+        return await batcher.submit(order)
+
+    def _forget(self, room_id: str) -> None:
+        batcher = self._rooms.get(room_id)
+        if batcher is not None and batcher.idle:
+            del self._rooms[room_id]
 
 
 class _RoomBatcher(GroupCommit[MessageOrder, Sent]):
     """One room's queue: a batch leaves as soon as the previous one has returned."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        super().__init__(pool, linger_seconds=0, max_batch=_MAX_BATCH)
+    def __init__(self, pool: asyncpg.Pool, bus: Publisher, *, on_idle: Callable[[], None]) -> None:
+        super().__init__(pool, linger_seconds=0, max_batch=_MAX_BATCH, on_idle=on_idle)
+        self._bus = bus
 
     async def _create(
         self, conn: Connection, live: list[tuple[MessageOrder, asyncio.Future[Sent]]]
@@ -89,7 +102,9 @@ class _RoomBatcher(GroupCommit[MessageOrder, Sent]):
             [order.text for order in orders],
         )
         by_index = {row["idx"]: row for row in rows}
-        return [(future, _sent(by_index[index])) for index, (_, future) in enumerate(live, start=1)]
+        answers = [(future, _sent(by_index[index])) for index, (_, future) in enumerate(live, start=1)]
+        await self._announce(*(message for _, message in answers))
+        return answers
 
     async def _alone(self, order: MessageOrder) -> Sent:
         try:
@@ -99,7 +114,12 @@ class _RoomBatcher(GroupCommit[MessageOrder, Sent]):
         except asyncpg.exceptions.NoDataFoundError:  # raised by chat_send_message: not a member
             return None
         assert row is not None
-        return Message.from_record(row)
+        message = Message.from_record(row)
+        await self._announce(message)
+        return message
+
+    async def _announce(self, *sent: Sent) -> None:
+        await self._bus.publish(*(events.MessageStored(m.room_id, m.sequence) for m in sent if m is not None))
 
 
 def _sent(row: asyncpg.Record) -> Sent:

@@ -4,8 +4,9 @@ A batch leaves once as many requests wait as left in the previous one, or after 
 so a lone caller waits for nobody; requests that arrive while `max_in_flight` batches run wait for
 one to return. If a batch's statement fails because the database is unavailable, its connection
 is discarded and every request of the batch gets that error (UNAVAILABLE: retry with the same
-request id); if it fails otherwise, every request is retried alone, so an unexpected error
-reaches only the request that causes it.
+request id); if the database refuses it otherwise, every request is retried alone, so an
+unexpected error reaches only the request that causes it. Any other error (one that may come
+after a commit) fails the batch's requests without a retry.
 
 Subclasses say what a batch is (`_create`) and what one request alone is (`_alone`):
 server/ledger/batching.py for transfers, server/chat/sending.py for a room's messages.
@@ -17,6 +18,7 @@ import abc
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -40,8 +42,10 @@ class GroupCommit(abc.ABC, Generic[OrderT, ResultT]):
         linger_seconds: float,
         max_batch: int = 256,
         max_in_flight: int = 1,
+        on_idle: Callable[[], None] | None = None,
     ) -> None:
         self._pool = pool
+        self._on_idle = on_idle
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
         self._queue: list[tuple[OrderT, asyncio.Future[ResultT]]] = []
@@ -130,8 +134,15 @@ class GroupCommit(abc.ABC, Generic[OrderT, ResultT]):
             if failure is not None and db_errors.is_unavailable(failure):
                 for _, future in live:
                     settle_error(future, failure)
+            elif isinstance(failure, asyncpg.PostgresError):
+                # The database refused a statement and rolled its transaction back: nothing of the
+                # batch stands but what was answered already. On fresh connections, this one given back.
+                await self._retry_alone(live, failure)
             elif failure is not None:
-                await self._retry_alone(live, failure)  # on fresh connections, this one given back
+                # Anything else may have come after a commit: retrying could store a request twice.
+                log.error("a batch of %d failed after its statement (%r)", len(live), failure)
+                for _, future in live:
+                    settle_error(future, failure)
         except Exception as exc:  # the pool gave no connection (or failed to take it back)
             log.warning("a batch of %d: the pool failed (%r)", len(live), exc)
             for _, future in live:
@@ -142,6 +153,8 @@ class GroupCommit(abc.ABC, Generic[OrderT, ResultT]):
             for _, future in live:
                 if not future.done():  # this task was cancelled: never leave a caller waiting
                     future.cancel()
+            if self._on_idle is not None and self.idle:
+                self._on_idle()
 
     def _returned(self) -> None:
         self._in_flight -= 1

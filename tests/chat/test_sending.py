@@ -10,7 +10,9 @@ import asyncio
 from typing import Any
 
 import asyncpg
+import pytest
 
+from server.chat import sending
 from server.chat.models import Message
 from server.chat.sending import MessageOrder, MessageSender, Sent
 from tests.chat.support import group
@@ -41,7 +43,7 @@ class TestMessageSender:
     async def test_messages_that_wait_for_a_room_commit_together(self, server: Any, stubs: Any) -> None:
         alice, bob = await signed_up(stubs), await signed_up(stubs)
         room = await group(stubs, alice, bob)
-        sender = MessageSender(server.pool)
+        sender = MessageSender(server.pool, server.running.chat_bus)
         holder = await asyncpg.connect(server.database_url)
         try:
             tx = holder.transaction()
@@ -62,7 +64,7 @@ class TestMessageSender:
     async def test_each_message_of_a_batch_gets_its_own_answer(self, server: Any, stubs: Any) -> None:
         alice, bob, carol = await signed_up(stubs), await signed_up(stubs), await signed_up(stubs)
         room = await group(stubs, alice, bob)
-        sender = MessageSender(server.pool)
+        sender = MessageSender(server.pool, server.running.chat_bus)
         sent = await _together(
             sender,
             [
@@ -82,7 +84,7 @@ class TestMessageSender:
     async def test_a_message_the_database_refuses_fails_alone(self, server: Any, stubs: Any) -> None:
         alice, bob = await signed_up(stubs), await signed_up(stubs)
         room = await group(stubs, alice, bob)
-        sender = MessageSender(server.pool)
+        sender = MessageSender(server.pool, server.running.chat_bus)
         texts = ["fine", "nul \x00", "ok"]  # PostgreSQL's text cannot hold NUL (the RPC refuses it first)
         orders = [_order(room.id, alice, text) for text in texts]
         sent = await asyncio.wait_for(
@@ -93,3 +95,47 @@ class TestMessageSender:
         assert [m.body for m in stored] == ["fine", "ok"]
         assert await _transactions(server.pool, room.id) == [[1], [2]]
         assert sender.busy_rooms == 0
+
+    async def test_a_room_is_forgotten_when_its_callers_gave_up(self, server: Any, stubs: Any) -> None:
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        sender = MessageSender(server.pool, server.running.chat_bus)
+        holder = await asyncpg.connect(server.database_url)
+        try:
+            tx = holder.transaction()
+            await tx.start()
+            await holder.execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", room.id)
+            in_flight = asyncio.create_task(sender.send(_order(room.id, alice, "in flight")))
+            await waiting_on_a_lock(holder)
+            queued = asyncio.create_task(sender.send(_order(room.id, bob, "queued")))
+            await asyncio.sleep(0.05)
+            in_flight.cancel()
+            queued.cancel()
+            await tx.rollback()
+        finally:
+            await holder.close()
+        for _ in range(200):  # the batch in flight still runs to its end
+            if sender.busy_rooms == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert sender.busy_rooms == 0
+        # The batch in flight was stored (its caller had given up); the queued message never left.
+        assert await _transactions(server.pool, room.id) == [[1]]
+
+    async def test_a_failure_after_the_commit_is_not_retried(
+        self, server: Any, stubs: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        sender = MessageSender(server.pool, server.running.chat_bus)
+
+        def fail_to_read(row: asyncpg.Record) -> Sent:
+            raise RuntimeError("cannot read the stored row")
+
+        monkeypatch.setattr(sending, "_sent", fail_to_read)
+        [outcome] = await asyncio.wait_for(
+            asyncio.gather(sender.send(_order(room.id, alice, "once")), return_exceptions=True),
+            HANG_GUARD_SECONDS,
+        )
+        assert isinstance(outcome, RuntimeError)
+        assert await _transactions(server.pool, room.id) == [[1]]
