@@ -7,6 +7,8 @@ transaction share `messages.xid`, which is how the tests see what went together.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -39,24 +41,29 @@ async def _transactions(pool: asyncpg.Pool, room_id: str) -> list[list[int]]:
     return [list(row["seqs"]) for row in rows]
 
 
+@contextlib.asynccontextmanager
+async def _room_locked(server: Any, room_id: str) -> AsyncIterator[asyncpg.Connection]:
+    """Another connection holds the room's lock until the block ends."""
+    holder = await asyncpg.connect(server.database_url)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", room_id)
+            yield holder
+    finally:
+        await holder.close()
+
+
 class TestMessageSender:
     async def test_messages_that_wait_for_a_room_commit_together(self, server: Any, stubs: Any) -> None:
         alice, bob = await signed_up(stubs), await signed_up(stubs)
         room = await group(stubs, alice, bob)
         sender = MessageSender(server.pool, server.running.chat_bus)
-        holder = await asyncpg.connect(server.database_url)
-        try:
-            tx = holder.transaction()
-            await tx.start()
-            await holder.execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", room.id)
+        async with _room_locked(server, room.id) as holder:
             first = asyncio.create_task(sender.send(_order(room.id, alice, "first")))
             await waiting_on_a_lock(holder)  # the first batch is in flight, behind the lock
             rest = asyncio.gather(*(sender.send(_order(room.id, bob, f"m{n}")) for n in range(5)))
             await asyncio.sleep(0.1)  # they queue behind the batch in flight
-            await tx.rollback()
-            sent = await asyncio.wait_for(asyncio.gather(first, rest), HANG_GUARD_SECONDS)
-        finally:
-            await holder.close()
+        sent = await asyncio.wait_for(asyncio.gather(first, rest), HANG_GUARD_SECONDS)
         assert sent[0] is not None and sent[0].sequence == 1
         assert [m.sequence for m in sent[1] if m is not None] == [2, 3, 4, 5, 6]
         assert await _transactions(server.pool, room.id) == [[1], [2, 3, 4, 5, 6]]
@@ -100,20 +107,13 @@ class TestMessageSender:
         alice, bob = await signed_up(stubs), await signed_up(stubs)
         room = await group(stubs, alice, bob)
         sender = MessageSender(server.pool, server.running.chat_bus)
-        holder = await asyncpg.connect(server.database_url)
-        try:
-            tx = holder.transaction()
-            await tx.start()
-            await holder.execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", room.id)
+        async with _room_locked(server, room.id) as holder:
             in_flight = asyncio.create_task(sender.send(_order(room.id, alice, "in flight")))
             await waiting_on_a_lock(holder)
             queued = asyncio.create_task(sender.send(_order(room.id, bob, "queued")))
             await asyncio.sleep(0.05)
             in_flight.cancel()
             queued.cancel()
-            await tx.rollback()
-        finally:
-            await holder.close()
         for _ in range(200):  # the batch in flight still runs to its end
             if sender.busy_rooms == 0:
                 break
