@@ -17,7 +17,7 @@ import pytest
 from server.chat import sending
 from server.chat.models import Message
 from server.chat.sending import MessageOrder, MessageSender, Sent
-from tests.chat.support import group
+from tests.chat.support import group, say
 from tests.helpers import Account, signed_up, waiting_on_a_lock
 
 HANG_GUARD_SECONDS = 10
@@ -139,3 +139,24 @@ class TestMessageSender:
         )
         assert isinstance(outcome, RuntimeError)
         assert await _transactions(server.pool, room.id) == [[1]]
+
+
+class TestABusyRoom:
+    async def test_takes_one_connection_however_many_messages_wait(self, server: Any, stubs: Any) -> None:
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        flood = server.config.db_pool_size * 2
+        async with _room_locked(server, room.id) as holder:
+            sends = asyncio.gather(*(say(stubs, alice, room.id, f"m{n}") for n in range(flood)))
+            await waiting_on_a_lock(holder)
+            await asyncio.sleep(0.2)  # every send has reached the server
+            waiting = await holder.fetchval(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            # The pool is not exhausted: the other rooms' calls are answered meanwhile.
+            other = await asyncio.wait_for(group(stubs, bob, alice, name="elsewhere"), HANG_GUARD_SECONDS)
+            await asyncio.wait_for(say(stubs, bob, other.id, "still served"), HANG_GUARD_SECONDS)
+        sent = await asyncio.wait_for(sends, HANG_GUARD_SECONDS)
+        assert waiting == 1
+        assert sorted(m.sequence for m in sent) == list(range(1, flood + 1))
