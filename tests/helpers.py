@@ -117,13 +117,14 @@ def retry_delay_seconds(error: grpc.aio.AioRpcError) -> float:
     raise AssertionError(f"no RetryInfo in {status}")
 
 
-async def waiting_on_a_lock(conn: asyncpg.Connection) -> int:
-    """The backend of this database that waits for a lock (polled until there is one)."""
+async def waiting_on_a_lock(conn: asyncpg.Connection, count: int = 1) -> int:
+    """A backend of this database that waits for a lock, once `count` of them do (polled)."""
     for _ in range(200):
-        pid = await conn.fetchval(
-            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        pids = await conn.fetchval(
+            "SELECT array_agg(pid) FROM pg_stat_activity"
+            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
         )
-        if pid is not None:
-            return int(pid)
+        if pids is not None and len(pids) >= count:
+            return int(pids[0])
         await asyncio.sleep(0.05)
-    raise AssertionError("no statement waits for the lock")
+    raise AssertionError(f"fewer than {count} statements wait for a lock")

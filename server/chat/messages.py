@@ -31,7 +31,9 @@ SELECT r.kind, r.last_sequence, me.role
 FROM rooms r JOIN room_members me ON me.room_id = r.id AND me.user_id = $2
 WHERE r.id = $1
 """
-_MEMBERSHIP_FOR_UPDATE = _MEMBERSHIP + "FOR UPDATE OF r"
+# The member row is locked too, so that a wait for the room's lock re-reads it (as
+# chat_lock_room_of_member does): a member removed or changed meanwhile is seen as they are now.
+_MEMBERSHIP_FOR_UPDATE = _MEMBERSHIP + "FOR UPDATE OF r FOR KEY SHARE OF me"
 _MESSAGES_FROM = f"""
 SELECT {MESSAGE_COLUMNS}
 FROM messages m LEFT JOIN payment_requests pr ON pr.id = m.payment_request_id

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import grpc
 
 from sendinchat.v1 import chat_pb2
@@ -33,6 +35,18 @@ async def watched_group(stubs: Any) -> tuple[Account, Account, chat_pb2.Room, St
     stream = Stream(stubs, bob)
     await stream.subscribe(room.id, 0)
     return alice, bob, room, stream
+
+
+@contextlib.asynccontextmanager
+async def room_locked(server: Any, room_id: str) -> AsyncIterator[asyncpg.Connection]:
+    """Another connection holds the room's lock until the block ends."""
+    holder = await asyncpg.connect(server.database_url)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", room_id)
+            yield holder
+    finally:
+        await holder.close()
 
 
 async def say(

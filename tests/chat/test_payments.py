@@ -12,8 +12,16 @@ from google.protobuf import timestamp_pb2
 
 from sendinchat.v1 import chat_pb2, ledger_pb2
 from server.chat import events, payments
-from tests.chat.support import Stream, group
-from tests.helpers import Account, error_info, field_violations, request_id, signed_up, signed_up_admin
+from tests.chat.support import Stream, group, room_locked
+from tests.helpers import (
+    Account,
+    error_info,
+    field_violations,
+    request_id,
+    signed_up,
+    signed_up_admin,
+    waiting_on_a_lock,
+)
 from tests.ledger.support import balance, deposit
 
 ACCEPT = chat_pb2.PAYMENT_REQUEST_ACTION_ACCEPT
@@ -157,6 +165,23 @@ class TestSendPayment:
             "amount_minor",
             "memo",
         }
+
+    async def test_a_member_removed_while_the_payment_waits_cannot_pay(self, server):
+        alice, bob, room = await _parties(server)  # Alice owns the room
+        await deposit(server, await signed_up_admin(server), bob, 500)
+        removal = chat_pb2.RemoveMemberRequest(room_id=room.id, user_id=bob.id)
+        async with room_locked(server, room.id) as holder:
+            removed = asyncio.ensure_future(server.stubs.chat.RemoveMember(removal, metadata=alice.auth))
+            await waiting_on_a_lock(holder)
+            paid = asyncio.ensure_future(
+                server.stubs.chat.SendPayment(_pay(room, alice, 100), metadata=bob.auth)
+            )
+            await waiting_on_a_lock(holder, count=2)  # the payment saw Bob a member, then waited
+        await asyncio.wait_for(removed, 10)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(paid, 10)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert await balance(server.stubs, bob) == 500
 
 
 class TestRequestPayment:

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from sendinchat.v1 import chat_pb2
-from tests.chat.support import group, say
-from tests.helpers import error_info, field_violations, signed_up
+from tests.chat.support import group, room_locked, say
+from tests.helpers import error_info, field_violations, signed_up, waiting_on_a_lock
 
 
 def _direct(other: str) -> chat_pb2.CreateRoomRequest:
@@ -296,6 +296,23 @@ class TestLeaveRoom:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stubs.chat.LeaveRoom(chat_pb2.LeaveRoomRequest(room_id=room.id), metadata=alice.auth)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    async def test_two_leaves_at_once_leave_once(self, server, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        leave = chat_pb2.LeaveRoomRequest(room_id=room.id)
+        async with room_locked(server, room.id) as holder:
+            leaves = asyncio.gather(
+                *(stubs.chat.LeaveRoom(leave, metadata=bob.auth) for _ in range(2)), return_exceptions=True
+            )
+            await waiting_on_a_lock(holder, count=2)  # both wait for the room, both saw Bob a member
+        outcomes = await asyncio.wait_for(leaves, 10)
+        refused = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        assert [o.code() for o in refused] == [grpc.StatusCode.NOT_FOUND]
+        history = await stubs.chat.ListMessages(
+            chat_pb2.ListMessagesRequest(room_id=room.id, page_size=100), metadata=alice.auth
+        )
+        assert [m.text for m in history.messages].count(f"{bob.username} left") == 1
 
 
 def _unwrap(token: str) -> str:

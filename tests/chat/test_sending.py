@@ -7,8 +7,6 @@ transaction share `messages.xid`, which is how the tests see what went together.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -17,7 +15,7 @@ import pytest
 from server.chat import sending
 from server.chat.models import Message
 from server.chat.sending import MessageOrder, MessageSender, Sent
-from tests.chat.support import group, say
+from tests.chat.support import group, room_locked, say
 from tests.helpers import Account, signed_up, waiting_on_a_lock
 
 HANG_GUARD_SECONDS = 10
@@ -41,24 +39,12 @@ async def _transactions(pool: asyncpg.Pool, room_id: str) -> list[list[int]]:
     return [list(row["seqs"]) for row in rows]
 
 
-@contextlib.asynccontextmanager
-async def _room_locked(server: Any, room_id: str) -> AsyncIterator[asyncpg.Connection]:
-    """Another connection holds the room's lock until the block ends."""
-    holder = await asyncpg.connect(server.database_url)
-    try:
-        async with holder.transaction():
-            await holder.execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", room_id)
-            yield holder
-    finally:
-        await holder.close()
-
-
 class TestMessageSender:
     async def test_messages_that_wait_for_a_room_commit_together(self, server: Any, stubs: Any) -> None:
         alice, bob = await signed_up(stubs), await signed_up(stubs)
         room = await group(stubs, alice, bob)
         sender = MessageSender(server.pool, server.running.chat_bus)
-        async with _room_locked(server, room.id) as holder:
+        async with room_locked(server, room.id) as holder:
             first = asyncio.create_task(sender.send(_order(room.id, alice, "first")))
             await waiting_on_a_lock(holder)  # the first batch is in flight, behind the lock
             rest = asyncio.gather(*(sender.send(_order(room.id, bob, f"m{n}")) for n in range(5)))
@@ -107,7 +93,7 @@ class TestMessageSender:
         alice, bob = await signed_up(stubs), await signed_up(stubs)
         room = await group(stubs, alice, bob)
         sender = MessageSender(server.pool, server.running.chat_bus)
-        async with _room_locked(server, room.id) as holder:
+        async with room_locked(server, room.id) as holder:
             in_flight = asyncio.create_task(sender.send(_order(room.id, alice, "in flight")))
             await waiting_on_a_lock(holder)
             queued = asyncio.create_task(sender.send(_order(room.id, bob, "queued")))
@@ -146,7 +132,7 @@ class TestABusyRoom:
         alice, bob = await signed_up(stubs), await signed_up(stubs)
         room = await group(stubs, alice, bob)
         flood = server.config.db_pool_size * 2
-        async with _room_locked(server, room.id) as holder:
+        async with room_locked(server, room.id) as holder:
             sends = asyncio.gather(*(say(stubs, alice, room.id, f"m{n}") for n in range(flood)))
             await waiting_on_a_lock(holder)
             await asyncio.sleep(0.2)  # every send has reached the server

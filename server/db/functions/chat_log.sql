@@ -88,13 +88,15 @@ BEGIN
 END
 $$;
 
--- Locks the room when p_user is a member of it; false when not.
+-- Locks the room when p_user is a member of it; false when not. The member row is locked too
+-- (KEY SHARE: it blocks only its deletion): after waiting for the room's lock, READ COMMITTED
+-- re-reads the locked rows alone, so a member removed meanwhile is seen gone only through it.
 CREATE OR REPLACE FUNCTION chat_lock_room_of_member(p_room uuid, p_user uuid) RETURNS boolean
 LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM 1 FROM rooms r JOIN room_members m ON m.room_id = r.id AND m.user_id = p_user
     WHERE r.id = p_room
-    FOR UPDATE OF r;
+    FOR UPDATE OF r FOR KEY SHARE OF m;
     RETURN FOUND;
 END
 $$;
