@@ -9,19 +9,22 @@ from typing import Any
 
 import asyncpg
 import grpc
+import nats as nats_client
 import pytest
 from google.rpc import code_pb2
+from nats.aio.msg import Msg
 
 from sendinchat.v1 import chat_pb2
+from server.chat import events
 from server.chat.bus import quiet_database_url
-from server.chat.bus_nats import NatsBus
+from server.chat.bus_nats import NatsBus, subject
 from server.config import Config, ConfigError
 from server.db.pool import Connection
 from server.errors import UnavailableError
 from tests import harness
 from tests.chat.nats_cluster import NatsCluster
-from tests.chat.support import WAIT, Stream, group, say, watched_group
-from tests.helpers import Account, signed_up
+from tests.chat.support import WAIT, Stream, group, room_locked, say, watched_group
+from tests.helpers import Account, signed_up, waiting_on_a_lock
 from tests.ops.dbproxy import DatabaseProxy
 
 
@@ -205,6 +208,28 @@ class TestFailures:
             await watcher.close()
         finally:
             await proxy.close()
+
+    async def test_a_message_whose_caller_gave_up_is_published_all_the_same(self, servers, nats):
+        server = await _replica(servers, nats)
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        heard: list[events.ChatEvent] = []
+        listener = await nats_client.connect(servers=list(nats.urls))
+        try:
+
+            async def hear(msg: Msg) -> None:
+                heard.append(events.decode(msg.data.decode()))
+
+            await listener.subscribe(subject(room.id), cb=hear)
+            await listener.flush()
+            request = chat_pb2.SendMessageRequest(room_id=room.id, text="given up")
+            async with room_locked(server, room.id) as holder:
+                call = server.stubs.chat.SendMessage(request, metadata=alice.auth)
+                await waiting_on_a_lock(holder)  # its batch is in the database
+                call.cancel()
+            await _eventually(lambda: events.MessageStored(room.id, 1) in heard)
+        finally:
+            await listener.close()
 
     async def test_a_message_no_bus_carried_arrives_with_the_periodic_catch_up(self, servers, nats):
         server = await _replica(servers, nats)
