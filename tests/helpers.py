@@ -117,14 +117,20 @@ def retry_delay_seconds(error: grpc.aio.AioRpcError) -> float:
     raise AssertionError(f"no RetryInfo in {status}")
 
 
+async def lock_waiters(conn: asyncpg.Connection) -> list[int]:
+    """The backends of this database that wait for a lock now."""
+    pids = await conn.fetchval(
+        "SELECT array_agg(pid) FROM pg_stat_activity"
+        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    return list(pids or [])
+
+
 async def waiting_on_a_lock(conn: asyncpg.Connection, count: int = 1) -> int:
     """A backend of this database that waits for a lock, once `count` of them do (polled)."""
     for _ in range(200):
-        pids = await conn.fetchval(
-            "SELECT array_agg(pid) FROM pg_stat_activity"
-            " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        if pids is not None and len(pids) >= count:
-            return int(pids[0])
+        pids = await lock_waiters(conn)
+        if len(pids) >= count:
+            return pids[0]
         await asyncio.sleep(0.05)
     raise AssertionError(f"fewer than {count} statements wait for a lock")

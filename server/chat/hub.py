@@ -23,13 +23,14 @@ import asyncpg
 
 from sendinchat.v1 import chat_pb2
 from server.chat import events, messages
+from server.chat import validation as rules
 from server.chat.bus import QUIET_SETTING, ChatBus
 from server.chat.feed import RoomFeed, Subscriber
 from server.chat.models import Message
 from server.chat.presence import Presence
 from server.chat.sending import MessageSender
+from server.chat.turns import RoomTurns
 from server.db import errors as db_errors
-from server.validation import Fields
 
 _POSITIONS_BATCH = 1000  # rooms per catch-up query
 PERIODIC_ROOMS_PER_SECOND = 5000  # the periodic catch-up's most (one index lookup each)
@@ -45,6 +46,7 @@ class ChatHub:
         self._pool = pool
         self.bus = bus
         self._sender = MessageSender(pool, bus)
+        self.turns = RoomTurns()
         self._feeds: dict[str, RoomFeed] = {}
         self._catching_up: asyncio.Task[None] | None = None
         self._catch_up_again = False
@@ -227,9 +229,7 @@ class ChatHub:
         Once it commits, the room's feed here may offer it without reading it back
         (server/chat/feed.py).
         """
-        # Feeds go by the id's canonical form; the request may spell it in upper case. A malformed
-        # id is left for messages.send_message to refuse, beside the request's other faults.
-        feed_key = Fields().uuid("room_id", room_id) or room_id
+        feed_key = rules.room_key(room_id)  # the request may spell it in upper case
         feed = self._feeds.get(feed_key)
         with feed.sending() if feed is not None else contextlib.nullcontext():
             message = await messages.send_message(

@@ -180,13 +180,14 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.SendPaymentRequest, chat_pb2.SendPaymentResponse],
     ) -> chat_pb2.SendPaymentResponse:
         """ChatService.SendPayment."""
-        result = await payments.send_payment(
-            self._pool,
-            user_id=current_principal().user_id,
-            room_id=request.room_id,
-            money=money(request, user_id=request.to_user_id),
-            bus=self._hub.bus,
-        )
+        async with self._hub.turns.of(request.room_id):
+            result = await payments.send_payment(
+                self._pool,
+                user_id=current_principal().user_id,
+                room_id=request.room_id,
+                money=money(request, user_id=request.to_user_id),
+                bus=self._hub.bus,
+            )
         return chat_pb2.SendPaymentResponse(
             message=convert.message(result.message), transfer=_transfer(result)
         )
@@ -197,14 +198,15 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.RequestPaymentRequest, chat_pb2.RequestPaymentResponse],
     ) -> chat_pb2.RequestPaymentResponse:
         """ChatService.RequestPayment."""
-        result = await payments.request_payment(
-            self._pool,
-            user_id=current_principal().user_id,
-            room_id=request.room_id,
-            money=money(request, user_id=request.from_user_id),
-            expire_at=from_timestamp(request.expire_time, request.HasField("expire_time")),
-            bus=self._hub.bus,
-        )
+        async with self._hub.turns.of(request.room_id):
+            result = await payments.request_payment(
+                self._pool,
+                user_id=current_principal().user_id,
+                room_id=request.room_id,
+                money=money(request, user_id=request.from_user_id),
+                expire_at=from_timestamp(request.expire_time, request.HasField("expire_time")),
+                bus=self._hub.bus,
+            )
         return chat_pb2.RequestPaymentResponse(message=convert.message(result.message))
 
     async def RespondToPaymentRequest(

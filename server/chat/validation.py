@@ -14,6 +14,15 @@ MAX_ROOM_MEMBERS = 1000
 MAX_STREAMS_PER_USER = 32
 
 
+def room_key(room_id: str) -> str:
+    """A room id in its canonical form: the key of this process's per-room state.
+
+    A malformed id comes back as it is; the request's own validation refuses it, beside its
+    other faults.
+    """
+    return Fields().uuid("room_id", room_id) or room_id
+
+
 def message_text(fields: Fields, text: str, field: str = "text") -> str:
     """A message text of 1-4000 characters that is not only whitespace."""
     if not text.strip():

@@ -12,11 +12,12 @@ from google.protobuf import timestamp_pb2
 
 from sendinchat.v1 import chat_pb2, ledger_pb2
 from server.chat import events, payments
-from tests.chat.support import Stream, group, room_locked
+from tests.chat.support import Stream, group, room_locked, say
 from tests.helpers import (
     Account,
     error_info,
     field_violations,
+    lock_waiters,
     request_id,
     signed_up,
     signed_up_admin,
@@ -182,6 +183,26 @@ class TestSendPayment:
             await asyncio.wait_for(paid, 10)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         assert await balance(server.stubs, bob) == 500
+
+    async def test_a_flood_of_payments_into_one_room_takes_one_connection(self, server):
+        alice, bob, room = await _parties(server)
+        flood = server.config.db_pool_size * 2
+        async with room_locked(server, room.id) as holder:
+            pays = asyncio.gather(
+                *(
+                    server.stubs.chat.SendPayment(_pay(room, bob, 1), metadata=alice.auth)
+                    for _ in range(flood)
+                )
+            )
+            await waiting_on_a_lock(holder)
+            await asyncio.sleep(0.2)  # every payment has reached the server
+            waiting = len(await lock_waiters(holder))
+            # The pool is not exhausted: the other rooms' calls are answered meanwhile.
+            other = await asyncio.wait_for(group(server.stubs, bob, alice, name="elsewhere"), 10)
+            await asyncio.wait_for(say(server.stubs, bob, other.id, "still served"), 10)
+        await asyncio.wait_for(pays, 10)
+        assert waiting == 1
+        assert await balance(server.stubs, bob) == flood
 
 
 class TestRequestPayment:
