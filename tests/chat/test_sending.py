@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from sendinchat.v1 import chat_pb2
 from server.chat import sending
 from server.chat.models import Message
 from server.chat.sending import MessageOrder, MessageSender, Sent
@@ -39,11 +40,16 @@ async def _transactions(pool: asyncpg.Pool, room_id: str) -> list[list[int]]:
     return [list(row["seqs"]) for row in rows]
 
 
+async def _group_and_sender(server: Any) -> tuple[Account, Account, chat_pb2.Room, MessageSender]:
+    """Alice's group with Bob, and a MessageSender of its own over the server's pool and bus."""
+    alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+    room = await group(server.stubs, alice, bob)
+    return alice, bob, room, MessageSender(server.pool, server.running.chat_bus)
+
+
 class TestMessageSender:
-    async def test_messages_that_wait_for_a_room_commit_together(self, server: Any, stubs: Any) -> None:
-        alice, bob = await signed_up(stubs), await signed_up(stubs)
-        room = await group(stubs, alice, bob)
-        sender = MessageSender(server.pool, server.running.chat_bus)
+    async def test_messages_that_wait_for_a_room_commit_together(self, server: Any) -> None:
+        alice, bob, room, sender = await _group_and_sender(server)
         async with room_locked(server, room.id) as holder:
             first = asyncio.create_task(sender.send(_order(room.id, alice, "first")))
             await waiting_on_a_lock(holder)  # the first batch is in flight, behind the lock
@@ -55,9 +61,8 @@ class TestMessageSender:
         assert await _transactions(server.pool, room.id) == [[1], [2, 3, 4, 5, 6]]
 
     async def test_each_message_of_a_batch_gets_its_own_answer(self, server: Any, stubs: Any) -> None:
-        alice, bob, carol = await signed_up(stubs), await signed_up(stubs), await signed_up(stubs)
-        room = await group(stubs, alice, bob)
-        sender = MessageSender(server.pool, server.running.chat_bus)
+        alice, bob, room, sender = await _group_and_sender(server)
+        carol = await signed_up(stubs)
         sent = await _together(
             sender,
             [
@@ -74,10 +79,8 @@ class TestMessageSender:
         assert await _transactions(server.pool, room.id) == [[1, 2]]
         assert sender.busy_rooms == 0
 
-    async def test_a_message_the_database_refuses_fails_alone(self, server: Any, stubs: Any) -> None:
-        alice, bob = await signed_up(stubs), await signed_up(stubs)
-        room = await group(stubs, alice, bob)
-        sender = MessageSender(server.pool, server.running.chat_bus)
+    async def test_a_message_the_database_refuses_fails_alone(self, server: Any) -> None:
+        alice, _, room, sender = await _group_and_sender(server)
         texts = ["fine", "nul \x00", "ok"]  # PostgreSQL's text cannot hold NUL (the RPC refuses it first)
         orders = [_order(room.id, alice, text) for text in texts]
         sent = await asyncio.wait_for(
@@ -89,10 +92,8 @@ class TestMessageSender:
         assert await _transactions(server.pool, room.id) == [[1], [2]]
         assert sender.busy_rooms == 0
 
-    async def test_a_room_is_forgotten_when_its_callers_gave_up(self, server: Any, stubs: Any) -> None:
-        alice, bob = await signed_up(stubs), await signed_up(stubs)
-        room = await group(stubs, alice, bob)
-        sender = MessageSender(server.pool, server.running.chat_bus)
+    async def test_a_room_is_forgotten_when_its_callers_gave_up(self, server: Any) -> None:
+        alice, bob, room, sender = await _group_and_sender(server)
         async with room_locked(server, room.id) as holder:
             in_flight = asyncio.create_task(sender.send(_order(room.id, alice, "in flight")))
             await waiting_on_a_lock(holder)
@@ -109,11 +110,9 @@ class TestMessageSender:
         assert await _transactions(server.pool, room.id) == [[1]]
 
     async def test_a_failure_after_the_commit_is_not_retried(
-        self, server: Any, stubs: Any, monkeypatch: pytest.MonkeyPatch
+        self, server: Any, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        alice, bob = await signed_up(stubs), await signed_up(stubs)
-        room = await group(stubs, alice, bob)
-        sender = MessageSender(server.pool, server.running.chat_bus)
+        alice, _, room, sender = await _group_and_sender(server)
 
         def fail_to_read(row: asyncpg.Record) -> Sent:
             raise RuntimeError("cannot read the stored row")
