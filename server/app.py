@@ -119,7 +119,13 @@ async def create_server(
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(pool, batcher, watch_hub), server)
     hub = ChatHub(pool, open_bus(config.chat_bus, own_dsn, metrics.registry))
     chat_pb2_grpc.add_ChatServiceServicer_to_server(
-        ChatServicer(pool, hub, stream_buffer=config.chat_stream_buffer), server
+        ChatServicer(
+            pool,
+            hub,
+            stream_buffer=config.chat_stream_buffer,
+            stream_stall_seconds=config.chat_stream_stall_seconds,
+        ),
+        server,
     )
 
     health_servicer = HealthServicer()

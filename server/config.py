@@ -47,6 +47,7 @@ class Config:
     admin_password: str | None = None
     log_level: str = "INFO"
     chat_stream_buffer: int = 256
+    chat_stream_stall_seconds: float = 10.0
     transfer_batch_linger_ms: float = 5.0
     sched_batch: bool = True
     workers: int = 1
@@ -229,6 +230,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "admin_password": _non_empty,
     "log_level": _log_level,
     "chat_stream_buffer": _int_between(8, 100_000),
+    "chat_stream_stall_seconds": _float_between(0.1, 3600),
     "transfer_batch_linger_ms": _float_between(0, 1000),
     "sched_batch": _switch,
     "workers": _workers,

@@ -39,10 +39,11 @@ def _transfer(result: payments.PaymentResult) -> ledger_pb2.Transfer | None:
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     """Rooms, messages, the Connect stream and payments in chat."""
 
-    def __init__(self, pool: Pool, hub: ChatHub, *, stream_buffer: int) -> None:
+    def __init__(self, pool: Pool, hub: ChatHub, *, stream_buffer: int, stream_stall_seconds: float) -> None:
         self._pool = pool
         self._hub = hub
         self._stream_buffer = stream_buffer
+        self._stream_stall_seconds = stream_stall_seconds
         self._streams: Counter[str] = Counter()  # open Connect streams per user
 
     async def CreateRoom(
@@ -246,7 +247,12 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         # may write a frame serialized once for every stream.
         write = cast(Write, context.write)
         session = ConnectSession(
-            pool=self._pool, hub=self._hub, user_id=user_id, buffer=self._stream_buffer, write=write
+            pool=self._pool,
+            hub=self._hub,
+            user_id=user_id,
+            buffer=self._stream_buffer,
+            stall_seconds=self._stream_stall_seconds,
+            write=write,
         )
         try:
             # The session writes through context.write from its own loop, so that an overflowing

@@ -1,8 +1,7 @@
 """One Connect stream: client frames in, a bounded queue of server frames out.
 
 A reader task handles the client's frames one at a time; the session's own loop writes. Both
-the hub's live items and the reader's answers go through one bounded queue, so a client that
-reads too slowly overflows it and the stream ends with RESOURCE_EXHAUSTED; the memory a stream
+the hub's live items and the reader's answers go through one bounded queue; the memory a stream
 holds is the queue (shared message objects) plus one replay page.
 
 Per room the writer keeps the last sequence it sent, which makes delivery exact: it skips what
@@ -10,6 +9,14 @@ it already sent, and on a gap it reads the missing messages from the database fi
 subscription is registered with the hub *before* its replay is read, so nothing committed in
 between can fall through; the replay runs when the writer reaches it in the queue, and live
 items queued behind it are then filtered by that last sequence.
+
+The same rule lets a stream fall behind without losing anything: once messages take half the
+queue, a further live message is not queued but remembered as the room's point to read up to,
+and the writer reads it back from the table when it has room (a burst, or a client reading
+slowly, costs a read, not the stream). The other half is for the frames that are in no table
+(acks, errors, typing, presence, receipts, pongs). A slow consumer is one that takes nothing:
+the stream ends with RESOURCE_EXHAUSTED when those frames overflow the queue, or when a message
+falls behind while one frame has waited `stall_seconds` for the client to take it.
 """
 
 from __future__ import annotations
@@ -56,18 +63,32 @@ class _Replay:
     last_sequence: int
 
 
-_Item = LiveMessage | chat_pb2.ConnectResponse | _Replay
+@dataclass(frozen=True, slots=True)
+class _CatchUp:
+    """Read a room's messages up to `upto` from the table: they were not queued (the stream was behind)."""
+
+    subscription: _Subscription
+    upto: int
+
+
+_Item = LiveMessage | chat_pb2.ConnectResponse | _Replay | _CatchUp
 
 
 class ConnectSession:
     """The server side of one Connect stream for one authenticated user."""
 
-    def __init__(self, *, pool: Pool, hub: ChatHub, user_id: str, buffer: int, write: Write) -> None:
+    def __init__(
+        self, *, pool: Pool, hub: ChatHub, user_id: str, buffer: int, stall_seconds: float, write: Write
+    ) -> None:
         self._pool = pool
         self._hub = hub
         self._user_id = user_id
-        self._write = write
+        self._write_to_client = write
+        self._stall_seconds = stall_seconds
+        self._writing_since: float | None = None  # when the frame being written began to wait
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=buffer)
+        self._message_room = max(1, buffer // 2)  # queued messages beyond this are read back later
+        self._behind: dict[str, int] = {}  # room id → the last sequence offered but not queued
         self._subscriptions: dict[str, _Subscription] = {}
         self._typing_throttle = TypingThrottle()
         self._overflowed = asyncio.Event()
@@ -79,8 +100,21 @@ class ConnectSession:
         return self._user_id
 
     def offer(self, item: LiveMessage | chat_pb2.ConnectResponse) -> None:
-        """Queue an item for the client; never blocks (overflow ends the stream)."""
-        self._put(item)
+        """Queue an item for the client without blocking.
+
+        A message the queue has no room for is read back from the table later; any other frame that
+        overflows it ends the stream, as does a message falling behind a stalled client.
+        """
+        if not isinstance(item, LiveMessage) or self._queue.qsize() < self._message_room:
+            self._put(item)
+        elif self._stalled():
+            self._overflow()
+        elif item.room_id in self._subscriptions:
+            self._behind[item.room_id] = max(item.sequence, self._behind.get(item.room_id, 0))
+
+    def _stalled(self) -> bool:
+        since = self._writing_since
+        return since is not None and asyncio.get_running_loop().time() - since >= self._stall_seconds
 
     def drop_room(self, room_id: str) -> None:
         """The user left or was removed: nothing more of the room is sent, even if queued."""
@@ -97,9 +131,12 @@ class ConnectSession:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            log.info("chat stream of user %s overflowed its buffer of %d", self._user_id, self._queue.maxsize)
-            self._overflowed.set()
-            self._leave_hub()  # stop accepting work at once; the queue is released with the session
+            self._overflow()
+
+    def _overflow(self) -> None:
+        log.info("chat stream of user %s is a slow consumer (buffer %d)", self._user_id, self._queue.maxsize)
+        self._overflowed.set()
+        self._leave_hub()  # stop accepting work at once; the queue is released with the session
 
     def _leave_hub(self) -> None:
         for room_id in list(self._subscriptions):
@@ -136,7 +173,7 @@ class ConnectSession:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         if self._overflowed.is_set():
             raise RateLimitedError(
-                "the stream fell too far behind; reconnect and resubscribe from the last sequence",
+                "the stream's client stopped reading; reconnect and resubscribe from the last sequence",
                 retry_after_seconds=_OVERFLOW_RETRY_SECONDS,
             )
         for task in done:
@@ -246,9 +283,34 @@ class ConnectSession:
                 await self._deliver(item)
             elif isinstance(item, _Replay):
                 await self._replay(item)
+            elif isinstance(item, _CatchUp):
+                await self._read_back(item)
             else:
-                await self._write(item)
+                await self._write_frame(item)
+            self._queue_catch_ups()  # before task_done: the stream is not drained while it is behind
             self._queue.task_done()
+
+    async def _write_frame(self, frame: chat_pb2.ConnectResponse | bytes) -> None:
+        self._writing_since = asyncio.get_running_loop().time()
+        try:
+            await self._write_to_client(frame)
+        finally:
+            self._writing_since = None
+
+    def _queue_catch_ups(self) -> None:
+        while self._behind and self._queue.qsize() < self._message_room:
+            room_id = next(iter(self._behind))
+            upto = self._behind.pop(room_id)
+            subscription = self._subscriptions.get(room_id)
+            if subscription is not None:
+                self._queue.put_nowait(_CatchUp(subscription, upto))
+
+    async def _read_back(self, item: _CatchUp) -> None:
+        subscription = item.subscription
+        if self._subscriptions.get(subscription.room_id) is not subscription or not subscription.live:
+            return  # gone, or its replay (still to come) reads everything
+        if item.upto > subscription.last_sent:
+            await self._catch_up(subscription, upto=item.upto)
 
     async def _deliver(self, item: LiveMessage) -> None:
         subscription = self._subscriptions.get(item.room_id)
@@ -258,7 +320,7 @@ class ConnectSession:
             await self._catch_up(subscription, upto=item.sequence - 1)
             if self._subscriptions.get(item.room_id) is not subscription:
                 return
-        await self._write(item.frame)
+        await self._write_frame(item.frame)
         subscription.last_sent = item.sequence
 
     async def _replay(self, replay: _Replay) -> None:
@@ -268,7 +330,7 @@ class ConnectSession:
         subscribed = chat_pb2.SubscribedEvent(
             room_id=subscription.room_id, last_sequence=replay.last_sequence
         )
-        await self._write(chat_pb2.ConnectResponse(subscribed=subscribed))
+        await self._write_frame(chat_pb2.ConnectResponse(subscribed=subscribed))
         await self._catch_up(subscription, upto=_EVERYTHING)
         subscription.live = True
 
@@ -298,7 +360,7 @@ class ConnectSession:
                     self._hub.unsubscribe(subscription.room_id, self)
                     self.drop_room(subscription.room_id)
                     return
-                await self._write(convert.connect_message(message))
+                await self._write_frame(convert.connect_message(message))
                 subscription.last_sent = message.sequence
             if len(page) < _REPLAY_PAGE:
                 return

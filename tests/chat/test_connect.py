@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -415,29 +416,101 @@ class TestConnectAccess:
         assert [m.text for m in await resumed.messages(1)] == ["while away"]
         await resumed.close()
 
-    async def test_ends_a_slow_consumer_with_resource_exhausted_while_others_keep_receiving(self, servers):
-        server = await servers.start(chat_stream_buffer=32)
+    async def test_a_consumer_that_falls_far_behind_still_gets_every_message_once_and_in_order(self, servers):
+        server = await servers.start(chat_stream_buffer=8, chat_stream_stall_seconds=60)
         alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
         room = await group(server.stubs, alice, bob)
-        # A small HTTP/2 window (no BDP probing) so the unread frames back up into the server's buffer.
-        channel = grpc.aio.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)])
-        slow_stub: Any = chat_pb2_grpc.ChatServiceStub(channel)
-        slow = slow_stub.Connect(metadata=bob.auth)
-        await slow.write(chat_pb2.ConnectRequest(subscribe=chat_pb2.SubscribeFrame(room_id=room.id)))
-        fast = Stream(server.stubs, alice)
-        await fast.subscribe(room.id, 0)
-        total = 200
-        for _ in range(0, total, 10):
-            await asyncio.gather(*(say(server.stubs, alice, room.id, "x" * 4000) for _k in range(10)))
-        assert _sequences(await fast.messages(total)) == list(range(1, total + 1))
-        received = 0
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            async for frame in slow:
-                received += frame.WhichOneof("event") == "message"
-        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert received < total
-        await fast.close()
+        async with _unread_stream(server, bob, room.id) as slow:
+            fast = Stream(server.stubs, alice)
+            await fast.subscribe(room.id, 0)
+            total = await _flood(server.stubs, alice, room.id, fast, 200)
+            received = await _read_messages(slow, total // 2)  # the stream is open and catching up
+            await say(server.stubs, alice, room.id, "and one more")
+            assert [m.text for m in await fast.messages(1)] == ["and one more"]
+            await fast.close()
+            await slow.done_writing()  # what was not queued must still be sent before the stream ends
+            received += await _read_messages(slow, None)
+            assert received == list(range(1, total + 2))
+            assert await slow.code() == grpc.StatusCode.OK
+
+    async def test_ends_a_client_that_stopped_reading_once_its_other_frames_overflow(self, servers):
+        server = await servers.start(chat_stream_buffer=8, chat_stream_stall_seconds=60)
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        async with _unread_stream(server, bob, room.id) as slow:
+            fast = Stream(server.stubs, alice)
+            await fast.subscribe(room.id, 0)
+            await _flood(server.stubs, alice, room.id, fast, 100)  # the stream's window is full
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                for nonce in range(50):  # each pong waits in the queue: no table holds it
+                    await slow.write(chat_pb2.ConnectRequest(ping=chat_pb2.PingFrame(nonce=str(nonce))))
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for _frame in slow:
+                    pass
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            await say(server.stubs, alice, room.id, "others keep receiving")
+            assert [m.text for m in await fast.messages(1)] == ["others keep receiving"]
+            await fast.close()
+
+    async def test_ends_a_client_that_takes_nothing_while_messages_wait_and_it_resumes_from_its_last(
+        self, servers
+    ):
+        server = await servers.start(chat_stream_buffer=8, chat_stream_stall_seconds=1)
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        async with _unread_stream(server, bob, room.id) as slow:
+            fast = Stream(server.stubs, alice)
+            await fast.subscribe(room.id, 0)
+            total = await _flood(server.stubs, alice, room.id, fast, 100)  # one frame waits for the window
+            await asyncio.sleep(1.5)
+            await say(server.stubs, alice, room.id, "x" * 4000)  # falls behind a frame waiting 1.5 s
+            received: list[int] = []
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                received += await _read_messages(slow, None)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert received == list(range(1, len(received) + 1)) and len(received) < total + 1
+            resumed = Stream(server.stubs, bob)
+            await resumed.subscribe(room.id, len(received))
+            assert _sequences(await resumed.messages(total + 1 - len(received))) == list(
+                range(len(received) + 1, total + 2)
+            )
+            await resumed.close()
+            await fast.close()
+
+
+@contextlib.asynccontextmanager
+async def _unread_stream(server: Any, account: Account, room_id: str) -> AsyncIterator[Any]:
+    """A Connect stream subscribed to the room that reads nothing until the test does.
+
+    Its channel has a small HTTP/2 window (no BDP probing), so unread frames back up into the server.
+    """
+    channel = grpc.aio.insecure_channel(server.address, options=[("grpc.http2.bdp_probe", 0)])
+    try:
+        call = chat_pb2_grpc.ChatServiceStub(channel).Connect(metadata=account.auth)
+        await call.write(chat_pb2.ConnectRequest(subscribe=chat_pb2.SubscribeFrame(room_id=room_id)))
+        yield call
+    finally:
         await channel.close(None)
+
+
+async def _read_messages(call: Any, count: int | None) -> list[int]:
+    """The sequences of the next `count` messages the call reads, or of all until it ends (None)."""
+    sequences: list[int] = []
+    while count is None or len(sequences) < count:
+        frame = await call.read()
+        if frame is grpc.aio.EOF:
+            break
+        if frame.WhichOneof("event") == "message":
+            sequences.append(frame.message.sequence)
+    return sequences
+
+
+async def _flood(stubs: Any, sender: Account, room_id: str, watcher: Stream, total: int) -> int:
+    """Send `total` large messages, ten at a time; returns once the watching stream has them all."""
+    for _ in range(0, total, 10):
+        await asyncio.gather(*(say(stubs, sender, room_id, "x" * 4000) for _k in range(10)))
+    assert _sequences(await watcher.messages(total)) == list(range(1, total + 1))
+    return total
 
 
 async def _fresh(stubs: Any, account: Account) -> Account:

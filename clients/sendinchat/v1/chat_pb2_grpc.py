@@ -262,9 +262,13 @@ class ChatServiceServicer:
         Typing frames are announced at most once a second per room and stream.
         A user may hold 32 Connect streams open on one server; another is
         refused with RESOURCE_EXHAUSTED (RetryInfo).
-        The stream ends with RESOURCE_EXHAUSTED when the client reads too slowly,
-        UNAUTHENTICATED when the access token expires, UNAVAILABLE when the server
-        shuts down; in each case reconnect and resubscribe from the last sequence.
+        A client that reads slowly, or a burst, delays its messages, never loses
+        them: the server reads them back from the log. The stream ends with
+        RESOURCE_EXHAUSTED when the client takes nothing (for the server's stall
+        time while messages wait, or while its other events pile up past the
+        buffer), UNAUTHENTICATED when the access token expires, UNAVAILABLE when
+        the server shuts down; in each case reconnect and resubscribe from the
+        last sequence.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

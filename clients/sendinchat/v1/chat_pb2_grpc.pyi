@@ -132,9 +132,13 @@ class ChatServiceStub:
     Typing frames are announced at most once a second per room and stream.
     A user may hold 32 Connect streams open on one server; another is
     refused with RESOURCE_EXHAUSTED (RetryInfo).
-    The stream ends with RESOURCE_EXHAUSTED when the client reads too slowly,
-    UNAUTHENTICATED when the access token expires, UNAVAILABLE when the server
-    shuts down; in each case reconnect and resubscribe from the last sequence.
+    A client that reads slowly, or a burst, delays its messages, never loses
+    them: the server reads them back from the log. The stream ends with
+    RESOURCE_EXHAUSTED when the client takes nothing (for the server's stall
+    time while messages wait, or while its other events pile up past the
+    buffer), UNAUTHENTICATED when the access token expires, UNAVAILABLE when
+    the server shuts down; in each case reconnect and resubscribe from the
+    last sequence.
     """
 
 @_typing.type_check_only
@@ -241,9 +245,13 @@ class ChatServiceAsyncStub(ChatServiceStub):
     Typing frames are announced at most once a second per room and stream.
     A user may hold 32 Connect streams open on one server; another is
     refused with RESOURCE_EXHAUSTED (RetryInfo).
-    The stream ends with RESOURCE_EXHAUSTED when the client reads too slowly,
-    UNAUTHENTICATED when the access token expires, UNAVAILABLE when the server
-    shuts down; in each case reconnect and resubscribe from the last sequence.
+    A client that reads slowly, or a burst, delays its messages, never loses
+    them: the server reads them back from the log. The stream ends with
+    RESOURCE_EXHAUSTED when the client takes nothing (for the server's stall
+    time while messages wait, or while its other events pile up past the
+    buffer), UNAUTHENTICATED when the access token expires, UNAVAILABLE when
+    the server shuts down; in each case reconnect and resubscribe from the
+    last sequence.
     """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -425,9 +433,13 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         Typing frames are announced at most once a second per room and stream.
         A user may hold 32 Connect streams open on one server; another is
         refused with RESOURCE_EXHAUSTED (RetryInfo).
-        The stream ends with RESOURCE_EXHAUSTED when the client reads too slowly,
-        UNAUTHENTICATED when the access token expires, UNAVAILABLE when the server
-        shuts down; in each case reconnect and resubscribe from the last sequence.
+        A client that reads slowly, or a burst, delays its messages, never loses
+        them: the server reads them back from the log. The stream ends with
+        RESOURCE_EXHAUSTED when the client takes nothing (for the server's stall
+        time while messages wait, or while its other events pile up past the
+        buffer), UNAUTHENTICATED when the access token expires, UNAVAILABLE when
+        the server shuts down; in each case reconnect and resubscribe from the
+        last sequence.
         """
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
