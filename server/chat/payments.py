@@ -29,6 +29,7 @@ _SEND_PAYMENT = "SELECT * FROM chat_send_payment($1, $2, $3, $4, $5, $6, $7)"
 _REQUEST_PAYMENT = "SELECT * FROM chat_request_payment($1, $2, $3, $4, $5, $6, $7, $8)"
 _RESPOND = "SELECT * FROM chat_respond_payment_request($1, $2, $3, $4)"
 _EXPIRE_DUE = "SELECT room_id, sequence FROM chat_expire_due_payment_requests()"
+_ROOM_OF_REQUEST = "SELECT room_id FROM payment_requests WHERE id = $1"
 _MESSAGE = f"""
 SELECT {MESSAGE_COLUMNS}
 FROM messages m LEFT JOIN payment_requests pr ON pr.id = m.payment_request_id
@@ -168,6 +169,16 @@ async def respond_to_payment_request(
     return await _run(
         pool, _RESPOND, user_id, rid, pr, action.value, other_party_field="from_user_id", bus=bus
     )
+
+
+async def room_of_request(pool: asyncpg.Pool, payment_request_id: str) -> str | None:
+    """The room a payment request was posted in, or None (a malformed id, no such request).
+
+    Only where the caller waits for the room's turn: it says nothing about who may see the request.
+    """
+    key = Fields().uuid("payment_request_id", payment_request_id)
+    room_id = await pool.fetchval(_ROOM_OF_REQUEST, key) if key else None
+    return None if room_id is None else str(room_id)
 
 
 async def expire_due_requests(pool: asyncpg.Pool, bus: Publisher) -> int:

@@ -10,6 +10,7 @@ Connect: server/chat/stream.py (one session per stream), fed by server/chat/hub.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import cast
@@ -92,13 +93,14 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.AddMembersRequest, chat_pb2.AddMembersResponse],
     ) -> chat_pb2.AddMembersResponse:
         """ChatService.AddMembers."""
-        room = await members.add_members(
-            self._pool,
-            user_id=current_principal().user_id,
-            room_id=request.room_id,
-            member_ids=list(request.user_ids),
-            bus=self._hub.bus,
-        )
+        async with self._hub.turns.of(request.room_id):
+            room = await members.add_members(
+                self._pool,
+                user_id=current_principal().user_id,
+                room_id=request.room_id,
+                member_ids=list(request.user_ids),
+                bus=self._hub.bus,
+            )
         return chat_pb2.AddMembersResponse(room=convert.room(room))
 
     async def RemoveMember(
@@ -107,13 +109,14 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.RemoveMemberRequest, chat_pb2.RemoveMemberResponse],
     ) -> chat_pb2.RemoveMemberResponse:
         """ChatService.RemoveMember."""
-        room = await members.remove_member(
-            self._pool,
-            user_id=current_principal().user_id,
-            room_id=request.room_id,
-            member_id=request.user_id,
-            bus=self._hub.bus,
-        )
+        async with self._hub.turns.of(request.room_id):
+            room = await members.remove_member(
+                self._pool,
+                user_id=current_principal().user_id,
+                room_id=request.room_id,
+                member_id=request.user_id,
+                bus=self._hub.bus,
+            )
         return chat_pb2.RemoveMemberResponse(room=convert.room(room))
 
     async def LeaveRoom(
@@ -122,9 +125,10 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         context: grpc.aio.ServicerContext[chat_pb2.LeaveRoomRequest, chat_pb2.LeaveRoomResponse],
     ) -> chat_pb2.LeaveRoomResponse:
         """ChatService.LeaveRoom."""
-        await members.leave_room(
-            self._pool, user_id=current_principal().user_id, room_id=request.room_id, bus=self._hub.bus
-        )
+        async with self._hub.turns.of(request.room_id):
+            await members.leave_room(
+                self._pool, user_id=current_principal().user_id, room_id=request.room_id, bus=self._hub.bus
+            )
         return chat_pb2.LeaveRoomResponse()
 
     async def SendMessage(
@@ -218,14 +222,16 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         ],
     ) -> chat_pb2.RespondToPaymentRequestResponse:
         """ChatService.RespondToPaymentRequest."""
-        result = await payments.respond_to_payment_request(
-            self._pool,
-            user_id=current_principal().user_id,
-            request_id=request.request_id,
-            payment_request_id=request.payment_request_id,
-            action=_ACTIONS.get(request.action),
-            bus=self._hub.bus,
-        )
+        room_id = await payments.room_of_request(self._pool, request.payment_request_id)
+        async with self._hub.turns.of(room_id) if room_id else contextlib.nullcontext():
+            result = await payments.respond_to_payment_request(
+                self._pool,
+                user_id=current_principal().user_id,
+                request_id=request.request_id,
+                payment_request_id=request.payment_request_id,
+                action=_ACTIONS.get(request.action),
+                bus=self._hub.bus,
+            )
         return chat_pb2.RespondToPaymentRequestResponse(
             message=convert.message(result.message), transfer=_transfer(result)
         )

@@ -1,9 +1,10 @@
-"""One room-locking payment call per room at a time from this process.
+"""One room-locking call per room at a time from this process.
 
 A call that locks a room holds a pool connection while it waits for the room's row lock, and
-the room's writers go one at a time anyway. So the payment calls for one room wait for their
-turn here, off the pool: a flood of payments into one room cannot take every connection. (Text
-messages share their turn instead, in one transaction: server/chat/sending.py.)
+the room's writers go one at a time anyway. So the calls that lock one room (payments, payment
+requests and the answers to them, membership changes) wait for their turn here, off the pool: a
+flood of them into one room cannot take every connection. (Text messages share their turn
+instead, in one transaction: server/chat/sending.py.) Replicas still meet at the row lock.
 """
 
 from __future__ import annotations

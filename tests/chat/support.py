@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
 import grpc
 
 from sendinchat.v1 import chat_pb2
-from tests.helpers import Account, signed_up
+from tests.helpers import Account, lock_waiters, signed_up, waiting_on_a_lock
 
 WAIT = 10.0
 
@@ -47,6 +47,25 @@ async def room_locked(server: Any, room_id: str) -> AsyncIterator[asyncpg.Connec
             yield holder
     finally:
         await holder.close()
+
+
+async def flood_into_locked_room(
+    server: Any, room_id: str, call: Callable[[int], Awaitable[Any]], count: int
+) -> tuple[int, list[Any]]:
+    """Make `count` calls `call(i)` at once into the locked room, and check other rooms are served.
+
+    Returns how many backends waited for the room's lock, and the calls' outcomes (errors too).
+    """
+    owner, member = await signed_up(server.stubs), await signed_up(server.stubs)
+    async with room_locked(server, room_id) as holder:
+        calls = asyncio.gather(*(call(i) for i in range(count)), return_exceptions=True)
+        await waiting_on_a_lock(holder)
+        await asyncio.sleep(0.2)  # every call has reached the server
+        waiting = len(await lock_waiters(holder))
+        # The pool is not exhausted: the other rooms' calls are answered meanwhile.
+        other = await asyncio.wait_for(group(server.stubs, owner, member, name="elsewhere"), WAIT)
+        await asyncio.wait_for(say(server.stubs, member, other.id, "still served"), WAIT)
+    return waiting, await asyncio.wait_for(calls, WAIT)
 
 
 async def say(

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from sendinchat.v1 import chat_pb2
-from tests.chat.support import group, room_locked, say
+from tests.chat.support import flood_into_locked_room, group, room_locked, say
 from tests.helpers import error_info, field_violations, signed_up, waiting_on_a_lock
 
 
@@ -204,6 +204,23 @@ class TestListRooms:
 
 
 class TestAddMembers:
+    async def test_a_flood_of_membership_changes_into_one_room_takes_one_connection(self, server, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        room = await group(stubs, alice, bob)
+        newcomers = [await signed_up(stubs) for _ in range(server.config.db_pool_size * 2)]
+        waiting, outcomes = await flood_into_locked_room(
+            server,
+            room.id,
+            lambda i: stubs.chat.AddMembers(
+                chat_pb2.AddMembersRequest(room_id=room.id, user_ids=[newcomers[i].id]), metadata=alice.auth
+            ),
+            len(newcomers),
+        )
+        assert [o for o in outcomes if isinstance(o, Exception)] == []
+        assert waiting == 1
+        reply = await stubs.chat.GetRoom(chat_pb2.GetRoomRequest(room_id=room.id), metadata=alice.auth)
+        assert len(reply.room.members) == 2 + len(newcomers)
+
     async def test_adds_users_and_posts_a_joined_message_when_any_member_adds(self, stubs):
         alice, bob, carol = await signed_up(stubs), await signed_up(stubs), await signed_up(stubs)
         room = await group(stubs, alice, bob)
@@ -297,13 +314,15 @@ class TestLeaveRoom:
             await stubs.chat.LeaveRoom(chat_pb2.LeaveRoomRequest(room_id=room.id), metadata=alice.auth)
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
-    async def test_two_leaves_at_once_leave_once(self, server, stubs):
+    async def test_two_leaves_at_once_leave_once(self, server, servers, stubs):
         alice, bob = await signed_up(stubs), await signed_up(stubs)
         room = await group(stubs, alice, bob)
+        replica = await servers.start(server.database_url)  # in one process the room's turn orders them
         leave = chat_pb2.LeaveRoomRequest(room_id=room.id)
         async with room_locked(server, room.id) as holder:
             leaves = asyncio.gather(
-                *(stubs.chat.LeaveRoom(leave, metadata=bob.auth) for _ in range(2)), return_exceptions=True
+                *(s.chat.LeaveRoom(leave, metadata=bob.auth) for s in (stubs, replica.stubs)),
+                return_exceptions=True,
             )
             await waiting_on_a_lock(holder, count=2)  # both wait for the room, both saw Bob a member
         outcomes = await asyncio.wait_for(leaves, 10)
