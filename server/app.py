@@ -123,7 +123,7 @@ async def create_server(
             pool,
             hub,
             stream_buffer=config.chat_stream_buffer,
-            stream_stall_seconds=config.chat_stream_stall_seconds,
+            stream_max_behind=config.chat_stream_max_behind,
         ),
         server,
     )

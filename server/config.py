@@ -47,7 +47,7 @@ class Config:
     admin_password: str | None = None
     log_level: str = "INFO"
     chat_stream_buffer: int = 256
-    chat_stream_stall_seconds: float = 10.0
+    chat_stream_max_behind: int = 10_000
     transfer_batch_linger_ms: float = 5.0
     sched_batch: bool = True
     workers: int = 1
@@ -230,7 +230,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "admin_password": _non_empty,
     "log_level": _log_level,
     "chat_stream_buffer": _int_between(8, 100_000),
-    "chat_stream_stall_seconds": _float_between(0.1, 3600),
+    "chat_stream_max_behind": _int_between(1, 10**9),
     "transfer_batch_linger_ms": _float_between(0, 1000),
     "sched_batch": _switch,
     "workers": _workers,

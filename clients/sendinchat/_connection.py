@@ -19,7 +19,7 @@ class ChatConnection:
     """One Connect stream. Subscribe to rooms, write frames, and iterate events() for what comes.
 
     The connection remembers the last sequence of each subscribed room. When the stream ends
-    with UNAVAILABLE (a server shutting down), RESOURCE_EXHAUSTED (stopped reading) or an
+    with UNAVAILABLE (a server shutting down), RESOURCE_EXHAUSTED (too far behind) or an
     expired access token, events() reopens it (refreshing the token first) and resubscribes
     every room from its last sequence: the server replays what was missed, without gaps or
     duplicates. Frames written while the stream is down raise UnavailableError; the unary

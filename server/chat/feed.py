@@ -58,7 +58,7 @@ class Subscriber(Protocol):
         ...
 
     def offer(self, item: LiveMessage | chat_pb2.ConnectResponse) -> None:
-        """Queue an item without blocking (a full queue ends the stream)."""
+        """Take a message or a state event without blocking (server/chat/stream.py says how)."""
         ...
 
     def drop_room(self, room_id: str) -> None:

@@ -6,7 +6,7 @@ message in room R the room's feed (server/chat/feed.py) reads R's new rows from 
 once and offers each frame, serialized once, to every local subscriber of R; a message sent through
 this process is handed to its feed by the sender after commit (`stored`). Offers never block; each
 stream has its own bounded queue (server/chat/stream.py: a stream that falls behind reads messages
-back from the table, and ends itself when its client takes nothing). Because the table is the log, a
+back from the table, and ends itself when it falls too far behind). Because the table is the log, a
 lost event delays delivery but loses nothing: after the bus reconnects (and, on NATS, every few
 seconds) the hub compares each followed room's newest sequence with what it has read, in one query
 per thousand rooms, and reads what it lacks (the periodic round checks at most

@@ -40,11 +40,11 @@ def _transfer(result: payments.PaymentResult) -> ledger_pb2.Transfer | None:
 class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     """Rooms, messages, the Connect stream and payments in chat."""
 
-    def __init__(self, pool: Pool, hub: ChatHub, *, stream_buffer: int, stream_stall_seconds: float) -> None:
+    def __init__(self, pool: Pool, hub: ChatHub, *, stream_buffer: int, stream_max_behind: int) -> None:
         self._pool = pool
         self._hub = hub
         self._stream_buffer = stream_buffer
-        self._stream_stall_seconds = stream_stall_seconds
+        self._stream_max_behind = stream_max_behind
         self._streams: Counter[str] = Counter()  # open Connect streams per user
 
     async def CreateRoom(
@@ -257,7 +257,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             hub=self._hub,
             user_id=user_id,
             buffer=self._stream_buffer,
-            stall_seconds=self._stream_stall_seconds,
+            max_behind=self._stream_max_behind,
             write=write,
         )
         try:

@@ -10,13 +10,17 @@ subscription is registered with the hub *before* its replay is read, so nothing 
 between can fall through; the replay runs when the writer reaches it in the queue, and live
 items queued behind it are then filtered by that last sequence.
 
-The same rule lets a stream fall behind without losing anything: once messages take half the
-queue, a further live message is not queued but remembered as the room's point to read up to,
-and the writer reads it back from the table when it has room (a burst, or a client reading
-slowly, costs a read, not the stream). The other half is for the frames that are in no table
-(acks, errors, typing, presence, receipts, pongs). A slow consumer is one that takes nothing:
-the stream ends with RESOURCE_EXHAUSTED when those frames overflow the queue, or when a message
-falls behind while one frame has waited `stall_seconds` for the client to take it.
+The same rule lets a stream fall behind without losing anything or holding more. Once the
+queue is half full:
+- a live message is not queued but remembered as the room's point to read up to, and the
+  writer reads it back from the table when the queue has room again;
+- a read receipt, presence or typing event is kept only as the latest per room, user and kind
+  (each says how things are now), and queued when there is room;
+- the answers to the client's own frames (acks, errors, pongs, subscriptions) wait for room, so
+  a client that sends without reading is held back by its own stream.
+A burst, or a client reading slowly, thus costs reads, not the stream. A slow consumer is one
+that falls more than `max_behind` messages behind a room it follows live: its stream ends with
+RESOURCE_EXHAUSTED, and it resumes from its last sequence.
 """
 
 from __future__ import annotations
@@ -74,21 +78,29 @@ class _CatchUp:
 _Item = LiveMessage | chat_pb2.ConnectResponse | _Replay | _CatchUp
 
 
+def _state_key(state: chat_pb2.ConnectResponse) -> tuple[str, str, str]:
+    """What a state event is about: its kind, room and user (a later one replaces it)."""
+    kind = state.WhichOneof("event") or ""
+    event = getattr(state, kind, None)
+    return kind, getattr(event, "room_id", ""), getattr(event, "user_id", "")
+
+
 class ConnectSession:
     """The server side of one Connect stream for one authenticated user."""
 
     def __init__(
-        self, *, pool: Pool, hub: ChatHub, user_id: str, buffer: int, stall_seconds: float, write: Write
+        self, *, pool: Pool, hub: ChatHub, user_id: str, buffer: int, max_behind: int, write: Write
     ) -> None:
         self._pool = pool
         self._hub = hub
         self._user_id = user_id
-        self._write_to_client = write
-        self._stall_seconds = stall_seconds
-        self._writing_since: float | None = None  # when the frame being written began to wait
+        self._write = write
+        self._max_behind = max_behind
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=buffer)
-        self._message_room = max(1, buffer // 2)  # queued messages beyond this are read back later
+        self._half = max(1, buffer // 2)  # past this the stream is behind: see the module's docstring
+        self._room_to_answer = asyncio.Event()
         self._behind: dict[str, int] = {}  # room id → the last sequence offered but not queued
+        self._latest_states: dict[tuple[str, str, str], chat_pb2.ConnectResponse] = {}
         self._subscriptions: dict[str, _Subscription] = {}
         self._typing_throttle = TypingThrottle()
         self._overflowed = asyncio.Event()
@@ -100,21 +112,26 @@ class ConnectSession:
         return self._user_id
 
     def offer(self, item: LiveMessage | chat_pb2.ConnectResponse) -> None:
-        """Queue an item for the client without blocking.
+        """Take a message or a state event (receipt, presence, typing) for the client; never blocks.
 
-        A message the queue has no room for is read back from the table later; any other frame that
-        overflows it ends the stream, as does a message falling behind a stalled client.
+        Behind (the queue half full), a message is read back from the table later and a state
+        event waits as the latest of its kind; a room followed live more than `max_behind`
+        messages behind ends the stream.
         """
-        if not isinstance(item, LiveMessage) or self._queue.qsize() < self._message_room:
+        if isinstance(item, LiveMessage):
+            subscription = self._subscriptions.get(item.room_id)
+            if subscription is None:
+                return
+            if subscription.live and item.sequence - subscription.last_sent > self._max_behind:
+                self._overflow(f"over {self._max_behind} messages behind in room {item.room_id}")
+            elif self._queue.qsize() < self._half:
+                self._put(item)
+            else:
+                self._behind[item.room_id] = max(item.sequence, self._behind.get(item.room_id, 0))
+        elif self._queue.qsize() < self._half:
             self._put(item)
-        elif self._stalled():
-            self._overflow()
-        elif item.room_id in self._subscriptions:
-            self._behind[item.room_id] = max(item.sequence, self._behind.get(item.room_id, 0))
-
-    def _stalled(self) -> bool:
-        since = self._writing_since
-        return since is not None and asyncio.get_running_loop().time() - since >= self._stall_seconds
+        else:
+            self._latest_states[_state_key(item)] = item
 
     def drop_room(self, room_id: str) -> None:
         """The user left or was removed: nothing more of the room is sent, even if queued."""
@@ -131,11 +148,19 @@ class ConnectSession:
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            self._overflow()
+            self._overflow(f"its queue of {self._queue.maxsize} frames is full")
 
-    def _overflow(self) -> None:
-        log.info("chat stream of user %s is a slow consumer (buffer %d)", self._user_id, self._queue.maxsize)
+    async def _answer(self, item: _Item) -> None:
+        """Queue the answer to a client's frame once the stream is not behind."""
+        while self._queue.qsize() >= self._half and not self._overflowed.is_set():
+            self._room_to_answer.clear()
+            await self._room_to_answer.wait()
+        self._put(item)
+
+    def _overflow(self, why: str) -> None:
+        log.info("chat stream of user %s ends: %s", self._user_id, why)
         self._overflowed.set()
+        self._room_to_answer.set()
         self._leave_hub()  # stop accepting work at once; the queue is released with the session
 
     def _leave_hub(self) -> None:
@@ -147,7 +172,7 @@ class ConnectSession:
         """Serve the stream until the client stops sending, overflows, or this task is cancelled.
 
         Raises:
-            RateLimitedError: the client read too slowly and the buffer overflowed.
+            RateLimitedError: a slow consumer: more than max_behind messages behind a room.
         """
         reader = asyncio.create_task(self._read(requests))
         writer = asyncio.create_task(self._write_loop())
@@ -173,7 +198,7 @@ class ConnectSession:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         if self._overflowed.is_set():
             raise RateLimitedError(
-                "the stream's client stopped reading; reconnect and resubscribe from the last sequence",
+                "the stream fell too far behind; reconnect and resubscribe from the last sequence",
                 retry_after_seconds=_OVERFLOW_RETRY_SECONDS,
             )
         for task in done:
@@ -192,7 +217,7 @@ class ConnectSession:
                 boundary.check(request)
                 await self._handle(request)
             except Exception as exc:
-                self._put(frame_errors.answer(exc, request))
+                await self._answer(frame_errors.answer(exc, request))
 
     async def _handle(self, request: chat_pb2.ConnectRequest) -> None:
         frame = request.WhichOneof("frame")
@@ -216,7 +241,7 @@ class ConnectSession:
                 bus=self._hub.bus,
             )
         elif frame == "ping":
-            self._put(chat_pb2.ConnectResponse(pong=chat_pb2.PongEvent(nonce=request.ping.nonce)))
+            await self._answer(chat_pb2.ConnectResponse(pong=chat_pb2.PongEvent(nonce=request.ping.nonce)))
         else:
             raise InvalidArgumentError.field("frame", "the frame is empty")
 
@@ -250,7 +275,7 @@ class ConnectSession:
             return  # removed (and told so) or unsubscribed meanwhile
         self._hub.confirm(room_id, self, last)
         subscription.last_sent = last if frame.after_sequence == -1 else min(frame.after_sequence, last)
-        self._put(_Replay(subscription, last))
+        await self._answer(_Replay(subscription, last))
 
     async def _send(self, frame: chat_pb2.SendFrame) -> None:
         message = await self._hub.send_message(
@@ -263,7 +288,7 @@ class ConnectSession:
         ack = chat_pb2.AckEvent(
             client_message_id=frame.client_message_id, room_id=message.room_id, sequence=message.sequence
         )
-        self._put(chat_pb2.ConnectResponse(ack=ack))
+        await self._answer(chat_pb2.ConnectResponse(ack=ack))
 
     def _lose(self, subscription: _Subscription, exc: Exception) -> None:
         """A room's history could not be read: drop the room and tell the client to subscribe again."""
@@ -286,24 +311,25 @@ class ConnectSession:
             elif isinstance(item, _CatchUp):
                 await self._read_back(item)
             else:
-                await self._write_frame(item)
-            self._queue_catch_ups()  # before task_done: the stream is not drained while it is behind
+                await self._write(item)
+            self._refill()  # before task_done: the stream is not drained while it is behind
             self._queue.task_done()
 
-    async def _write_frame(self, frame: chat_pb2.ConnectResponse | bytes) -> None:
-        self._writing_since = asyncio.get_running_loop().time()
-        try:
-            await self._write_to_client(frame)
-        finally:
-            self._writing_since = None
-
-    def _queue_catch_ups(self) -> None:
-        while self._behind and self._queue.qsize() < self._message_room:
+    def _refill(self) -> None:
+        """Queue what waits outside the queue while there is room: read-backs, then the latest states."""
+        while self._behind and self._queue.qsize() < self._half:
             room_id = next(iter(self._behind))
             upto = self._behind.pop(room_id)
             subscription = self._subscriptions.get(room_id)
             if subscription is not None:
                 self._queue.put_nowait(_CatchUp(subscription, upto))
+        while self._latest_states and self._queue.qsize() < self._half:
+            key = next(iter(self._latest_states))
+            state = self._latest_states.pop(key)
+            if key[1] in self._subscriptions:  # not for a room the user has left meanwhile
+                self._queue.put_nowait(state)
+        if self._queue.qsize() < self._half:
+            self._room_to_answer.set()
 
     async def _read_back(self, item: _CatchUp) -> None:
         subscription = item.subscription
@@ -320,7 +346,7 @@ class ConnectSession:
             await self._catch_up(subscription, upto=item.sequence - 1)
             if self._subscriptions.get(item.room_id) is not subscription:
                 return
-        await self._write_frame(item.frame)
+        await self._write(item.frame)
         subscription.last_sent = item.sequence
 
     async def _replay(self, replay: _Replay) -> None:
@@ -330,7 +356,7 @@ class ConnectSession:
         subscribed = chat_pb2.SubscribedEvent(
             room_id=subscription.room_id, last_sequence=replay.last_sequence
         )
-        await self._write_frame(chat_pb2.ConnectResponse(subscribed=subscribed))
+        await self._write(chat_pb2.ConnectResponse(subscribed=subscribed))
         await self._catch_up(subscription, upto=_EVERYTHING)
         subscription.live = True
 
@@ -360,7 +386,7 @@ class ConnectSession:
                     self._hub.unsubscribe(subscription.room_id, self)
                     self.drop_room(subscription.room_id)
                     return
-                await self._write_frame(convert.connect_message(message))
+                await self._write(convert.connect_message(message))
                 subscription.last_sent = message.sequence
             if len(page) < _REPLAY_PAGE:
                 return

@@ -263,12 +263,12 @@ class ChatServiceServicer:
         A user may hold 32 Connect streams open on one server; another is
         refused with RESOURCE_EXHAUSTED (RetryInfo).
         A client that reads slowly, or a burst, delays its messages, never loses
-        them: the server reads them back from the log. The stream ends with
-        RESOURCE_EXHAUSTED when the client takes nothing (for the server's stall
-        time while messages wait, or while its other events pile up past the
-        buffer), UNAUTHENTICATED when the access token expires, UNAVAILABLE when
-        the server shuts down; in each case reconnect and resubscribe from the
-        last sequence.
+        them: the server reads them back from the log (and sends only the latest
+        receipt, presence and typing of each member meanwhile). The stream ends
+        with RESOURCE_EXHAUSTED when it falls too far behind a room (the server's
+        SENDINCHAT_CHAT_STREAM_MAX_BEHIND messages), UNAUTHENTICATED when the
+        access token expires, UNAVAILABLE when the server shuts down; in each case
+        reconnect and resubscribe from the last sequence.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -133,12 +133,12 @@ class ChatServiceStub:
     A user may hold 32 Connect streams open on one server; another is
     refused with RESOURCE_EXHAUSTED (RetryInfo).
     A client that reads slowly, or a burst, delays its messages, never loses
-    them: the server reads them back from the log. The stream ends with
-    RESOURCE_EXHAUSTED when the client takes nothing (for the server's stall
-    time while messages wait, or while its other events pile up past the
-    buffer), UNAUTHENTICATED when the access token expires, UNAVAILABLE when
-    the server shuts down; in each case reconnect and resubscribe from the
-    last sequence.
+    them: the server reads them back from the log (and sends only the latest
+    receipt, presence and typing of each member meanwhile). The stream ends
+    with RESOURCE_EXHAUSTED when it falls too far behind a room (the server's
+    SENDINCHAT_CHAT_STREAM_MAX_BEHIND messages), UNAUTHENTICATED when the
+    access token expires, UNAVAILABLE when the server shuts down; in each case
+    reconnect and resubscribe from the last sequence.
     """
 
 @_typing.type_check_only
@@ -246,12 +246,12 @@ class ChatServiceAsyncStub(ChatServiceStub):
     A user may hold 32 Connect streams open on one server; another is
     refused with RESOURCE_EXHAUSTED (RetryInfo).
     A client that reads slowly, or a burst, delays its messages, never loses
-    them: the server reads them back from the log. The stream ends with
-    RESOURCE_EXHAUSTED when the client takes nothing (for the server's stall
-    time while messages wait, or while its other events pile up past the
-    buffer), UNAUTHENTICATED when the access token expires, UNAVAILABLE when
-    the server shuts down; in each case reconnect and resubscribe from the
-    last sequence.
+    them: the server reads them back from the log (and sends only the latest
+    receipt, presence and typing of each member meanwhile). The stream ends
+    with RESOURCE_EXHAUSTED when it falls too far behind a room (the server's
+    SENDINCHAT_CHAT_STREAM_MAX_BEHIND messages), UNAUTHENTICATED when the
+    access token expires, UNAVAILABLE when the server shuts down; in each case
+    reconnect and resubscribe from the last sequence.
     """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -434,12 +434,12 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         A user may hold 32 Connect streams open on one server; another is
         refused with RESOURCE_EXHAUSTED (RetryInfo).
         A client that reads slowly, or a burst, delays its messages, never loses
-        them: the server reads them back from the log. The stream ends with
-        RESOURCE_EXHAUSTED when the client takes nothing (for the server's stall
-        time while messages wait, or while its other events pile up past the
-        buffer), UNAUTHENTICATED when the access token expires, UNAVAILABLE when
-        the server shuts down; in each case reconnect and resubscribe from the
-        last sequence.
+        them: the server reads them back from the log (and sends only the latest
+        receipt, presence and typing of each member meanwhile). The stream ends
+        with RESOURCE_EXHAUSTED when it falls too far behind a room (the server's
+        SENDINCHAT_CHAT_STREAM_MAX_BEHIND messages), UNAUTHENTICATED when the
+        access token expires, UNAVAILABLE when the server shuts down; in each case
+        reconnect and resubscribe from the last sequence.
         """
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
