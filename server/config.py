@@ -230,7 +230,7 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "admin_password": _non_empty,
     "log_level": _log_level,
     "chat_stream_buffer": _int_between(8, 100_000),
-    "chat_stream_max_behind": _int_between(1, 10**9),
+    "chat_stream_max_behind": _int_between(1000, 10**9),  # a burst of one commit arrives at once
     "transfer_batch_linger_ms": _float_between(0, 1000),
     "sched_batch": _switch,
     "workers": _workers,

@@ -7,20 +7,23 @@ holds is the queue (shared message objects) plus one replay page.
 Per room the writer keeps the last sequence it sent, which makes delivery exact: it skips what
 it already sent, and on a gap it reads the missing messages from the database first. A
 subscription is registered with the hub *before* its replay is read, so nothing committed in
-between can fall through; the replay runs when the writer reaches it in the queue, and live
-items queued behind it are then filtered by that last sequence.
+between can fall through; the replay runs when the writer reaches it in the queue (the
+subscribed event, then the history a page at a time, as any read-back below), and live items
+are filtered by that last sequence.
 
-The same rule lets a stream fall behind without losing anything or holding more. Once the
-queue is half full:
+The same rule lets a stream fall behind without losing anything or holding more. Messages and
+state events take at most half the queue; past that:
 - a live message is not queued but remembered as the room's point to read up to, and the
   writer reads it back from the table when the queue has room again;
 - a read receipt, presence or typing event is kept only as the latest per room, user and kind
-  (each says how things are now), and queued when there is room;
-- the answers to the client's own frames (acks, errors, pongs, subscriptions) wait for room, so
-  a client that sends without reading is held back by its own stream.
+  (each says how things are now), and queued when there is room.
+The other half is for the answers to the client's own frames (acks, errors, pongs,
+subscriptions), so they wait behind at most half a queue, and for the notices that a room is
+gone. An answer that finds the queue full waits, so a client that sends without reading is held
+back by its own stream; a notice waits outside the queue, one per room.
 A burst, or a client reading slowly, thus costs reads, not the stream. A slow consumer is one
-that falls more than `max_behind` messages behind a room it follows live: its stream ends with
-RESOURCE_EXHAUSTED, and it resumes from its last sequence.
+that takes none of its frames while more than `max_behind` messages arrive for it: its stream
+ends with RESOURCE_EXHAUSTED, and it resumes from its last sequence.
 """
 
 from __future__ import annotations
@@ -94,13 +97,15 @@ class ConnectSession:
         self._pool = pool
         self._hub = hub
         self._user_id = user_id
-        self._write = write
+        self._write_to_client = write
         self._max_behind = max_behind
+        self._arrived_untaken = 0  # messages offered since the client last took a frame
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=buffer)
         self._half = max(1, buffer // 2)  # past this the stream is behind: see the module's docstring
         self._room_to_answer = asyncio.Event()
         self._behind: dict[str, int] = {}  # room id → the last sequence offered but not queued
         self._latest_states: dict[tuple[str, str, str], chat_pb2.ConnectResponse] = {}
+        self._notices: dict[str, chat_pb2.ConnectResponse] = {}  # room id → "the room is gone" error
         self._subscriptions: dict[str, _Subscription] = {}
         self._typing_throttle = TypingThrottle()
         self._overflowed = asyncio.Event()
@@ -114,33 +119,50 @@ class ConnectSession:
     def offer(self, item: LiveMessage | chat_pb2.ConnectResponse) -> None:
         """Take a message or a state event (receipt, presence, typing) for the client; never blocks.
 
-        Behind (the queue half full), a message is read back from the table later and a state
-        event waits as the latest of its kind; a room followed live more than `max_behind`
-        messages behind ends the stream.
+        Behind (messages and states fill half the queue), a message is read back from the table
+        later and a state event waits as the latest of its kind. A stream whose client takes
+        nothing while more than `max_behind` messages arrive for it ends.
         """
         if isinstance(item, LiveMessage):
-            subscription = self._subscriptions.get(item.room_id)
-            if subscription is None:
+            if item.room_id not in self._subscriptions:
                 return
-            if subscription.live and item.sequence - subscription.last_sent > self._max_behind:
-                self._overflow(f"over {self._max_behind} messages behind in room {item.room_id}")
+            self._arrived_untaken += 1
+            if self._arrived_untaken > self._max_behind:
+                self._overflow(f"took nothing while {self._arrived_untaken} messages arrived for it")
             elif self._queue.qsize() < self._half:
                 self._put(item)
             else:
                 self._behind[item.room_id] = max(item.sequence, self._behind.get(item.room_id, 0))
-        elif self._queue.qsize() < self._half:
-            self._put(item)
+            return
+        key = _state_key(item)
+        if key in self._latest_states or self._queue.qsize() >= self._half:
+            self._latest_states[key] = item  # an older one still waiting must not arrive after it
         else:
-            self._latest_states[_state_key(item)] = item
+            self._put(item)
 
     def drop_room(self, room_id: str) -> None:
         """The user left or was removed: nothing more of the room is sent, even if queued."""
         if self._subscriptions.pop(room_id, None) is not None:
-            self._put(
+            self._forget(room_id)
+            self._notify(
+                room_id,
                 frame_errors.event(
                     grpc.StatusCode.NOT_FOUND, "no longer a member of the room", room_id=room_id
-                )
+                ),
             )
+
+    def _forget(self, room_id: str) -> None:
+        """Nothing that waits outside the queue for a room the stream no longer follows is sent."""
+        self._behind.pop(room_id, None)
+        for key in [key for key in self._latest_states if key[1] == room_id]:
+            del self._latest_states[key]
+
+    def _notify(self, room_id: str, notice: chat_pb2.ConnectResponse) -> None:
+        """Queue a notice that a room is gone from the stream, or keep it for when there is room."""
+        if self._notices or self._queue.full():
+            self._notices[room_id] = notice
+        else:
+            self._put(notice)
 
     def _put(self, item: _Item) -> None:
         if self._overflowed.is_set():
@@ -151,8 +173,8 @@ class ConnectSession:
             self._overflow(f"its queue of {self._queue.maxsize} frames is full")
 
     async def _answer(self, item: _Item) -> None:
-        """Queue the answer to a client's frame once the stream is not behind."""
-        while self._queue.qsize() >= self._half and not self._overflowed.is_set():
+        """Queue the answer to a client's frame, waiting while the queue is full."""
+        while self._queue.full() and not self._overflowed.is_set():
             self._room_to_answer.clear()
             await self._room_to_answer.wait()
         self._put(item)
@@ -172,7 +194,7 @@ class ConnectSession:
         """Serve the stream until the client stops sending, overflows, or this task is cancelled.
 
         Raises:
-            RateLimitedError: a slow consumer: more than max_behind messages behind a room.
+            RateLimitedError: a slow consumer (took nothing while over max_behind messages arrived).
         """
         reader = asyncio.create_task(self._read(requests))
         writer = asyncio.create_task(self._write_loop())
@@ -228,6 +250,7 @@ class ConnectSession:
             subscription = self._subscriptions.pop(room_id, None)
             if subscription is not None:
                 self._hub.unsubscribe(subscription.room_id, self)
+                self._forget(room_id)
         elif frame == "send":
             await self._send(request.send)
         elif frame == "typing":
@@ -270,6 +293,7 @@ class ConnectSession:
             if self._subscriptions.get(room_id) is subscription:
                 del self._subscriptions[room_id]
                 self._hub.unsubscribe(room_id, self)
+                self._forget(room_id)
             raise
         if self._subscriptions.get(room_id) is not subscription:
             return  # removed (and told so) or unsubscribed meanwhile
@@ -295,11 +319,12 @@ class ConnectSession:
         if self._subscriptions.get(subscription.room_id) is subscription:
             del self._subscriptions[subscription.room_id]
             self._hub.unsubscribe(subscription.room_id, self)
+            self._forget(subscription.room_id)
         error = frame_errors.answer(
             exc, chat_pb2.ConnectRequest(subscribe=chat_pb2.SubscribeFrame(room_id=subscription.room_id))
         )
         error.error.message += "; subscribe again from the last sequence"
-        self._put(error)
+        self._notify(subscription.room_id, error)
 
     async def _write_loop(self) -> None:
         while True:
@@ -314,9 +339,16 @@ class ConnectSession:
                 await self._write(item)
             self._refill()  # before task_done: the stream is not drained while it is behind
             self._queue.task_done()
+            self._room_to_answer.set()
+
+    async def _write(self, frame: chat_pb2.ConnectResponse | bytes) -> None:
+        await self._write_to_client(frame)
+        self._arrived_untaken = 0
 
     def _refill(self) -> None:
-        """Queue what waits outside the queue while there is room: read-backs, then the latest states."""
+        """Queue what waits outside the queue while there is room: notices; read-backs and states."""
+        while self._notices and not self._queue.full():
+            self._queue.put_nowait(self._notices.pop(next(iter(self._notices))))
         while self._behind and self._queue.qsize() < self._half:
             room_id = next(iter(self._behind))
             upto = self._behind.pop(room_id)
@@ -328,22 +360,26 @@ class ConnectSession:
             state = self._latest_states.pop(key)
             if key[1] in self._subscriptions:  # not for a room the user has left meanwhile
                 self._queue.put_nowait(state)
-        if self._queue.qsize() < self._half:
-            self._room_to_answer.set()
 
     async def _read_back(self, item: _CatchUp) -> None:
         subscription = item.subscription
         if self._subscriptions.get(subscription.room_id) is not subscription or not subscription.live:
             return  # gone, or its replay (still to come) reads everything
-        if item.upto > subscription.last_sent:
-            await self._catch_up(subscription, upto=item.upto)
+        if item.upto > subscription.last_sent and await self._send_page(subscription, upto=item.upto):
+            self._fall_behind(subscription.room_id, item.upto)  # the rest after what waits now
+
+    def _fall_behind(self, room_id: str, upto: int) -> None:
+        self._behind[room_id] = max(upto, self._behind.get(room_id, 0))
 
     async def _deliver(self, item: LiveMessage) -> None:
         subscription = self._subscriptions.get(item.room_id)
         if subscription is None or not subscription.live or item.sequence <= subscription.last_sent:
             return
         if item.sequence > subscription.last_sent + 1:
-            await self._catch_up(subscription, upto=item.sequence - 1)
+            if item.sequence - 1 - subscription.last_sent > _REPLAY_PAGE:
+                self._fall_behind(item.room_id, item.sequence)  # read back a page at a time
+                return
+            await self._send_page(subscription, upto=item.sequence - 1)
             if self._subscriptions.get(item.room_id) is not subscription:
                 return
         await self._write(item.frame)
@@ -357,36 +393,35 @@ class ConnectSession:
             room_id=subscription.room_id, last_sequence=replay.last_sequence
         )
         await self._write(chat_pb2.ConnectResponse(subscribed=subscribed))
-        await self._catch_up(subscription, upto=_EVERYTHING)
         subscription.live = True
+        self._fall_behind(subscription.room_id, _EVERYTHING)  # the history, a page at a time
 
-    async def _catch_up(self, subscription: _Subscription, *, upto: int) -> None:
-        while True:
-            try:
-                page = await messages.messages_after(
-                    self._pool,
-                    room_id=subscription.room_id,
-                    after=subscription.last_sent,
-                    upto=upto,
-                    limit=_REPLAY_PAGE,
-                )
-                # A member leaves or is removed only in a commit that also appends a SYSTEM
-                # message: a page holding one is sent only up to it unless the user is still a
-                # member (a removal whose event has not arrived, or never will, stops it there).
-                removed = any(m.kind == MessageKind.SYSTEM for m in page) and bool(
-                    await messages.not_members(self._pool, [(subscription.room_id, self._user_id)])
-                )
-            except Exception as exc:  # the subscription is lost, not the stream
-                self._lose(subscription, exc)
-                return
-            for message in page:
-                if self._subscriptions.get(subscription.room_id) is not subscription:
-                    return
-                if message.kind == MessageKind.SYSTEM and removed:
-                    self._hub.unsubscribe(subscription.room_id, self)
-                    self.drop_room(subscription.room_id)
-                    return
-                await self._write(convert.connect_message(message))
-                subscription.last_sent = message.sequence
-            if len(page) < _REPLAY_PAGE:
-                return
+    async def _send_page(self, subscription: _Subscription, *, upto: int) -> bool:
+        """Send the room's next page of messages up to `upto`; True when it was full (more may follow)."""
+        try:
+            page = await messages.messages_after(
+                self._pool,
+                room_id=subscription.room_id,
+                after=subscription.last_sent,
+                upto=upto,
+                limit=_REPLAY_PAGE,
+            )
+            # A member leaves or is removed only in a commit that also appends a SYSTEM message: a
+            # page holding one is sent only up to it unless the user is still a member (a removal
+            # whose event has not arrived, or never will, stops it there).
+            removed = any(m.kind == MessageKind.SYSTEM for m in page) and bool(
+                await messages.not_members(self._pool, [(subscription.room_id, self._user_id)])
+            )
+        except Exception as exc:  # the subscription is lost, not the stream
+            self._lose(subscription, exc)
+            return False
+        for message in page:
+            if self._subscriptions.get(subscription.room_id) is not subscription:
+                return False
+            if message.kind == MessageKind.SYSTEM and removed:
+                self._hub.unsubscribe(subscription.room_id, self)
+                self.drop_room(subscription.room_id)
+                return False
+            await self._write(convert.connect_message(message))
+            subscription.last_sent = message.sequence
+        return len(page) == _REPLAY_PAGE

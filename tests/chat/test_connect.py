@@ -504,6 +504,99 @@ class TestConnectAccess:
             await resumed.close()
             await fast.close()
 
+    async def test_a_newer_read_receipt_is_not_overtaken_by_an_older_one_that_waited(self, servers):
+        server = await servers.start(chat_stream_buffer=8)
+        alice, bob, carol = [await signed_up(server.stubs) for _ in range(3)]
+        others = [await signed_up(server.stubs) for _ in range(8)]
+        room = await group(server.stubs, alice, bob, carol, *others)
+        async with _unread_stream(server, bob, room.id) as slow:
+            fast = Stream(server.stubs, alice)
+            await fast.subscribe(room.id, 0)
+            await _flood(server.stubs, alice, room.id, fast, 150)
+            for reader in others:  # their receipts wait, and carol's behind them
+                await _mark_read(server.stubs, reader, room.id, 5)
+            await _mark_read(server.stubs, carol, room.id, 10)
+            await _seen_receipt(fast, carol, 10)
+            await _read_messages(slow, 20)  # the queue has room again; the receipts still wait
+            await _mark_read(server.stubs, carol, room.id, 20)
+            await _seen_receipt(fast, carol, 20)
+            await fast.close()
+            await slow.done_writing()
+            frames = await _frames_to_the_end(slow)
+            receipts = [f.read_receipt.sequence for f in frames if f.read_receipt.user_id == carol.id]
+            assert receipts[-1:] == [20] and receipts == sorted(receipts)
+
+    async def test_a_long_replay_does_not_make_a_client_that_reads_a_slow_consumer(self, servers):
+        server = await servers.start(chat_stream_max_behind=150)
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        live, history = (
+            await group(server.stubs, alice, bob, name="live"),
+            await group(server.stubs, alice, bob),
+        )
+        for _ in range(0, 1500, 50):
+            await asyncio.gather(*(say(server.stubs, alice, history.id, "y" * 4000) for _k in range(50)))
+        stream = Stream(server.stubs, bob)  # reads everything as it comes
+        await stream.subscribe(live.id, -1)
+        await stream.write(subscribe=chat_pb2.SubscribeFrame(room_id=history.id, after_sequence=0))
+        for _ in range(30):  # while the history is replayed, far more than max_behind arrive live
+            await asyncio.gather(*(say(server.stubs, alice, live.id, "live") for _k in range(10)))
+        got = [m for m in await stream.messages(1800) if m.room_id == live.id]
+        assert [m.sequence for m in got] == list(range(1, 301))
+        assert not stream.ended.is_set()
+        await stream.close()
+
+    async def test_the_answer_to_a_frame_waits_behind_half_a_queue_and_a_page_not_the_backlog(self, servers):
+        server = await servers.start(chat_stream_buffer=8)
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        async with _unread_stream(server, bob, room.id) as slow:
+            fast = Stream(server.stubs, alice)
+            await fast.subscribe(room.id, 0)
+            total = await _flood(server.stubs, alice, room.id, fast, 400)
+            await slow.write(chat_pb2.ConnectRequest(ping=chat_pb2.PingFrame(nonce="now")))
+            await slow.done_writing()
+            frames = await _frames_to_the_end(slow)
+            assert [f.message.sequence for f in frames if f.HasField("message")] == list(range(1, total + 1))
+            pong = next(i for i, f in enumerate(frames) if f.HasField("pong"))
+            # Ahead of it: what the HTTP/2 window held (~16 frames), then at most 8 items, one page each.
+            assert pong < 16 + 8 + 100 < total
+            await fast.close()
+
+    async def test_removed_from_many_rooms_while_behind_gets_every_notice(self, servers):
+        server = await servers.start(chat_stream_buffer=8)
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        rooms = [await group(server.stubs, alice, bob, name=f"room {i}") for i in range(6)]
+        async with _unread_stream(server, bob, rooms[0].id) as slow:
+            for room in rooms[1:]:
+                await slow.write(chat_pb2.ConnectRequest(subscribe=chat_pb2.SubscribeFrame(room_id=room.id)))
+            fast = Stream(server.stubs, alice)
+            await fast.subscribe(rooms[0].id, 0)
+            await _flood(server.stubs, alice, rooms[0].id, fast, 100)
+            for room in rooms:
+                await server.stubs.chat.RemoveMember(
+                    chat_pb2.RemoveMemberRequest(room_id=room.id, user_id=bob.id), metadata=alice.auth
+                )
+            await fast.close()
+            await asyncio.sleep(0.5)  # the removals' events have reached the stream
+            await slow.done_writing()
+            frames = await _frames_to_the_end(slow)
+            assert sorted(f.error.room_id for f in frames if f.HasField("error")) == sorted(
+                r.id for r in rooms
+            )
+            assert await slow.code() == grpc.StatusCode.OK
+
+
+async def _mark_read(stubs: Any, who: Account, room_id: str, sequence: int) -> None:
+    await stubs.chat.MarkRead(chat_pb2.MarkReadRequest(room_id=room_id, sequence=sequence), metadata=who.auth)
+
+
+async def _seen_receipt(stream: Stream, who: Account, sequence: int) -> None:
+    """Wait until the stream has seen `who`'s receipt for `sequence` (it has reached the server's streams)."""
+    while (receipt := (await stream.next_of("read_receipt")).read_receipt).user_id != who.id or (
+        receipt.sequence != sequence
+    ):
+        pass
+
 
 @contextlib.asynccontextmanager
 async def _unread_stream(server: Any, account: Account, room_id: str) -> AsyncIterator[Any]:
