@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 import grpc
@@ -417,12 +417,7 @@ class TestConnectAccess:
         await resumed.close()
 
     async def test_a_consumer_that_falls_far_behind_still_gets_every_message_once_and_in_order(self, servers):
-        server = await servers.start(chat_stream_buffer=8)
-        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
-        room = await group(server.stubs, alice, bob)
-        async with _unread_stream(server, bob, room.id) as slow:
-            fast = Stream(server.stubs, alice)
-            await fast.subscribe(room.id, 0)
+        async with _reader_behind(servers, chat_stream_buffer=8) as (server, alice, _, room, slow, fast):
             total = await _flood(server.stubs, alice, room.id, fast, 200)
             received = await _read_messages(slow, total // 2)  # the stream is open and catching up
             await say(server.stubs, alice, room.id, "and one more")
@@ -464,12 +459,7 @@ class TestConnectAccess:
             assert await slow.code() == grpc.StatusCode.OK
 
     async def test_holds_back_a_client_that_sends_without_reading_instead_of_ending_it(self, servers):
-        server = await servers.start(chat_stream_buffer=8)
-        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
-        room = await group(server.stubs, alice, bob)
-        async with _unread_stream(server, bob, room.id) as slow:
-            fast = Stream(server.stubs, alice)
-            await fast.subscribe(room.id, 0)
+        async with _reader_behind(servers, chat_stream_buffer=8) as (server, alice, _, room, slow, fast):
             total = await _flood(server.stubs, alice, room.id, fast, 100)  # the stream's window is full
             pings = 50
             for nonce in range(pings):
@@ -481,15 +471,10 @@ class TestConnectAccess:
                 str(nonce) for nonce in range(pings)
             ]
             assert await slow.code() == grpc.StatusCode.OK
-            await fast.close()
 
     async def test_ends_a_slow_consumer_too_far_behind_and_it_resumes_from_its_last_sequence(self, servers):
-        server = await servers.start(chat_stream_buffer=8, chat_stream_max_behind=50)
-        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
-        room = await group(server.stubs, alice, bob)
-        async with _unread_stream(server, bob, room.id) as slow:
-            fast = Stream(server.stubs, alice)
-            await fast.subscribe(room.id, 0)
+        limits = {"chat_stream_buffer": 8, "chat_stream_max_behind": 50}
+        async with _reader_behind(servers, **limits) as (server, alice, bob, room, slow, fast):
             total = await _flood(server.stubs, alice, room.id, fast, 100)
             received: list[int] = []
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -502,7 +487,6 @@ class TestConnectAccess:
                 range(len(received) + 1, total + 1)
             )
             await resumed.close()
-            await fast.close()
 
     async def test_a_newer_read_receipt_is_not_overtaken_by_an_older_one_that_waited(self, servers):
         server = await servers.start(chat_stream_buffer=8)
@@ -546,12 +530,7 @@ class TestConnectAccess:
         await stream.close()
 
     async def test_the_answer_to_a_frame_waits_behind_half_a_queue_and_a_page_not_the_backlog(self, servers):
-        server = await servers.start(chat_stream_buffer=8)
-        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
-        room = await group(server.stubs, alice, bob)
-        async with _unread_stream(server, bob, room.id) as slow:
-            fast = Stream(server.stubs, alice)
-            await fast.subscribe(room.id, 0)
+        async with _reader_behind(servers, chat_stream_buffer=8) as (server, alice, _, room, slow, fast):
             total = await _flood(server.stubs, alice, room.id, fast, 400)
             await slow.write(chat_pb2.ConnectRequest(ping=chat_pb2.PingFrame(nonce="now")))
             await slow.done_writing()
@@ -560,7 +539,6 @@ class TestConnectAccess:
             pong = next(i for i, f in enumerate(frames) if f.HasField("pong"))
             # Ahead of it: what the HTTP/2 window held (~16 frames), then at most 8 items, one page each.
             assert pong < 16 + 8 + 100 < total
-            await fast.close()
 
     async def test_removed_from_many_rooms_while_behind_gets_every_notice(self, servers):
         server = await servers.start(chat_stream_buffer=8)
@@ -596,6 +574,30 @@ async def _seen_receipt(stream: Stream, who: Account, sequence: int) -> None:
         receipt.sequence != sequence
     ):
         pass
+
+
+class _ReaderBehind(NamedTuple):
+    server: Any
+    alice: Account
+    bob: Account
+    room: chat_pb2.Room
+    slow: Any  # Bob's Connect call, reading nothing until the test does
+    fast: Stream  # Alice's, reading everything
+
+
+@contextlib.asynccontextmanager
+async def _reader_behind(servers: Any, **config: Any) -> AsyncIterator[_ReaderBehind]:
+    """A server, Alice's room with Bob, Bob's unread stream and Alice's reading one, both subscribed."""
+    server = await servers.start(**config)
+    alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+    room = await group(server.stubs, alice, bob)
+    async with _unread_stream(server, bob, room.id) as slow:
+        fast = Stream(server.stubs, alice)
+        await fast.subscribe(room.id, 0)
+        try:
+            yield _ReaderBehind(server, alice, bob, room, slow, fast)
+        finally:
+            await fast.close()
 
 
 @contextlib.asynccontextmanager
