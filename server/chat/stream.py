@@ -2,28 +2,29 @@
 
 A reader task handles the client's frames one at a time; the session's own loop writes. Both
 the hub's live items and the reader's answers go through one bounded queue; the memory a stream
-holds is the queue (shared message objects) plus one replay page.
+holds is the queue (shared message objects), one replay page, and what waits outside the queue
+(below: a sequence per room, a notice per room, the latest state event per room, user and kind).
 
 Per room the writer keeps the last sequence it sent, which makes delivery exact: it skips what
 it already sent, and on a gap it reads the missing messages from the database first. A
 subscription is registered with the hub *before* its replay is read, so nothing committed in
-between can fall through; the replay runs when the writer reaches it in the queue (the
-subscribed event, then the history a page at a time, as any read-back below), and live items
-are filtered by that last sequence.
+between can fall through; the replay runs when the writer reaches it in the queue, and live
+items queued behind it are then filtered by that last sequence.
 
 The same rule lets a stream fall behind without losing anything or holding more. Messages and
 state events take at most half the queue; past that:
 - a live message is not queued but remembered as the room's point to read up to, and the
-  writer reads it back from the table when the queue has room again;
+  writer reads it back from the table a page at a time when the queue has room again;
 - a read receipt, presence or typing event is kept only as the latest per room, user and kind
   (each says how things are now), and queued when there is room.
 The other half is for the answers to the client's own frames (acks, errors, pongs,
-subscriptions), so they wait behind at most half a queue, and for the notices that a room is
-gone. An answer that finds the queue full waits, so a client that sends without reading is held
-back by its own stream; a notice waits outside the queue, one per room.
+subscriptions) and for the notices that a room is gone. An answer that finds the queue full (or
+notices waiting) waits, so a client that sends without reading is held back by its own stream; a
+notice waits outside the queue, one per room.
 A burst, or a client reading slowly, thus costs reads, not the stream. A slow consumer is one
-that takes none of its frames while more than `max_behind` messages arrive for it: its stream
-ends with RESOURCE_EXHAUSTED, and it resumes from its last sequence.
+more than `max_behind` messages behind a room it follows live, or one that takes none of its
+frames while more than `max_behind` messages and events arrive for it (a client stuck in a
+replay): its stream ends with RESOURCE_EXHAUSTED, and it resumes from its last sequence.
 """
 
 from __future__ import annotations
@@ -81,6 +82,13 @@ class _CatchUp:
 _Item = LiveMessage | chat_pb2.ConnectResponse | _Replay | _CatchUp
 
 
+_STATES = frozenset({"read_receipt", "typing", "presence"})
+
+
+def _is_state(frame: chat_pb2.ConnectResponse) -> bool:
+    return frame.WhichOneof("event") in _STATES
+
+
 def _state_key(state: chat_pb2.ConnectResponse) -> tuple[str, str, str]:
     """What a state event is about: its kind, room and user (a later one replaces it)."""
     kind = state.WhichOneof("event") or ""
@@ -120,15 +128,20 @@ class ConnectSession:
         """Take a message or a state event (receipt, presence, typing) for the client; never blocks.
 
         Behind (messages and states fill half the queue), a message is read back from the table
-        later and a state event waits as the latest of its kind. A stream whose client takes
-        nothing while more than `max_behind` messages arrive for it ends.
+        later and a state event waits as the latest of its kind. A slow consumer ends: more than
+        `max_behind` messages behind a room it follows live, or taking none of its frames while
+        more than `max_behind` messages and events arrive for it.
         """
+        self._arrived_untaken += 1
+        if self._arrived_untaken > self._max_behind:
+            self._overflow(f"took nothing while {self._arrived_untaken} messages and events arrived")
+            return
         if isinstance(item, LiveMessage):
-            if item.room_id not in self._subscriptions:
+            subscription = self._subscriptions.get(item.room_id)
+            if subscription is None:
                 return
-            self._arrived_untaken += 1
-            if self._arrived_untaken > self._max_behind:
-                self._overflow(f"took nothing while {self._arrived_untaken} messages arrived for it")
+            if subscription.live and item.sequence - subscription.last_sent > self._max_behind:
+                self._overflow(f"over {self._max_behind} messages behind in room {item.room_id}")
             elif self._queue.qsize() < self._half:
                 self._put(item)
             else:
@@ -169,12 +182,12 @@ class ConnectSession:
             return
         try:
             self._queue.put_nowait(item)
-        except asyncio.QueueFull:
+        except asyncio.QueueFull:  # every caller checks for room first; a bug if it comes here
             self._overflow(f"its queue of {self._queue.maxsize} frames is full")
 
     async def _answer(self, item: _Item) -> None:
-        """Queue the answer to a client's frame, waiting while the queue is full."""
-        while self._queue.full() and not self._overflowed.is_set():
+        """Queue the answer to a client's frame, waiting while the queue is full (or notices wait)."""
+        while (self._queue.full() or self._notices) and not self._overflowed.is_set():
             self._room_to_answer.clear()
             await self._room_to_answer.wait()
         self._put(item)
@@ -283,6 +296,7 @@ class ConnectSession:
         # reaches this subscription through the hub, and one that committed before fails the check.
         subscription = _Subscription(room_id, last_sent=0)
         self._subscriptions[room_id] = subscription
+        self._notices.pop(room_id, None)  # this subscribe's own answer says where the room stands
         self._hub.subscribe(room_id, self)
         try:
             # The room's events must reach this process before the replay's end is fixed (on NATS,
@@ -335,8 +349,8 @@ class ConnectSession:
                 await self._replay(item)
             elif isinstance(item, _CatchUp):
                 await self._read_back(item)
-            else:
-                await self._write(item)
+            elif not _is_state(item) or _state_key(item)[1] in self._subscriptions:
+                await self._write(item)  # but no state event of a room the stream has left
             self._refill()  # before task_done: the stream is not drained while it is behind
             self._queue.task_done()
             self._room_to_answer.set()
@@ -393,8 +407,11 @@ class ConnectSession:
             room_id=subscription.room_id, last_sequence=replay.last_sequence
         )
         await self._write(chat_pb2.ConnectResponse(subscribed=subscribed))
+        # The whole history before the answers to later frames: a ping after a subscribe is
+        # answered after its replay.
+        while await self._send_page(subscription, upto=_EVERYTHING):
+            pass
         subscription.live = True
-        self._fall_behind(subscription.room_id, _EVERYTHING)  # the history, a page at a time
 
     async def _send_page(self, subscription: _Subscription, *, upto: int) -> bool:
         """Send the room's next page of messages up to `upto`; True when it was full (more may follow)."""

@@ -265,10 +265,11 @@ class ChatServiceServicer:
         A client that reads slowly, or a burst, delays its messages, never loses
         them: the server reads them back from the log (and sends only the latest
         receipt, presence and typing of each member meanwhile). The stream ends
-        with RESOURCE_EXHAUSTED when the client takes none of its frames while
-        the server's SENDINCHAT_CHAT_STREAM_MAX_BEHIND messages arrive for it,
-        UNAUTHENTICATED when the access token expires, UNAVAILABLE when the server
-        shuts down; in each case reconnect and resubscribe from the last sequence.
+        with RESOURCE_EXHAUSTED when it falls more than the server's
+        SENDINCHAT_CHAT_STREAM_MAX_BEHIND messages behind a room, or takes none of
+        its frames while that many arrive, UNAUTHENTICATED when the access token
+        expires, UNAVAILABLE when the server shuts down; in each case reconnect
+        and resubscribe from the last sequence.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

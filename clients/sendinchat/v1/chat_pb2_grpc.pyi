@@ -135,10 +135,11 @@ class ChatServiceStub:
     A client that reads slowly, or a burst, delays its messages, never loses
     them: the server reads them back from the log (and sends only the latest
     receipt, presence and typing of each member meanwhile). The stream ends
-    with RESOURCE_EXHAUSTED when the client takes none of its frames while
-    the server's SENDINCHAT_CHAT_STREAM_MAX_BEHIND messages arrive for it,
-    UNAUTHENTICATED when the access token expires, UNAVAILABLE when the server
-    shuts down; in each case reconnect and resubscribe from the last sequence.
+    with RESOURCE_EXHAUSTED when it falls more than the server's
+    SENDINCHAT_CHAT_STREAM_MAX_BEHIND messages behind a room, or takes none of
+    its frames while that many arrive, UNAUTHENTICATED when the access token
+    expires, UNAVAILABLE when the server shuts down; in each case reconnect
+    and resubscribe from the last sequence.
     """
 
 @_typing.type_check_only
@@ -248,10 +249,11 @@ class ChatServiceAsyncStub(ChatServiceStub):
     A client that reads slowly, or a burst, delays its messages, never loses
     them: the server reads them back from the log (and sends only the latest
     receipt, presence and typing of each member meanwhile). The stream ends
-    with RESOURCE_EXHAUSTED when the client takes none of its frames while
-    the server's SENDINCHAT_CHAT_STREAM_MAX_BEHIND messages arrive for it,
-    UNAUTHENTICATED when the access token expires, UNAVAILABLE when the server
-    shuts down; in each case reconnect and resubscribe from the last sequence.
+    with RESOURCE_EXHAUSTED when it falls more than the server's
+    SENDINCHAT_CHAT_STREAM_MAX_BEHIND messages behind a room, or takes none of
+    its frames while that many arrive, UNAUTHENTICATED when the access token
+    expires, UNAVAILABLE when the server shuts down; in each case reconnect
+    and resubscribe from the last sequence.
     """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -436,10 +438,11 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         A client that reads slowly, or a burst, delays its messages, never loses
         them: the server reads them back from the log (and sends only the latest
         receipt, presence and typing of each member meanwhile). The stream ends
-        with RESOURCE_EXHAUSTED when the client takes none of its frames while
-        the server's SENDINCHAT_CHAT_STREAM_MAX_BEHIND messages arrive for it,
-        UNAUTHENTICATED when the access token expires, UNAVAILABLE when the server
-        shuts down; in each case reconnect and resubscribe from the last sequence.
+        with RESOURCE_EXHAUSTED when it falls more than the server's
+        SENDINCHAT_CHAT_STREAM_MAX_BEHIND messages behind a room, or takes none of
+        its frames while that many arrive, UNAUTHENTICATED when the access token
+        expires, UNAVAILABLE when the server shuts down; in each case reconnect
+        and resubscribe from the last sequence.
         """
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
