@@ -541,6 +541,25 @@ class TestConnectAccess:
             # here messages and at most one read-back of a page).
             assert pong < 16 + 8 + 100 < total
 
+    async def test_no_state_event_of_a_room_is_sent_once_the_stream_has_left_it(self, servers):
+        server = await servers.start(chat_stream_buffer=8)
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        readers = [await signed_up(server.stubs) for _ in range(8)]
+        room = await group(server.stubs, alice, bob, *readers)
+        async with _unread_stream(server, bob, room.id) as slow:
+            fast = Stream(server.stubs, alice)
+            await fast.subscribe(room.id, 0)
+            await _flood(server.stubs, alice, room.id, fast, 100)  # the stream's window is full
+            for reader in readers:  # their receipts wait in the queue and beside it
+                await _mark_read(server.stubs, reader, room.id, 100)
+            for reader in readers:
+                await _seen_receipt(fast, reader, 100)
+            await fast.close()
+            await slow.write(chat_pb2.ConnectRequest(unsubscribe=chat_pb2.UnsubscribeFrame(room_id=room.id)))
+            await slow.done_writing()
+            frames = await _frames_to_the_end(slow)
+            assert [f for f in frames if f.HasField("read_receipt")] == []
+
     async def test_removed_from_many_rooms_while_behind_gets_every_notice(self, servers):
         server = await servers.start(chat_stream_buffer=8)
         alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
