@@ -107,7 +107,7 @@ class ConnectSession:
         self._user_id = user_id
         self._write_to_client = write
         self._max_behind = max_behind
-        self._arrived_untaken = 0  # messages offered since the client last took a frame
+        self._arrived_untaken = 0  # messages and events offered since the client last took a frame
         self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=buffer)
         self._half = max(1, buffer // 2)  # past this the stream is behind: see the module's docstring
         self._room_to_answer = asyncio.Event()
@@ -145,7 +145,7 @@ class ConnectSession:
             elif self._queue.qsize() < self._half:
                 self._put(item)
             else:
-                self._behind[item.room_id] = max(item.sequence, self._behind.get(item.room_id, 0))
+                self._fall_behind(item.room_id, item.sequence)
             return
         key = _state_key(item)
         if key in self._latest_states or self._queue.qsize() >= self._half:
@@ -155,8 +155,8 @@ class ConnectSession:
 
     def drop_room(self, room_id: str) -> None:
         """The user left or was removed: nothing more of the room is sent, even if queued."""
-        if self._subscriptions.pop(room_id, None) is not None:
-            self._forget(room_id)
+        if room_id in self._subscriptions:
+            self._unfollow(room_id)
             self._notify(
                 room_id,
                 frame_errors.event(
@@ -164,8 +164,10 @@ class ConnectSession:
                 ),
             )
 
-    def _forget(self, room_id: str) -> None:
-        """Nothing that waits outside the queue for a room the stream no longer follows is sent."""
+    def _unfollow(self, room_id: str) -> None:
+        """Stop following a room: no more of its events come, and nothing that waits for it is sent."""
+        self._subscriptions.pop(room_id, None)
+        self._hub.unsubscribe(room_id, self)
         self._behind.pop(room_id, None)
         for key in [key for key in self._latest_states if key[1] == room_id]:
             del self._latest_states[key]
@@ -260,10 +262,8 @@ class ConnectSession:
             await self._subscribe(request.subscribe)
         elif frame == "unsubscribe":
             room_id = parse_uuid(request.unsubscribe.room_id, "room_id")
-            subscription = self._subscriptions.pop(room_id, None)
-            if subscription is not None:
-                self._hub.unsubscribe(subscription.room_id, self)
-                self._forget(room_id)
+            if room_id in self._subscriptions:
+                self._unfollow(room_id)
         elif frame == "send":
             await self._send(request.send)
         elif frame == "typing":
@@ -305,9 +305,7 @@ class ConnectSession:
             last = await messages.room_position(self._pool, user_id=self._user_id, room_id=room_id)
         except Exception:
             if self._subscriptions.get(room_id) is subscription:
-                del self._subscriptions[room_id]
-                self._hub.unsubscribe(room_id, self)
-                self._forget(room_id)
+                self._unfollow(room_id)
             raise
         if self._subscriptions.get(room_id) is not subscription:
             return  # removed (and told so) or unsubscribed meanwhile
@@ -331,9 +329,7 @@ class ConnectSession:
     def _lose(self, subscription: _Subscription, exc: Exception) -> None:
         """A room's history could not be read: drop the room and tell the client to subscribe again."""
         if self._subscriptions.get(subscription.room_id) is subscription:
-            del self._subscriptions[subscription.room_id]
-            self._hub.unsubscribe(subscription.room_id, self)
-            self._forget(subscription.room_id)
+            self._unfollow(subscription.room_id)
         error = frame_errors.answer(
             exc, chat_pb2.ConnectRequest(subscribe=chat_pb2.SubscribeFrame(room_id=subscription.room_id))
         )
@@ -436,7 +432,6 @@ class ConnectSession:
             if self._subscriptions.get(subscription.room_id) is not subscription:
                 return False
             if message.kind == MessageKind.SYSTEM and removed:
-                self._hub.unsubscribe(subscription.room_id, self)
                 self.drop_room(subscription.room_id)
                 return False
             await self._write(convert.connect_message(message))

@@ -417,7 +417,8 @@ class TestConnectAccess:
         await resumed.close()
 
     async def test_a_consumer_that_falls_far_behind_still_gets_every_message_once_and_in_order(self, servers):
-        async with _reader_behind(servers, chat_stream_buffer=8) as (server, alice, _, room, slow, fast):
+        async with _reader_behind(servers, chat_stream_buffer=8) as behind:
+            server, alice, _, room, slow, fast, _ = behind
             total = await _flood(server.stubs, alice, room.id, fast, 200)
             received = await _read_messages(slow, total // 2)  # the stream is open and catching up
             await say(server.stubs, alice, room.id, "and one more")
@@ -429,13 +430,8 @@ class TestConnectAccess:
             assert await slow.code() == grpc.StatusCode.OK
 
     async def test_a_consumer_behind_gets_the_latest_read_receipt_of_each_member(self, servers):
-        server = await servers.start(chat_stream_buffer=8)
-        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
-        readers = [await signed_up(server.stubs) for _ in range(3)]
-        room = await group(server.stubs, alice, bob, *readers)
-        async with _unread_stream(server, bob, room.id) as slow:
-            fast = Stream(server.stubs, alice)
-            await fast.subscribe(room.id, 0)
+        async with _reader_behind(servers, members=3, chat_stream_buffer=8) as behind:
+            server, alice, _, room, slow, fast, readers = behind
             total = 60
             for batch in range(1, total // 10 + 1):  # every member reads each batch: receipts pile up
                 await _flood(server.stubs, alice, room.id, fast, 10, first=batch * 10 - 9)
@@ -459,7 +455,8 @@ class TestConnectAccess:
             assert await slow.code() == grpc.StatusCode.OK
 
     async def test_holds_back_a_client_that_sends_without_reading_instead_of_ending_it(self, servers):
-        async with _reader_behind(servers, chat_stream_buffer=8) as (server, alice, _, room, slow, fast):
+        async with _reader_behind(servers, chat_stream_buffer=8) as behind:
+            server, alice, _, room, slow, fast, _ = behind
             total = await _flood(server.stubs, alice, room.id, fast, 100)  # the stream's window is full
             pings = 50
             for nonce in range(pings):
@@ -474,7 +471,8 @@ class TestConnectAccess:
 
     async def test_ends_a_slow_consumer_too_far_behind_and_it_resumes_from_its_last_sequence(self, servers):
         limits = {"chat_stream_buffer": 8, "chat_stream_max_behind": 50}
-        async with _reader_behind(servers, **limits) as (server, alice, bob, room, slow, fast):
+        async with _reader_behind(servers, **limits) as behind:
+            server, alice, bob, room, slow, fast, _ = behind
             total = await _flood(server.stubs, alice, room.id, fast, 100)
             received: list[int] = []
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -489,13 +487,8 @@ class TestConnectAccess:
             await resumed.close()
 
     async def test_a_newer_read_receipt_is_not_overtaken_by_an_older_one_that_waited(self, servers):
-        server = await servers.start(chat_stream_buffer=8)
-        alice, bob, carol = [await signed_up(server.stubs) for _ in range(3)]
-        others = [await signed_up(server.stubs) for _ in range(8)]
-        room = await group(server.stubs, alice, bob, carol, *others)
-        async with _unread_stream(server, bob, room.id) as slow:
-            fast = Stream(server.stubs, alice)
-            await fast.subscribe(room.id, 0)
+        async with _reader_behind(servers, members=9, chat_stream_buffer=8) as behind:
+            server, alice, _, room, slow, fast, (carol, *others) = behind
             await _flood(server.stubs, alice, room.id, fast, 150)
             for reader in others:  # their receipts wait, and carol's behind them
                 await _mark_read(server.stubs, reader, room.id, 5)
@@ -530,7 +523,8 @@ class TestConnectAccess:
         await stream.close()
 
     async def test_the_answer_to_a_frame_waits_behind_half_a_queue_and_a_page_not_the_backlog(self, servers):
-        async with _reader_behind(servers, chat_stream_buffer=8) as (server, alice, _, room, slow, fast):
+        async with _reader_behind(servers, chat_stream_buffer=8) as behind:
+            server, alice, _, room, slow, fast, _ = behind
             total = await _flood(server.stubs, alice, room.id, fast, 400)
             await slow.write(chat_pb2.ConnectRequest(ping=chat_pb2.PingFrame(nonce="now")))
             await slow.done_writing()
@@ -542,13 +536,8 @@ class TestConnectAccess:
             assert pong < 16 + 8 + 100 < total
 
     async def test_no_state_event_of_a_room_is_sent_once_the_stream_has_left_it(self, servers):
-        server = await servers.start(chat_stream_buffer=8)
-        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
-        readers = [await signed_up(server.stubs) for _ in range(8)]
-        room = await group(server.stubs, alice, bob, *readers)
-        async with _unread_stream(server, bob, room.id) as slow:
-            fast = Stream(server.stubs, alice)
-            await fast.subscribe(room.id, 0)
+        async with _reader_behind(servers, members=8, chat_stream_buffer=8) as behind:
+            server, alice, _, room, slow, fast, readers = behind
             await _flood(server.stubs, alice, room.id, fast, 100)  # the stream's window is full
             for reader in readers:  # their receipts wait in the queue and beside it
                 await _mark_read(server.stubs, reader, room.id, 100)
@@ -606,19 +595,21 @@ class _ReaderBehind(NamedTuple):
     room: chat_pb2.Room
     slow: Any  # Bob's Connect call, reading nothing until the test does
     fast: Stream  # Alice's, reading everything
+    others: list[Account]  # the room's other members
 
 
 @contextlib.asynccontextmanager
-async def _reader_behind(servers: Any, **config: Any) -> AsyncIterator[_ReaderBehind]:
-    """A server, Alice's room with Bob, Bob's unread stream and Alice's reading one, both subscribed."""
+async def _reader_behind(servers: Any, members: int = 0, **config: Any) -> AsyncIterator[_ReaderBehind]:
+    """A server, Alice's room with Bob and `members` others; Bob's unread stream, Alice's reading one."""
     server = await servers.start(**config)
     alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
-    room = await group(server.stubs, alice, bob)
+    others = [await signed_up(server.stubs) for _ in range(members)]
+    room = await group(server.stubs, alice, bob, *others)
     async with _unread_stream(server, bob, room.id) as slow:
         fast = Stream(server.stubs, alice)
         await fast.subscribe(room.id, 0)
         try:
-            yield _ReaderBehind(server, alice, bob, room, slow, fast)
+            yield _ReaderBehind(server, alice, bob, room, slow, fast, others)
         finally:
             await fast.close()
 
