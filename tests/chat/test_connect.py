@@ -549,6 +549,26 @@ class TestConnectAccess:
             frames = await _frames_to_the_end(slow)
             assert [f for f in frames if f.HasField("read_receipt")] == []
 
+    async def test_a_waiting_removal_notice_comes_before_a_later_subscription(self, servers):
+        async with _reader_behind(servers, chat_stream_buffer=8) as behind:
+            server, alice, bob, room, slow, fast, _ = behind
+            await _flood(server.stubs, alice, room.id, fast, 100)  # the stream's window is full
+            for nonce in range(8):  # their pongs fill the rest of the queue
+                await slow.write(chat_pb2.ConnectRequest(ping=chat_pb2.PingFrame(nonce=str(nonce))))
+            await asyncio.sleep(0.2)  # the pings have reached the server
+            removal = chat_pb2.RemoveMemberRequest(room_id=room.id, user_id=bob.id)
+            await server.stubs.chat.RemoveMember(removal, metadata=alice.auth)
+            assert (await fast.messages(1))[0].kind == chat_pb2.MESSAGE_KIND_SYSTEM  # Bob's notice waits
+            back = chat_pb2.AddMembersRequest(room_id=room.id, user_ids=[bob.id])
+            await server.stubs.chat.AddMembers(back, metadata=alice.auth)
+            await slow.write(chat_pb2.ConnectRequest(subscribe=chat_pb2.SubscribeFrame(room_id=room.id)))
+            await slow.done_writing()
+            kinds = [f.WhichOneof("event") for f in await _frames_to_the_end(slow)]
+            again = len(kinds) - 1 - kinds[::-1].index("subscribed")  # the second subscription's answer
+            assert "error" not in kinds[again:], kinds
+            assert kinds.count("subscribed") == 2 and kinds.count("pong") == 8
+            assert await slow.code() == grpc.StatusCode.OK
+
     async def test_removed_from_many_rooms_while_behind_gets_every_notice(self, servers):
         server = await servers.start(chat_stream_buffer=8)
         alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
