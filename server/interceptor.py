@@ -193,25 +193,29 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             )
 
     def _authenticate(self, context: Context) -> Principal:
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                scheme, _, token = str(value).partition(" ")
-                if scheme.lower() != "bearer" or not token.strip():
-                    raise errors.UnauthenticatedError(
-                        "authorization metadata must be 'Bearer <access token>'", reason="TOKEN_MISSING"
-                    )
-                principal = self._tokens.verify_access(token.strip())
-                if principal.session_id in self._ended_sessions:
-                    raise errors.UnauthenticatedError(SESSION_ENDED, reason="SESSION_ENDED")
-                if not self._ended_sessions.current:
-                    raise errors.UnavailableError(
-                        "cannot confirm that this session is still open (the database does not answer);"
-                        " retry later"
-                    )
-                return principal
-        raise errors.UnauthenticatedError(
-            "missing 'authorization: Bearer <access token>' metadata", reason="TOKEN_MISSING"
-        )
+        values = [value for key, value in context.invocation_metadata() or () if key == "authorization"]
+        if not values:
+            raise errors.UnauthenticatedError(
+                "missing 'authorization: Bearer <access token>' metadata", reason="TOKEN_MISSING"
+            )
+        if len(values) > 1:
+            # Which one a proxy or a client library meant cannot be known: neither is taken.
+            raise errors.UnauthenticatedError(
+                "send one 'authorization' metadata value, not several", reason="TOKEN_MISSING"
+            )
+        scheme, _, token = str(values[0]).partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise errors.UnauthenticatedError(
+                "authorization metadata must be 'Bearer <access token>'", reason="TOKEN_MISSING"
+            )
+        principal = self._tokens.verify_access(token.strip())
+        if principal.session_id in self._ended_sessions:
+            raise errors.UnauthenticatedError(SESSION_ENDED, reason="SESSION_ENDED")
+        if not self._ended_sessions.current:
+            raise errors.UnavailableError(
+                "cannot confirm that this session is still open (the database does not answer); retry later"
+            )
+        return principal
 
 
 def _passing_bytes(serialize: Callable[[Any], bytes] | None) -> Callable[[Any], bytes] | None:

@@ -37,6 +37,9 @@ def _not_pending(state: str) -> SendInChatError:
 _ERRORS: dict[str, Callable[[str, str], SendInChatError]] = {
     "INSUFFICIENT_FUNDS": lambda _s, _f: InsufficientFundsError("the available balance is below the amount"),
     "IDEMPOTENCY_KEY_REUSED": lambda _s, _f: IdempotencyKeyReusedError(),
+    "ISSUANCE_LIMIT": lambda _s, _f: FailedPreconditionError(
+        "the currency's money in circulation would pass 2^63 - 1 minor units", reason="ISSUANCE_LIMIT_REACHED"
+    ),
     "RECIPIENT_NOT_FOUND": lambda _s, _f: NotFoundError("recipient not found"),
     "SOURCE_NOT_FOUND": lambda _s, _f: NotFoundError("user not found"),
     "SELF_TRANSFER": lambda _s, field: InvalidArgumentError.field(field, "must not be the caller"),

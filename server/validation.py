@@ -28,16 +28,32 @@ DEFAULT_PAGE_SIZE = 50
 MAX_EXPIRY_AHEAD = timedelta(days=365)
 # Hex digits only (uuid.UUID alone also takes braces, "urn:uuid:", underscores and non-ASCII digits).
 _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+# Control characters (Unicode Cc: C0, DEL, C1), which a terminal or a log may act on; a multi-line
+# text keeps tabs and line breaks.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Bidirectional embeddings, overrides and isolates reorder the text shown around them; a name or
+# a memo has no use for them.
+_BIDI_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
+# A character a reader sees: not whitespace, not a zero-width or invisible formatting character.
+_VISIBLE = re.compile(r"[^\s\u115f\u1160\u180e\u200b-\u200f\u2060-\u2064\u3164\ufeff\uffa0]")
 
 
 @dataclass(frozen=True, slots=True)
 class Text:
-    """The rule for one kind of text field (lengths in characters)."""
+    """The rule for one kind of text field (lengths in characters).
+
+    No text may hold control characters (a multi-line one keeps tabs and line breaks); a
+    single-line one no bidirectional controls either; a `visible` one, when not empty, must show
+    something.
+    """
 
     max_chars: int
     min_chars: int = 0
     indexed: bool = False
     strip: bool = False
+    multiline: bool = False
+    visible: bool = False
 
     def __post_init__(self) -> None:
         if self.indexed and self.max_chars * 4 > MAX_INDEXED_BYTES:
@@ -77,6 +93,12 @@ class Fields:
             )
         elif len(value) > rule.max_chars:
             self.add(field, f"must be at most {rule.max_chars} characters")
+        elif (_CONTROL_BUT_LINES if rule.multiline else _CONTROL).search(value):
+            self.add(field, "must not contain control characters")
+        elif not rule.multiline and _BIDI_CONTROL.search(value):
+            self.add(field, "must not contain bidirectional control characters")
+        elif rule.visible and value and not _VISIBLE.search(value):
+            self.add(field, "must contain a visible character")
         return value
 
     def uuid(self, field: str, raw: str) -> str:
@@ -102,7 +124,7 @@ class Fields:
         """1-100; 0 means the default."""
         if requested == 0:
             return DEFAULT_PAGE_SIZE
-        return self.integer(field, requested, 0, MAX_PAGE_SIZE) or DEFAULT_PAGE_SIZE
+        return self.integer(field, requested, 1, MAX_PAGE_SIZE)
 
     def expiry(self, field: str, moment: datetime | None) -> datetime | None:
         """An optional expiry at most MAX_EXPIRY_AHEAD from now.

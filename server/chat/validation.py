@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from server.validation import Fields, Text
 
-TEXT = Text(max_chars=4000, min_chars=1)
+TEXT = Text(max_chars=4000, min_chars=1, multiline=True, visible=True)
 CLIENT_MESSAGE_ID = Text(max_chars=64, indexed=True)  # part of a unique key
-ROOM_NAME = Text(max_chars=100, min_chars=1, strip=True)
+ROOM_NAME = Text(max_chars=100, min_chars=1, strip=True, visible=True)
 MAX_MEMBERS = 100  # users named in one request
 # Members of one room: every member is in each GetRoom and ListRooms answer about it.
 MAX_ROOM_MEMBERS = 1000

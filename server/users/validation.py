@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 
 from server.auth.passwords import MAX_PASSWORD_BYTES, MIN_PASSWORD_BYTES
 from server.errors import InvalidArgumentError
+from server.validation import Fields, Text
 
 _USERNAME = re.compile(r"^[a-z0-9_.-]{3,32}$")
-MAX_DISPLAY_NAME = 64
+DISPLAY_NAME = Text(max_chars=64, strip=True, visible=True)
 
 
 def normalize_username(raw: str, field: str = "username") -> str:
     """The stored (lower-case) form of a username, or InvalidArgumentError."""
     username = raw.strip().lower()
-    if not _USERNAME.match(username):
+    # ASCII before folding: str.lower() maps some other letters into a-z (KELVIN SIGN to "k").
+    if not raw.isascii() or not _USERNAME.match(username):
         raise InvalidArgumentError.field(field, "must be 3-32 characters of a-z, 0-9, '_', '.', '-'")
     return username
 
@@ -32,10 +33,8 @@ def check_password(password: str, field: str = "password") -> None:
 
 
 def normalize_display_name(raw: str) -> str:
-    """A trimmed display name of at most 64 printable characters."""
-    name = raw.strip()
-    if len(name) > MAX_DISPLAY_NAME:
-        raise InvalidArgumentError.field("display_name", f"must be at most {MAX_DISPLAY_NAME} characters")
-    if any(unicodedata.category(ch).startswith("C") for ch in name):
-        raise InvalidArgumentError.field("display_name", "must not contain control characters")
+    """A trimmed display name of at most 64 characters, empty or showing something (the text rule)."""
+    fields = Fields()
+    name = fields.text("display_name", raw, DISPLAY_NAME)
+    fields.done()
     return name

@@ -142,6 +142,20 @@ class TestSendPayment:
         assert error_info(caught.value).reason == "IDEMPOTENCY_KEY_REUSED"
         assert await balance(server.stubs, bob) == 500
 
+    async def test_its_request_id_is_a_reused_key_for_the_ledger_even_with_the_same_fields(self, server):
+        alice, bob, room = await _parties(server)
+        rid = request_id()
+        await server.stubs.chat.SendPayment(
+            _pay(room, bob, 500, request_id=rid, memo="tea"), metadata=alice.auth
+        )
+        same_fields = ledger_pb2.CreateTransferRequest(
+            request_id=rid, to_user_id=bob.id, currency="USD", amount_minor=500, memo="tea"
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await server.stubs.ledger.CreateTransfer(same_fields, metadata=alice.auth)
+        assert error_info(caught.value).reason == "IDEMPOTENCY_KEY_REUSED"
+        assert await balance(server.stubs, bob) == 500
+
     async def test_is_not_found_when_the_recipient_or_the_caller_is_not_a_member(self, server):
         alice, bob, room = await _parties(server)
         eve = await signed_up(server.stubs)
@@ -315,6 +329,30 @@ class TestRespondToPaymentRequest:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await _respond(server.stubs, who, asked, action)
             assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    @pytest.mark.parametrize("departure", ["removed", "left"])
+    async def test_a_requester_who_left_the_room_is_not_paid_but_can_be_declined(self, server, departure):
+        alice, _, room = await _parties(server)
+        carol = await signed_up(server.stubs)
+        await server.stubs.chat.AddMembers(
+            chat_pb2.AddMembersRequest(room_id=room.id, user_ids=[carol.id]), metadata=alice.auth
+        )
+        asked = await _ask(server.stubs, carol, room, alice, 300)
+        if departure == "removed":
+            await server.stubs.chat.RemoveMember(
+                chat_pb2.RemoveMemberRequest(room_id=room.id, user_id=carol.id), metadata=alice.auth
+            )
+        else:
+            await server.stubs.chat.LeaveRoom(chat_pb2.LeaveRoomRequest(room_id=room.id), metadata=carol.auth)
+        rid = request_id()
+        for _ in range(2):  # the refusal is final for its request_id
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await _respond(server.stubs, alice, asked, ACCEPT, rid)
+            assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "not a member" in (caught.value.details() or "")
+        assert await balance(server.stubs, alice) == 10_000
+        declined = await _respond(server.stubs, alice, asked, DECLINE)
+        assert declined.message.payment_request.state == chat_pb2.PAYMENT_REQUEST_STATE_DECLINED
 
     async def test_is_not_found_when_the_caller_is_not_in_the_room(self, server):
         alice, bob, room = await _parties(server)

@@ -215,3 +215,88 @@ class TestRawBytes:
             await raw(b"\x0a\xff")
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert isinstance(users_pb2.LoginRequest(), users_pb2.LoginRequest)
+
+
+class TestTexts:
+    """One text rule for every field: no control characters, and names show something."""
+
+    @pytest.mark.parametrize(
+        "name", ["\x1b[31mred", "a\u202eb", "\u200b", " \u200b\ufeff ", "tab\there", "two\nlines"]
+    )
+    async def test_a_room_name_that_misleads_a_reader_is_invalid_argument(self, server, name):
+        alice, bob = await _pair(server)
+        request = chat_pb2.CreateRoomRequest(
+            kind=chat_pb2.ROOM_KIND_GROUP, name=name, member_user_ids=[bob.id]
+        )
+        assert "name" in await _invalid(server.stubs.chat.CreateRoom(request, metadata=alice.auth))
+
+    async def test_a_display_name_keeps_emoji_sequences_but_not_escape_codes(self, server):
+        family = "\U0001f468\u200d\U0001f469\u200d\U0001f467 Ana \u062f\u0627\u0646\u200c\u0634"
+        reply = await server.stubs.users.Register(
+            users_pb2.RegisterRequest(
+                username=f"u{request_id()[:8]}", password="long enough", display_name=family
+            )
+        )
+        assert reply.user.display_name == family
+        hostile = users_pb2.RegisterRequest(
+            username=f"u{request_id()[:8]}", password="long enough", display_name="\x07"
+        )
+        assert await _invalid(server.stubs.users.Register(hostile)) == {
+            "display_name": "must not contain control characters"
+        }
+
+    async def test_a_message_keeps_its_lines_and_tabs_but_not_escape_codes(self, server):
+        alice, bob = await _pair(server)
+        room = await group(server.stubs, alice, bob)
+        text = "line one\n\tline two\r\nthree \u202eok in a message"
+        sent = await server.stubs.chat.SendMessage(
+            chat_pb2.SendMessageRequest(room_id=room.id, text=text), metadata=alice.auth
+        )
+        assert sent.message.text == text
+        for hostile in ("\x1b]0;owned\x07", "\u200b\u200b"):
+            request = chat_pb2.SendMessageRequest(room_id=room.id, text=hostile)
+            assert "text" in await _invalid(server.stubs.chat.SendMessage(request, metadata=alice.auth))
+
+    async def test_a_memo_is_one_line(self, server):
+        alice, bob = await _pair(server)
+        request = ledger_pb2.CreateTransferRequest(
+            request_id=request_id(), to_user_id=bob.id, currency="USD", amount_minor=1, memo="rent\x1b[2J"
+        )
+        assert await _invalid(server.stubs.ledger.CreateTransfer(request, metadata=alice.auth)) == {
+            "memo": "must not contain control characters"
+        }
+
+    async def test_a_username_is_ascii_before_it_is_folded_to_lower_case(self, server):
+        kelvin = "\u212aelvin"  # KELVIN SIGN, which str.lower() turns into "k"
+        request = users_pb2.RegisterRequest(username=kelvin, password="long enough")
+        assert "username" in await _invalid(server.stubs.users.Register(request))
+
+
+class TestMetadata:
+    async def test_two_authorization_values_are_refused_whoever_they_name(self, server):
+        alice, bob = await _pair(server)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await server.stubs.users.GetMe(users_pb2.GetMeRequest(), metadata=alice.auth + bob.auth)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "one 'authorization'" in (caught.value.details() or "")
+
+
+class TestBursts:
+    async def test_thousands_of_calls_at_once_on_one_connection_are_all_answered(self, server):
+        alice, _ = await _pair(server)
+        calls = [
+            server.stubs.ledger.ListCurrencies(ledger_pb2.ListCurrenciesRequest(), metadata=alice.auth)
+            for _ in range(6000)
+        ]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        failures = [o.code() for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+        assert failures == []
+
+
+class TestPageSizes:
+    async def test_a_negative_page_size_names_the_range_the_contract_gives(self, server):
+        alice, _ = await _pair(server)
+        request = ledger_pb2.ListTransfersRequest(page_size=-1)
+        assert await _invalid(server.stubs.ledger.ListTransfers(request, metadata=alice.auth)) == {
+            "page_size": "must be between 1 and 100"
+        }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
@@ -86,6 +87,74 @@ class TestDeposit:
                 ledger_pb2.DepositRequest(request_id="r", currency="USD", amount_minor=0), metadata=admin.auth
             )
         assert set(field_violations(caught.value)) == {"request_id", "to_user_id", "amount_minor"}
+
+
+INT64_MAX = 2**63 - 1
+MAX_AMOUNT = 10**15  # one request's most
+
+
+async def _issue_to_one_below_the_limit(server: Any, admin: Account, to: Account, currency: str) -> None:
+    """Mint `currency` into `to` until its issuance is INT64_MAX - 10 (one statement of 9,223 deposits)."""
+    count, rest = divmod(INT64_MAX - 10, MAX_AMOUNT)
+    amounts = [MAX_AMOUNT] * count + [rest]
+    size = len(amounts)
+    await server.pool.fetch(
+        "SELECT * FROM ledger_create_transfers($1::uuid[], $2::uuid[], $3::text[], $4::boolean[], $5::uuid[],"
+        " $6::text[], $7::uuid[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::timestamptz[])",
+        [admin.id] * size,
+        [request_id() for _ in amounts],
+        ["deposit"] * size,
+        [False] * size,
+        [None] * size,
+        [None] * size,
+        [to.id] * size,
+        [None] * size,
+        [currency] * size,
+        amounts,
+        [""] * size,
+        [None] * size,
+    )
+
+
+class TestIssuanceLimit:
+    """A currency's money in circulation fits the int64 that AuditLedger reports it in."""
+
+    async def test_a_deposit_past_it_is_refused_for_good_and_the_audit_still_answers(
+        self, server, stubs, admin, bob
+    ):
+        await _issue_to_one_below_the_limit(server, admin, bob, "KES")
+        await stubs.ledger.Deposit(_deposit(bob, 10, "KES"), metadata=admin.auth)  # exactly the limit
+        past = _deposit(bob, 1, "KES")
+        for _ in range(2):  # the refusal is final for its request_id
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stubs.ledger.Deposit(past, metadata=admin.auth)
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert error_info(caught.value).reason == "ISSUANCE_LIMIT_REACHED"
+        audit = await stubs.ledger.AuditLedger(ledger_pb2.AuditLedgerRequest(), metadata=admin.auth)
+        kes = next(x for x in audit.totals if x.currency == "KES")
+        assert (audit.ok, kes.sum_minor, kes.issued_minor) == (True, 0, INT64_MAX)
+        await stubs.ledger.Withdraw(_withdraw(bob, 5, "KES"), metadata=admin.auth)
+        with pytest.raises(grpc.aio.AioRpcError):
+            await stubs.ledger.Deposit(past, metadata=admin.auth)  # still refused, though it would fit now
+        await stubs.ledger.Deposit(_deposit(bob, 5, "KES"), metadata=admin.auth)
+        assert await balance(stubs, bob, "KES") == INT64_MAX
+
+    async def test_concurrent_deposits_cannot_pass_it_together(self, server, stubs, admin, bob):
+        await _issue_to_one_below_the_limit(server, admin, bob, "KES")
+        results = await asyncio.gather(
+            *(stubs.ledger.Deposit(_deposit(bob, 4, "KES"), metadata=admin.auth) for _ in range(5)),
+            return_exceptions=True,
+        )
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(refused) == 3
+        assert {error_info(r).reason for r in refused} == {"ISSUANCE_LIMIT_REACHED"}
+        assert await balance(stubs, bob, "KES") == INT64_MAX - 2
+
+    async def test_the_database_refuses_a_system_balance_past_it(self, server):
+        with pytest.raises(asyncpg.CheckViolationError):
+            await server.pool.execute(
+                "UPDATE accounts SET balance = $1 WHERE user_id IS NULL AND currency = 'KES'", -(2**63)
+            )
 
 
 class TestWithdraw:

@@ -116,7 +116,7 @@ class TestSquashedMigrations:
             names = [
                 r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations ORDER BY version")
             ]
-        assert names == ["0001_baseline.sql", "0002_final_answers.sql"]
+        assert names == ["0001_baseline.sql", "0002_final_answers.sql", "0003_issuance_limit.sql"]
 
     async def test_an_infinite_expiry_stored_before_the_bound_is_repaired(self, servers):
         url = await _pre_squash_database(servers)

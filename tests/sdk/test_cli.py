@@ -169,6 +169,18 @@ class TestRooms:
             [await _name(bob), "member"],
         ]
 
+    async def test_a_name_stored_before_the_text_rule_is_shown_not_obeyed(self, server, alice, bob, tmp_path):
+        env = await logged_in_env(server.address, tmp_path, await _name(alice))
+        assert (await run_cli(env, "rooms", "create", "plain", await _name(bob))).returncode == 0
+        # What an older server let through; the text rule refuses it now.
+        await server.pool.execute(
+            "UPDATE rooms SET name = $1 WHERE name = 'plain'", "\x1b]0;owned\x07\u202eplain"
+        )
+        listed = await run_cli(env, "rooms", "list")
+        assert "\x1b" not in listed.stdout
+        assert "\u202e" not in listed.stdout
+        assert listed.stdout.startswith(r"\x1b]0;owned\x07\u202eplain")
+
 
 def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     found = []

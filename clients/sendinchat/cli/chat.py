@@ -14,7 +14,7 @@ import sys
 from collections.abc import AsyncGenerator
 
 from sendinchat.cli.money import Currencies
-from sendinchat.cli.output import CliError, Names, explain, when
+from sendinchat.cli.output import CliError, Names, explain, shown, when
 from sendinchat.cli.rooms import find_room, title
 from sendinchat.client import ChatConnection, Client
 from sendinchat.errors import SendInChatError
@@ -109,8 +109,8 @@ class ChatRoom:
         if message.kind == chat_pb2.MESSAGE_KIND_PAYMENT_REQUEST:
             return f"{stamp} {await self._request_line(message.payment_request)}"
         if message.kind == chat_pb2.MESSAGE_KIND_SYSTEM or not message.sender_user_id:
-            return f"{stamp} * {message.text}"
-        return f"{stamp} {await self._names.of(message.sender_user_id)}: {message.text}"
+            return f"{stamp} * {shown(message.text)}"
+        return f"{stamp} {await self._names.of(message.sender_user_id)}: {shown(message.text)}"
 
     async def _request_line(self, request: chat_pb2.PaymentRequestInfo) -> str:
         amount = self._currencies.format(request.amount_minor, request.currency)
@@ -203,7 +203,7 @@ class ChatRoom:
 
 
 def _memo(memo: str) -> str:
-    return f": {memo}" if memo else ""
+    return f": {shown(memo)}" if memo else ""
 
 
 async def run(client: Client, args: argparse.Namespace) -> None:

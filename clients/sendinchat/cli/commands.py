@@ -8,7 +8,7 @@ import getpass
 import sys
 
 from sendinchat.cli.money import Currencies
-from sendinchat.cli.output import CliError, Names, date_time
+from sendinchat.cli.output import CliError, Names, date_time, shown
 from sendinchat.cli.session import SessionFile
 from sendinchat.client import Client
 from sendinchat.errors import InsufficientFundsError, NotFoundError, UnauthenticatedError
@@ -70,7 +70,7 @@ async def logout(client: Client, session: SessionFile, args: argparse.Namespace)
 async def me(client: Client, args: argparse.Namespace) -> None:
     """The logged-in user, readable."""
     user = await client.get_me()
-    print(f"{user.username}" + (f" ({user.display_name})" if user.display_name else ""))
+    print(f"{user.username}" + (f" ({shown(user.display_name)})" if user.display_name else ""))
     print(f"  id:            {user.id}")
     print(f"  role:          {_ROLES.get(user.role, 'user')}")
     print(f"  member since:  {date_time(user.create_time)}")
@@ -173,5 +173,5 @@ async def _transfer_line(
     state = _STATES.get(transfer.state, "")
     line = f"{date_time(transfer.create_time)}  {amount:>16}  {party:<20}"
     return (
-        line + (f" [{state}]" if state else "") + (f"  {transfer.memo}" if transfer.memo else "")
+        line + (f" [{state}]" if state else "") + (f"  {shown(transfer.memo)}" if transfer.memo else "")
     ).rstrip()

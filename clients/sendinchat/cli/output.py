@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 from google.protobuf import timestamp_pb2
@@ -18,10 +19,18 @@ from sendinchat.errors import (
 )
 
 LOGIN_HINT = "log in with: sendinchat-cli login"
+# What a terminal would act on rather than show: control characters but line breaks and tabs, and
+# the bidirectional controls that reorder the text around them.
+_UNSHOWABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 class CliError(Exception):
     """A mistake the user can fix; printed without a traceback, exit status 1."""
+
+
+def shown(text: str) -> str:
+    """Another user's text, safe to print: what a terminal would act on is written out as an escape."""
+    return _UNSHOWABLE.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
 
 
 def local(stamp: timestamp_pb2.Timestamp) -> datetime:

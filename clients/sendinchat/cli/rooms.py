@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from sendinchat.cli.output import CliError, Names, date_time, when
+from sendinchat.cli.output import CliError, Names, date_time, shown, when
 from sendinchat.client import Client
 from sendinchat.errors import NotFoundError
 from sendinchat.v1 import chat_pb2
@@ -17,7 +17,7 @@ _ROLES = {chat_pb2.MEMBER_ROLE_OWNER: "owner", chat_pb2.MEMBER_ROLE_MEMBER: "mem
 def title(room: chat_pb2.Room, me_id: str) -> str:
     """A group's name; for a direct room, the other member's username."""
     if room.kind == chat_pb2.ROOM_KIND_GROUP:
-        return room.name
+        return shown(room.name)
     others = [m.username for m in room.members if m.user_id != me_id]
     return others[0] if others else "(just you)"
 
@@ -109,5 +109,5 @@ async def _list(client: Client, me_id: str, *, show_ids: bool) -> None:
 
 
 def _one_line(text: str, width: int = 50) -> str:
-    flat = " ".join(text.split())
+    flat = " ".join(shown(text).split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"

@@ -477,7 +477,7 @@ class CreateRoomRequest(_message.Message):
     kind: Global___RoomKind.ValueType
     """DIRECT or GROUP."""
     name: _builtins.str
-    """GROUP: 1-100 characters. DIRECT: must be empty."""
+    """GROUP: one line of 1-100 characters, not all blank. DIRECT: must be empty."""
     @_builtins.property
     def member_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Other members' user ids (the caller is added). DIRECT: exactly one.
@@ -780,9 +780,13 @@ class SendMessageRequest(_message.Message):
     room_id: _builtins.str
     """The room's UUID."""
     client_message_id: _builtins.str
-    """Client-chosen id (1-64 characters); a retry with it returns the first message."""
+    """Optional client-chosen id (at most 64 characters); a retry with it
+    returns the first message. Without one, every call posts a new message.
+    """
     text: _builtins.str
-    """1-4000 characters."""
+    """1-4000 characters, something visible among them; line breaks and tabs are
+    the only control characters allowed.
+    """
     def __init__(
         self,
         *,
@@ -961,7 +965,7 @@ class SendPaymentRequest(_message.Message):
     amount_minor: _builtins.int
     """Minor units, > 0."""
     memo: _builtins.str
-    """Optional, at most 256 characters."""
+    """Optional: one line of at most 256 characters."""
     def __init__(
         self,
         *,
@@ -1034,7 +1038,7 @@ class RequestPaymentRequest(_message.Message):
     amount_minor: _builtins.int
     """Minor units, > 0."""
     memo: _builtins.str
-    """Optional, at most 256 characters."""
+    """Optional: one line of at most 256 characters."""
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """Optional; after it the request closes as EXPIRED. In the future, at most
@@ -1264,7 +1268,9 @@ class SendFrame(_message.Message):
     room_id: _builtins.str
     """The room's UUID."""
     text: _builtins.str
-    """1-4000 characters."""
+    """1-4000 characters, something visible among them; line breaks and tabs are
+    the only control characters allowed.
+    """
     def __init__(
         self,
         *,

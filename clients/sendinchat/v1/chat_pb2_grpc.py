@@ -35,7 +35,9 @@ class ChatServiceStub:
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31. On
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9). On
     Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
@@ -122,7 +124,9 @@ class ChatServiceServicer:
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31. On
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9). On
     Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
@@ -188,7 +192,8 @@ class ChatServiceServicer:
 
     def SendMessage(self, request, context):
         """SendMessage posts a text message. A retry with the same
-        client_message_id returns the first message.
+        client_message_id (optional here, required on Connect) returns the
+        first message.
         Errors: INVALID_ARGUMENT (text not 1-4000 characters, bad ids),
         NOT_FOUND, UNAUTHENTICATED.
         """
@@ -242,7 +247,10 @@ class ChatServiceServicer:
         change), declines (the payer) or cancels (the requester) an open request.
         A request is paid at most once; each change is posted as a message. A
         refused response stays refused for its request_id (see LedgerService).
-        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (wrong party for
+        A request whose requester has left the room can be declined or
+        cancelled, not accepted.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (also: the requester is no longer a
+        member, on accept), PERMISSION_DENIED (wrong party for
         the action), FAILED_PRECONDITION (reason PAYMENT_REQUEST_CLOSED,
         PAYMENT_REQUEST_EXPIRED, INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
         UNAUTHENTICATED.
@@ -361,7 +369,9 @@ class ChatService:
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31. On
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9). On
     Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 

@@ -36,7 +36,9 @@ class ChatServiceStub:
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31. On
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9). On
     Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
@@ -82,7 +84,8 @@ class ChatServiceStub:
     """
     SendMessage: _grpc.UnaryUnaryMultiCallable[_chat_pb2.SendMessageRequest, _chat_pb2.SendMessageResponse]
     """SendMessage posts a text message. A retry with the same
-    client_message_id returns the first message.
+    client_message_id (optional here, required on Connect) returns the
+    first message.
     Errors: INVALID_ARGUMENT (text not 1-4000 characters, bad ids),
     NOT_FOUND, UNAUTHENTICATED.
     """
@@ -116,7 +119,10 @@ class ChatServiceStub:
     change), declines (the payer) or cancels (the requester) an open request.
     A request is paid at most once; each change is posted as a message. A
     refused response stays refused for its request_id (see LedgerService).
-    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (wrong party for
+    A request whose requester has left the room can be declined or
+    cancelled, not accepted.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (also: the requester is no longer a
+    member, on accept), PERMISSION_DENIED (wrong party for
     the action), FAILED_PRECONDITION (reason PAYMENT_REQUEST_CLOSED,
     PAYMENT_REQUEST_EXPIRED, INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
     UNAUTHENTICATED.
@@ -153,7 +159,9 @@ class ChatServiceAsyncStub(ChatServiceStub):
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31. On
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9). On
     Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
@@ -196,7 +204,8 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """
     SendMessage: _aio.UnaryUnaryMultiCallable[_chat_pb2.SendMessageRequest, _chat_pb2.SendMessageResponse]  # type: ignore[assignment]
     """SendMessage posts a text message. A retry with the same
-    client_message_id returns the first message.
+    client_message_id (optional here, required on Connect) returns the
+    first message.
     Errors: INVALID_ARGUMENT (text not 1-4000 characters, bad ids),
     NOT_FOUND, UNAUTHENTICATED.
     """
@@ -230,7 +239,10 @@ class ChatServiceAsyncStub(ChatServiceStub):
     change), declines (the payer) or cancels (the requester) an open request.
     A request is paid at most once; each change is posted as a message. A
     refused response stays refused for its request_id (see LedgerService).
-    Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (wrong party for
+    A request whose requester has left the room can be declined or
+    cancelled, not accepted.
+    Errors: INVALID_ARGUMENT, NOT_FOUND (also: the requester is no longer a
+    member, on accept), PERMISSION_DENIED (wrong party for
     the action), FAILED_PRECONDITION (reason PAYMENT_REQUEST_CLOSED,
     PAYMENT_REQUEST_EXPIRED, INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
     UNAUTHENTICATED.
@@ -266,7 +278,9 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31. On
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9). On
     Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
@@ -349,7 +363,8 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chat_pb2.SendMessageResponse, _abc.Awaitable[_chat_pb2.SendMessageResponse]]:
         """SendMessage posts a text message. A retry with the same
-        client_message_id returns the first message.
+        client_message_id (optional here, required on Connect) returns the
+        first message.
         Errors: INVALID_ARGUMENT (text not 1-4000 characters, bad ids),
         NOT_FOUND, UNAUTHENTICATED.
         """
@@ -413,7 +428,10 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         change), declines (the payer) or cancels (the requester) an open request.
         A request is paid at most once; each change is posted as a message. A
         refused response stays refused for its request_id (see LedgerService).
-        Errors: INVALID_ARGUMENT, NOT_FOUND, PERMISSION_DENIED (wrong party for
+        A request whose requester has left the room can be declined or
+        cancelled, not accepted.
+        Errors: INVALID_ARGUMENT, NOT_FOUND (also: the requester is no longer a
+        member, on accept), PERMISSION_DENIED (wrong party for
         the action), FAILED_PRECONDITION (reason PAYMENT_REQUEST_CLOSED,
         PAYMENT_REQUEST_EXPIRED, INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
         UNAUTHENTICATED.

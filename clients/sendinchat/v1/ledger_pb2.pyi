@@ -492,7 +492,7 @@ class CreateTransferRequest(_message.Message):
     amount_minor: _builtins.int
     """Minor units, > 0."""
     memo: _builtins.str
-    """Optional, at most 256 characters."""
+    """Optional: one line of at most 256 characters."""
     def __init__(
         self,
         *,
@@ -561,7 +561,7 @@ class CreatePendingTransferRequest(_message.Message):
     amount_minor: _builtins.int
     """Minor units to reserve, > 0."""
     memo: _builtins.str
-    """Optional, at most 256 characters."""
+    """Optional: one line of at most 256 characters."""
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """Optional; after it the reservation lapses and cannot be posted. In the
@@ -900,7 +900,7 @@ class DepositRequest(_message.Message):
     amount_minor: _builtins.int
     """Minor units, > 0."""
     memo: _builtins.str
-    """Optional, at most 256 characters."""
+    """Optional: one line of at most 256 characters."""
     def __init__(
         self,
         *,
@@ -968,7 +968,7 @@ class WithdrawRequest(_message.Message):
     amount_minor: _builtins.int
     """Minor units, > 0."""
     memo: _builtins.str
-    """Optional, at most 256 characters."""
+    """Optional: one line of at most 256 characters."""
     def __init__(
         self,
         *,

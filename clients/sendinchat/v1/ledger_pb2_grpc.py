@@ -41,7 +41,9 @@ class LedgerServiceStub:
     nor is authorization (UNAUTHENTICATED, and PERMISSION_DENIED for a role the
     caller lacks), checked before the request is looked at. So a retry after a
     timeout is always safe. The request_ids of one caller are
-    one namespace across LedgerService and ChatService payments.
+    one namespace across LedgerService and ChatService payments: an id used
+    by one RPC is IDEMPOTENCY_KEY_REUSED for any other, even with the same
+    fields.
 
     Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
     free text, `amount_minor` + `currency` the amount. Every RPC needs an
@@ -50,7 +52,9 @@ class LedgerServiceStub:
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31.
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9).
     """
 
     def __init__(self, channel):
@@ -147,7 +151,9 @@ class LedgerServiceServicer:
     nor is authorization (UNAUTHENTICATED, and PERMISSION_DENIED for a role the
     caller lacks), checked before the request is looked at. So a retry after a
     timeout is always safe. The request_ids of one caller are
-    one namespace across LedgerService and ChatService payments.
+    one namespace across LedgerService and ChatService payments: an id used
+    by one RPC is IDEMPOTENCY_KEY_REUSED for any other, even with the same
+    fields.
 
     Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
     free text, `amount_minor` + `currency` the amount. Every RPC needs an
@@ -156,7 +162,9 @@ class LedgerServiceServicer:
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31.
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9).
     """
 
     def ListCurrencies(self, request, context):
@@ -268,9 +276,10 @@ class LedgerServiceServicer:
 
     def Deposit(self, request, context):
         """Deposit mints money into a user's account from the system account.
-        Admin only. Errors: INVALID_ARGUMENT, NOT_FOUND (user),
-        PERMISSION_DENIED (not an admin), FAILED_PRECONDITION (reason
-        IDEMPOTENCY_KEY_REUSED), UNAUTHENTICATED.
+        Admin only. A currency's money in circulation is at most 2^63 - 1 minor
+        units. Errors: INVALID_ARGUMENT, NOT_FOUND (user), PERMISSION_DENIED (not
+        an admin), FAILED_PRECONDITION (reason IDEMPOTENCY_KEY_REUSED, or
+        ISSUANCE_LIMIT_REACHED past that limit), UNAUTHENTICATED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -391,7 +400,9 @@ class LedgerService:
     nor is authorization (UNAUTHENTICATED, and PERMISSION_DENIED for a role the
     caller lacks), checked before the request is looked at. So a retry after a
     timeout is always safe. The request_ids of one caller are
-    one namespace across LedgerService and ChatService payments.
+    one namespace across LedgerService and ChatService payments: an id used
+    by one RPC is IDEMPOTENCY_KEY_REUSED for any other, even with the same
+    fields.
 
     Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
     free text, `amount_minor` + `currency` the amount. Every RPC needs an
@@ -400,7 +411,9 @@ class LedgerService:
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31.
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9).
     """
 
     @staticmethod

@@ -42,7 +42,9 @@ class LedgerServiceStub:
     nor is authorization (UNAUTHENTICATED, and PERMISSION_DENIED for a role the
     caller lacks), checked before the request is looked at. So a retry after a
     timeout is always safe. The request_ids of one caller are
-    one namespace across LedgerService and ChatService payments.
+    one namespace across LedgerService and ChatService payments: an id used
+    by one RPC is IDEMPOTENCY_KEY_REUSED for any other, even with the same
+    fields.
 
     Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
     free text, `amount_minor` + `currency` the amount. Every RPC needs an
@@ -51,7 +53,9 @@ class LedgerServiceStub:
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31.
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9).
     """
 
     @_typing.overload
@@ -123,9 +127,10 @@ class LedgerServiceStub:
     """
     Deposit: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.DepositRequest, _ledger_pb2.DepositResponse]
     """Deposit mints money into a user's account from the system account.
-    Admin only. Errors: INVALID_ARGUMENT, NOT_FOUND (user),
-    PERMISSION_DENIED (not an admin), FAILED_PRECONDITION (reason
-    IDEMPOTENCY_KEY_REUSED), UNAUTHENTICATED.
+    Admin only. A currency's money in circulation is at most 2^63 - 1 minor
+    units. Errors: INVALID_ARGUMENT, NOT_FOUND (user), PERMISSION_DENIED (not
+    an admin), FAILED_PRECONDITION (reason IDEMPOTENCY_KEY_REUSED, or
+    ISSUANCE_LIMIT_REACHED past that limit), UNAUTHENTICATED.
     """
     Withdraw: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.WithdrawRequest, _ledger_pb2.WithdrawResponse]
     """Withdraw burns money from a user's account into the system account.
@@ -155,7 +160,9 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     nor is authorization (UNAUTHENTICATED, and PERMISSION_DENIED for a role the
     caller lacks), checked before the request is looked at. So a retry after a
     timeout is always safe. The request_ids of one caller are
-    one namespace across LedgerService and ChatService payments.
+    one namespace across LedgerService and ChatService payments: an id used
+    by one RPC is IDEMPOTENCY_KEY_REUSED for any other, even with the same
+    fields.
 
     Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
     free text, `amount_minor` + `currency` the amount. Every RPC needs an
@@ -164,7 +171,9 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31.
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -233,9 +242,10 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """
     Deposit: _aio.UnaryUnaryMultiCallable[_ledger_pb2.DepositRequest, _ledger_pb2.DepositResponse]  # type: ignore[assignment]
     """Deposit mints money into a user's account from the system account.
-    Admin only. Errors: INVALID_ARGUMENT, NOT_FOUND (user),
-    PERMISSION_DENIED (not an admin), FAILED_PRECONDITION (reason
-    IDEMPOTENCY_KEY_REUSED), UNAUTHENTICATED.
+    Admin only. A currency's money in circulation is at most 2^63 - 1 minor
+    units. Errors: INVALID_ARGUMENT, NOT_FOUND (user), PERMISSION_DENIED (not
+    an admin), FAILED_PRECONDITION (reason IDEMPOTENCY_KEY_REUSED, or
+    ISSUANCE_LIMIT_REACHED past that limit), UNAUTHENTICATED.
     """
     Withdraw: _aio.UnaryUnaryMultiCallable[_ledger_pb2.WithdrawRequest, _ledger_pb2.WithdrawResponse]  # type: ignore[assignment]
     """Withdraw burns money from a user's account into the system account.
@@ -264,7 +274,9 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     nor is authorization (UNAUTHENTICATED, and PERMISSION_DENIED for a role the
     caller lacks), checked before the request is looked at. So a retry after a
     timeout is always safe. The request_ids of one caller are
-    one namespace across LedgerService and ChatService payments.
+    one namespace across LedgerService and ChatService payments: an id used
+    by one RPC is IDEMPOTENCY_KEY_REUSED for any other, even with the same
+    fields.
 
     Money names, everywhere: `from_*` pays, `to_*` receives, `memo` is the
     free text, `amount_minor` + `currency` the amount. Every RPC needs an
@@ -273,7 +285,9 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31.
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9).
     """
 
     @_abc_1.abstractmethod
@@ -412,9 +426,10 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.DepositResponse, _abc.Awaitable[_ledger_pb2.DepositResponse]]:
         """Deposit mints money into a user's account from the system account.
-        Admin only. Errors: INVALID_ARGUMENT, NOT_FOUND (user),
-        PERMISSION_DENIED (not an admin), FAILED_PRECONDITION (reason
-        IDEMPOTENCY_KEY_REUSED), UNAUTHENTICATED.
+        Admin only. A currency's money in circulation is at most 2^63 - 1 minor
+        units. Errors: INVALID_ARGUMENT, NOT_FOUND (user), PERMISSION_DENIED (not
+        an admin), FAILED_PRECONDITION (reason IDEMPOTENCY_KEY_REUSED, or
+        ISSUANCE_LIMIT_REACHED past that limit), UNAUTHENTICATED.
         """
 
     @_abc_1.abstractmethod

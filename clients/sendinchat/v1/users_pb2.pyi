@@ -174,7 +174,7 @@ class RegisterRequest(_message.Message):
     password: _builtins.str
     """8-72 bytes of UTF-8 (bcrypt's limit; longer is refused, never truncated)."""
     display_name: _builtins.str
-    """Optional, at most 64 characters."""
+    """Optional: one line of at most 64 characters."""
     def __init__(
         self,
         *,

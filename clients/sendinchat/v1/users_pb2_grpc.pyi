@@ -37,7 +37,9 @@ class UserServiceStub:
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31.
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9).
     """
 
     @_typing.overload
@@ -102,7 +104,9 @@ class UserServiceAsyncStub(UserServiceStub):
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31.
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -163,7 +167,9 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
     Every RPC of every service answers INVALID_ARGUMENT (with BadRequest field
     violations) for a request body that does not parse as its message, a
     string field holding NUL or over 16 KiB, an enum number the contract does
-    not define, or a Timestamp outside 0001-01-01..9999-12-31.
+    not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
+    described as one line holds no control characters (line breaks, tabs,
+    escape codes) and no bidirectional controls (U+202A-E, U+2066-9).
     """
 
     @_abc_1.abstractmethod

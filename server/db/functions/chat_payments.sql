@@ -172,7 +172,8 @@ $$;
 
 -- RespondToPaymentRequest: accept (pay, atomically with the state change), decline, cancel.
 -- An expired request is closed as EXPIRED (that change commits, and room_id and sequence name
--- its message) and the action refused.
+-- its message) and the action refused. A request whose requester has left the room can be
+-- declined or cancelled, not paid.
 CREATE OR REPLACE FUNCTION chat_respond_payment_request(p_actor uuid, p_request uuid, p_pr uuid, p_action text,
     OUT outcome text, OUT room_id uuid, OUT sequence bigint, OUT state text
 ) LANGUAGE plpgsql AS $$
@@ -213,6 +214,9 @@ BEGIN
     ELSIF v_pr.state <> 'open' THEN
         outcome := CASE WHEN v_pr.state = 'expired' THEN 'PAYMENT_REQUEST_EXPIRED' ELSE 'PAYMENT_REQUEST_CLOSED' END;
         state := v_pr.state;
+    ELSIF p_action = 'accept'
+          AND NOT EXISTS (SELECT 1 FROM room_members m WHERE m.room_id = v_room AND m.user_id = v_pr.requester_id) THEN
+        outcome := 'MEMBER_NOT_FOUND';  -- the requester left: paid only to a member, as SendPayment is
     END IF;
     IF outcome IS NOT NULL THEN
         PERFORM request_refuse(p_actor, p_request, v_fp, outcome, state);

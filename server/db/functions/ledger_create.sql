@@ -14,8 +14,10 @@
 -- position (rows are not in idx order).
 --
 -- Outcomes: CREATED, REPLAYED (same initiator and request_id, same body: the first transfer is
--- returned), IDEMPOTENCY_KEY_REUSED, the refusals INSUFFICIENT_FUNDS, RECIPIENT_NOT_FOUND,
--- SOURCE_NOT_FOUND (recorded: a retry gets them again), and the invalid arguments SELF_TRANSFER and
+-- returned; a transfer chat wrote for that key is another request's), IDEMPOTENCY_KEY_REUSED, the
+-- refusals INSUFFICIENT_FUNDS, ISSUANCE_LIMIT (a deposit past a currency's 2^63 - 1 minor units in
+-- circulation), RECIPIENT_NOT_FOUND, SOURCE_NOT_FOUND (recorded: a retry gets them again), and the
+-- invalid arguments SELF_TRANSFER and
 -- EXPIRY_PASSED (not recorded; an expiry is compared with now only for a request with no answer
 -- yet, so a retry after it passed still gets the first answer). Decisions are checks, not exceptions, so one bad item never fails the others.
 --
@@ -117,14 +119,16 @@ BEGIN
 
     -- Both accounts of every item, and whether the item can take the fast path.
     SELECT array_agg(c.from_acc ORDER BY c.n), array_agg(c.to_acc ORDER BY c.n),
-           array_agg(c.candidate AND (c.system_source OR c.batch_total <= c.available) ORDER BY c.n)
+           array_agg(c.candidate AND c.batch_total <= c.available ORDER BY c.n)
     INTO v_from_acc, v_to_acc, v_fast
     FROM (
         SELECT b.*, sum(CASE WHEN b.candidate THEN b.amt ELSE 0 END) OVER (PARTITION BY b.from_acc) AS batch_total
         FROM (
-            SELECT x.n, x.amt, x.kind = 'deposit' AS system_source,
+            SELECT x.n, x.amt,
                    coalesce(fu.id, fs.id) AS from_acc, coalesce(tu.id, ts.id) AS to_acc,
-                   coalesce(fu.balance - fu.pending_debit, 0) AS available,
+                   -- What the source can give: a user's available balance; the system account's
+                   -- room before the currency's issuance reaches the limit (its balance >= -(2^63 - 1)).
+                   coalesce(fu.balance - fu.pending_debit, fs.balance + 9223372036854775807, 0) AS available,
                    coalesce(fu.id, fs.id) IS NOT NULL AND coalesce(tu.id, ts.id) IS NOT NULL
                    AND coalesce(fu.id, fs.id) <> coalesce(tu.id, ts.id)
                    AND count(*) OVER (PARTITION BY x.ini, x.req) = 1
@@ -200,6 +204,7 @@ BEGIN
         SELECT * INTO v_t FROM transfers t WHERE t.initiator_id = p_initiator[i] AND t.request_id = p_request[i];
         IF FOUND THEN
             outcome := CASE
+                WHEN request_used_by_chat(p_initiator[i], p_request[i]) THEN 'IDEMPOTENCY_KEY_REUSED'
                 WHEN (v_t.kind, v_t.two_phase, v_t.from_user_id, v_t.to_user_id, v_t.currency, v_t.amount,
                       v_t.memo, v_t.expires_at)
                      IS NOT DISTINCT FROM
@@ -226,7 +231,12 @@ BEGIN
                     outcome := 'RECIPIENT_NOT_FOUND';
                 ELSIF p_kind[i] = 'transfer' AND v_to_user[i] = v_from_user[i] THEN
                     outcome := 'SELF_TRANSFER';
-                ELSIF p_kind[i] <> 'deposit' THEN
+                ELSIF p_kind[i] = 'deposit' THEN
+                    SELECT a.balance INTO v_avail FROM accounts a WHERE a.id = v_from;
+                    IF v_avail < p_amount[i] - 9223372036854775807 THEN
+                        outcome := 'ISSUANCE_LIMIT';
+                    END IF;
+                ELSE
                     SELECT a.balance - a.pending_debit INTO v_avail FROM accounts a WHERE a.id = v_from;
                     IF v_from IS NOT NULL AND v_avail < p_amount[i] THEN
                         -- Overdue reservations no longer hold money back: release them, look again.
