@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import tempfile
+from pathlib import Path
 
 import asyncpg
 
@@ -61,13 +62,25 @@ def token_codec(config: Config, jwt_secret: str) -> TokenCodec:
     )
 
 
+def usable_data_dir(config: Config) -> Path:
+    """SENDINCHAT_DATA_DIR, created if need be; a ConfigError when it cannot be a writable folder."""
+    folder = config.data_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise ConfigError(f"SENDINCHAT_DATA_DIR: cannot use {str(folder)!r} ({why})") from None
+    return folder
+
+
 def load_jwt_secret(config: Config) -> str:
     """The configured secret, or (embedded mode only) a dev secret generated once in the data folder."""
     if config.jwt_secret is not None:
         return config.jwt_secret
-    path = config.data_dir / _JWT_SECRET_FILE
+    path = usable_data_dir(config) / _JWT_SECRET_FILE
     if not path.exists():
-        config.data_dir.mkdir(parents=True, exist_ok=True)
         # Written whole to a private temporary file, then linked into place: link() fails if
         # another replica got there first, and nobody ever reads a half-written secret.
         fd, temporary = tempfile.mkstemp(dir=config.data_dir, prefix=".jwt_secret.")
@@ -90,7 +103,7 @@ async def open_database(config: Config) -> tuple[str, EmbeddedPostgres | None]:
     """The database URL to use, starting the embedded PostgreSQL when none is configured."""
     if config.database_url is not None:
         return config.database_url, None
-    embedded = await asyncio.to_thread(EmbeddedPostgres, config.data_dir)
+    embedded = await asyncio.to_thread(EmbeddedPostgres, usable_data_dir(config))
     return await embedded.ensure_database(), embedded
 
 

@@ -70,9 +70,11 @@ class ClientBase:
         self._store = token_store
         self._refresh_lock = asyncio.Lock()
         self.tokens: users_pb2.TokenPair | None = None if token_store is None else token_store.load()
+        self.closed = False
 
     async def close(self) -> None:
-        """Close the channel; calls in flight end with CANCELLED."""
+        """Close the channel: streams being read end, unary calls in flight raise asyncio.CancelledError."""
+        self.closed = True
         await self._channel.close(None)
 
     @property
@@ -193,6 +195,12 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     stamp = timestamp_pb2.Timestamp()
     stamp.FromDatetime(value)
     return stamp
+
+
+def being_cancelled() -> bool:
+    """Whether the running task itself is being cancelled (not only a call it awaits)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def backoff(attempt: int) -> float:

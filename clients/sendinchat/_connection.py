@@ -8,8 +8,14 @@ from collections.abc import AsyncGenerator
 
 import grpc
 
-from sendinchat._base import ClientBase, backoff
-from sendinchat.errors import RateLimitedError, UnauthenticatedError, UnavailableError, from_rpc_error
+from sendinchat._base import ClientBase, backoff, being_cancelled
+from sendinchat.errors import (
+    RateLimitedError,
+    SendInChatError,
+    UnauthenticatedError,
+    UnavailableError,
+    from_rpc_error,
+)
 from sendinchat.v1 import chat_pb2
 
 _Call = grpc.aio.StreamStreamCall[chat_pb2.ConnectRequest, chat_pb2.ConnectResponse]
@@ -76,7 +82,8 @@ class ChatConnection:
             room_id: The room's UUID.
             after_sequence: The last sequence the caller has: 0 replays the whole history, -1
                 sends only new messages (the SubscribedEvent's last_sequence then becomes the
-                point to resume from).
+                point to resume from). For a room this connection follows already, the later of
+                this and what it has received counts: nothing is delivered twice.
 
         Raises:
             UnavailableError: The stream is down.
@@ -167,12 +174,16 @@ class ChatConnection:
             RateLimitedError: Still overflowing after reconnect_attempts reconnections in a row.
         """
         failures = 0
+        reopen = False
         while True:
-            if self._call is None:
-                await self.open()
-            call = self._call
-            assert call is not None
+            call = None
             try:
+                if reopen:
+                    await self.resume()
+                elif self._call is None:
+                    await self.open()
+                call = self._call
+                assert call is not None
                 async for event in call:
                     failures = 0
                     self._track(event)
@@ -181,9 +192,18 @@ class ChatConnection:
             except grpc.aio.AioRpcError as exc:
                 if self._closing:
                     return
-                if call is not self._call:
+                if call is not None and call is not self._call:
+                    reopen = False
                     continue  # resume() replaced the call: read the new one
-                error = from_rpc_error(exc)
+                error: SendInChatError = from_rpc_error(exc)
+            except UnavailableError as exc:  # reopening failed: the server is still down
+                if self._closing:
+                    return
+                error = exc
+            except asyncio.CancelledError:
+                if self._closing and not being_cancelled():
+                    return  # close() cancelled the call, not our task
+                raise
             if isinstance(error, UnauthenticatedError) and error.reason == "TOKEN_EXPIRED":
                 await self._client._refresh_if_stale(self._tokens)
             elif (
@@ -193,7 +213,7 @@ class ChatConnection:
                 failures += 1
             else:
                 raise error
-            await self.resume()
+            reopen = True
 
     def _track(self, event: chat_pb2.ConnectResponse) -> None:
         kind = event.WhichOneof("event")

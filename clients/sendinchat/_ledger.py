@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 
 import grpc
 
-from sendinchat._base import ClientBase, backoff, one_key
+from sendinchat._base import ClientBase, backoff, being_cancelled, one_key
 from sendinchat.errors import UnauthenticatedError, UnavailableError, from_rpc_error
 from sendinchat.v1 import ledger_pb2
 
@@ -148,7 +148,13 @@ class LedgerMixin(ClientBase):
                     yield event
                 return
             except grpc.aio.AioRpcError as exc:
+                if self.closed:
+                    return
                 error = from_rpc_error(exc)
+            except asyncio.CancelledError:
+                if self.closed and not being_cancelled():
+                    return  # close() cancelled the call, not our task
+                raise
             finally:
                 call.cancel()
             if isinstance(error, UnauthenticatedError) and error.reason == "TOKEN_EXPIRED":

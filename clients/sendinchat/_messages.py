@@ -47,7 +47,9 @@ class MessagesMixin(ClientBase):
         """A room's history, fetched a page at a time.
 
         With no bound: newest first, back to the first message. With before_sequence: older
-        than it, newest first. With after_sequence: newer than it, oldest first.
+        than it, newest first. With after_sequence: newer than it, oldest first. A bound of 0 is
+        no bound (the contract's default), so after_sequence=0 reads newest first; from the first
+        message on, oldest first, is after_sequence on Connect (ChatConnection.subscribe).
 
         Args:
             room_id: The room's UUID.

@@ -45,7 +45,7 @@ from server.chat.hub import ChatHub
 from server.chat.models import MessageKind
 from server.chat.typing_throttle import TypingThrottle
 from server.db.pool import Pool
-from server.errors import InvalidArgumentError, RateLimitedError
+from server.errors import InvalidArgumentError, NotFoundError, RateLimitedError
 from server.validation import parse_uuid
 
 _REPLAY_PAGE = 100
@@ -283,10 +283,17 @@ class ConnectSession:
 
     async def _typing(self, room_id: str) -> None:
         room_id = parse_uuid(room_id, "room_id")  # junk is refused before it is remembered
-        if self._typing_throttle.due(room_id):
-            await messages.announce_typing(
-                self._pool, user_id=self._user_id, room_id=room_id, bus=self._hub.bus
-            )
+        throttle = self._typing_throttle
+        if throttle.refused(room_id):
+            raise NotFoundError(messages.NOT_FOUND)  # a repeat gets the first answer, unasked
+        if throttle.due(room_id):
+            try:
+                await messages.announce_typing(
+                    self._pool, user_id=self._user_id, room_id=room_id, bus=self._hub.bus
+                )
+            except NotFoundError:
+                throttle.refuse(room_id)
+                raise
 
     async def _subscribe(self, frame: chat_pb2.SubscribeFrame) -> None:
         if frame.after_sequence < -1:

@@ -300,3 +300,21 @@ class TestPageSizes:
         assert await _invalid(server.stubs.ledger.ListTransfers(request, metadata=alice.auth)) == {
             "page_size": "must be between 1 and 100"
         }
+
+
+class TestRepeatedFrames:
+    async def test_a_typing_frame_for_a_room_of_others_gets_the_same_answer_every_time(self, server):
+        alice, bob = await _pair(server)
+        eve = await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        stream = Stream(server.stubs, eve)
+        try:
+            for nonce in ("first", "again"):
+                await stream.write(typing=chat_pb2.TypingFrame(room_id=room.id))
+                await stream.write(ping=chat_pb2.PingFrame(nonce=nonce))
+                answer, pong = await stream.next(), await stream.next()
+                assert answer.WhichOneof("event") == "error", nonce
+                assert answer.error.code == chat_pb2.ERROR_CODE_NOT_FOUND
+                assert pong.pong.nonce == nonce
+        finally:
+            await stream.close()

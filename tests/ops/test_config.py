@@ -25,6 +25,17 @@ class TestServerStart:
             ({"DATABASE_URL": DB, "SENDINCHAT_JWT_SECRET": "short"}, "SENDINCHAT_JWT_SECRET"),
             ({"DATABASE_URL": "mysql://nope"}, "DATABASE_URL"),
             ({"SENDINCHAT_LOG_LEVEL": "LOUD"}, "SENDINCHAT_LOG_LEVEL"),
+            (
+                {"SENDINCHAT_ADMIN_USERNAME": "r", "SENDINCHAT_ADMIN_PASSWORD": "long enough"},
+                "SENDINCHAT_ADMIN_USERNAME",
+            ),
+            (
+                {"SENDINCHAT_ADMIN_USERNAME": "root", "SENDINCHAT_ADMIN_PASSWORD": "x"},
+                "SENDINCHAT_ADMIN_PASSWORD",
+            ),
+            ({"SENDINCHAT_ADMIN_USERNAME": "root"}, "SENDINCHAT_ADMIN_USERNAME"),
+            ({"SENDINCHAT_DATA_DIR": "/proc/no-such-folder"}, "SENDINCHAT_DATA_DIR"),
+            ({"SENDINCHAT_DATA_DIR": "/etc/hostname"}, "SENDINCHAT_DATA_DIR"),
         ],
         ids=lambda value: next(iter(value.values())) if isinstance(value, dict) else value,
     )
@@ -42,6 +53,14 @@ class TestServerStart:
         assert code != 0
         assert "SENDINCHAT_JWT_SECRET" in stderr
         assert secret not in stderr
+
+    def test_create_admin_refuses_a_short_password_in_one_line(self):
+        code, stderr = run_server_command(
+            "create-admin", "--username", "zz-admin", env=server_env(SENDINCHAT_ADMIN_PASSWORD="x")
+        )
+        assert code != 0
+        assert stderr.strip().splitlines() == [stderr.strip()]
+        assert "SENDINCHAT_ADMIN_PASSWORD" in stderr
 
     def test_migrate_command_also_refuses_when_a_value_is_bad(self):
         code, stderr = run_server_command("migrate", env=server_env(SENDINCHAT_BCRYPT_ROUNDS="3"))

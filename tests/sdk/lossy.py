@@ -26,6 +26,7 @@ class LossyProxy:
         self._connections: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._lose_answer = False
+        self.refusing = False  # while set, a new connection is closed at once, as by a server that is down
         self.lost_answers = 0
         self.accepted = 0
         self.address = ""
@@ -57,6 +58,9 @@ class LossyProxy:
             await self._server.wait_closed()
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if self.refusing:
+            client_writer.transport.abort()
+            return
         self.accepted += 1
         upstream_reader, upstream_writer = await asyncio.open_connection(*self._target)
         pair = (client_writer, upstream_writer)

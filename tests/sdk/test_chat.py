@@ -155,6 +155,41 @@ class TestChatConnection:
             assert proxy.accepted >= 2
         assert [e.message.text for e in events if e.HasField("message")] == ["during", "after"]
 
+    async def test_keeps_reconnecting_while_the_server_is_down_and_resumes_when_it_is_back(
+        self, server, alice
+    ):
+        async with _proxy(server) as proxy, logged_in(proxy.address) as reader:
+            room = await _direct(alice, reader)
+            connection = reader.connect()
+            await connection.subscribe(room.id, after_sequence=0)
+            await alice.send_message(room.id, "before")
+            await _until(connection, "message")
+            proxy.refusing = True
+            proxy.drop()
+            waiting = asyncio.ensure_future(_until(connection, "message"))
+            await asyncio.sleep(1.5)  # several reconnections fail meanwhile
+            assert not waiting.done(), waiting
+            await alice.send_message(room.id, "while down")
+            proxy.refusing = False
+            events = await waiting
+            await connection.close()
+        assert [e.message.text for e in events if e.HasField("message")] == ["while down"]
+
+    async def test_close_ends_events_for_the_task_reading_them(self, alice, bob):
+        room = await _direct(alice, bob)
+        connection = bob.connect()
+        await connection.subscribe(room.id, after_sequence=0)
+        await _until(connection, "subscribed")
+
+        async def read_all() -> int:
+            return len([event async for event in connection.events()])
+
+        reader = asyncio.ensure_future(read_all())
+        await asyncio.sleep(0.2)
+        await connection.close()
+        async with asyncio.timeout(WAIT):
+            assert await reader >= 0  # ended, neither cancelled nor failed
+
     async def test_refreshes_the_token_and_resubscribes_when_the_stream_expires(self, servers, server, alice):
         short: harness.TestServer = await servers.start(
             database_url=server.database_url, access_token_ttl_seconds=1

@@ -10,6 +10,8 @@ import pytest
 
 from sendinchat import Client, UnauthenticatedError
 from sendinchat.cli import build_parser
+from sendinchat.cli.money import Currencies
+from sendinchat.cli.output import CliError
 from sendinchat.cli.session import SessionFile
 from sendinchat.v1 import users_pb2
 from tests.helpers import PASSWORD, random_name, signed_up
@@ -109,6 +111,17 @@ class TestSession:
         assert me.returncode == 0, me.stderr
         assert account.username in me.stdout
 
+    async def test_logout_with_a_token_in_the_environment_keeps_the_saved_session(
+        self, server, bob, tmp_path
+    ):
+        env = await logged_in_env(server.address, tmp_path, await _name(bob))
+        other = await signed_up(server.stubs)
+        logout = await run_cli(dict(env, SENDINCHAT_TOKEN=other.tokens.access_token), "logout")
+        assert logout.returncode == 0, logout.stderr
+        me = await run_cli(env, "me")
+        assert me.returncode == 0, me.stderr
+        assert me.stdout.startswith(await _name(bob))
+
 
 class TestMoney:
     async def test_balance_shows_major_units_and_zero_for_a_never_funded_currency(
@@ -181,6 +194,20 @@ class TestRooms:
         assert "\u202e" not in listed.stdout
         assert listed.stdout.startswith(r"\x1b]0;owned\x07\u202eplain")
 
+    async def test_two_groups_of_one_name_are_named_by_id_not_guessed(self, server, alice, bob, tmp_path):
+        env = await logged_in_env(server.address, tmp_path, await _name(alice))
+        for _ in range(2):
+            assert (await run_cli(env, "rooms", "create", "twins", await _name(bob))).returncode == 0
+        members = await run_cli(env, "rooms", "members", "twins")
+        assert members.returncode == 1
+        assert "2 of your rooms are called 'twins'" in members.stderr
+
+    async def test_paying_yourself_names_what_you_typed(self, server, alice, tmp_path):
+        env = await logged_in_env(server.address, tmp_path, await _name(alice))
+        result = await run_cli(env, "pay", await _name(alice), "1", "USD")
+        assert result.returncode == 1
+        assert "recipient: must not be the caller" in result.stderr
+
 
 def _subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
     found = []
@@ -214,3 +241,16 @@ def test_session_file_forgets_a_server_when_saved_empty(tmp_path):
     session.save(None)
     assert session.load() is None
     assert SessionFile("host:2", tmp_path).load() == users_pb2.TokenPair(access_token="b")
+
+
+@pytest.mark.parametrize(
+    ("written", "minor"), [("2.50", 250), ("1,000", 100_000), ("12,345,678.9", 1_234_567_890)]
+)
+def test_an_amount_takes_commas_between_thousands(written, minor):
+    assert Currencies({"USD": 2}).parse(written, "usd") == (minor, "USD")
+
+
+@pytest.mark.parametrize("written", ["0,05", "1,50", "1,5,0", "10,00", "1,0000", ",5", "1.000,50"])
+def test_an_amount_with_a_decimal_comma_is_refused_not_read_as_thousands(written):
+    with pytest.raises(CliError, match="with a dot for the decimals"):
+        Currencies({"USD": 2}).parse(written, "USD")

@@ -190,6 +190,18 @@ class TestWatchTransfers:
             assert proxy.accepted >= 2
         assert [e.transfer.id for e in [first, *rest]] == [t.id for t in [before, *after]]
 
+    async def test_ends_when_the_client_closes(self, server):
+        async with logged_in(server.address) as watcher:
+
+            async def read_all() -> int:
+                return len([event async for event in watcher.watch_transfers()])
+
+            reader = asyncio.ensure_future(read_all())
+            await asyncio.sleep(0.3)
+            await watcher.close()
+            async with asyncio.timeout(10):
+                assert await reader == 0  # ended, neither cancelled nor failed
+
     async def test_refreshes_the_token_and_resumes_when_the_stream_expires(
         self, servers, server, admin, alice
     ):

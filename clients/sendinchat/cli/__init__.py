@@ -11,7 +11,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sendinchat.cli import chat, commands, rooms
 from sendinchat.cli.output import CliError, explain
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     pay.add_argument("--request-id", help="a UUID: running the command again with it pays once")
 
     history = _add(sub, "history", "list your latest transfers, newest first", aliases=["transfers"])
-    history.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    history.add_argument("--limit", type=_at_least(1), default=20, help="how many (default 20)")
     history.add_argument("--currency", help="only this currency")
     direction = history.add_mutually_exclusive_group()
     direction.add_argument("--sent", dest="direction", action="store_const", const="sent", help="only sent")
@@ -111,9 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     talk.add_argument("room", help="where; a username opens (or creates) your direct room with that user")
     talk.add_argument(
-        "--history", type=int, default=20, help="how many earlier messages to show (default 20)"
+        "--history", type=_at_least(0), default=20, help="how many earlier messages to show (default 20)"
     )
     return parser
+
+
+def _at_least(lowest: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        value = int(raw)
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"must be at least {lowest}")
+        return value
+
+    parse.__name__ = "number"  # argparse names the type in its message: "invalid number value"
+    return parse
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -127,7 +138,8 @@ async def _run(args: argparse.Namespace) -> None:
         elif args.command == "login":
             await commands.login(client, session, args)
         elif args.command == "logout":
-            await commands.logout(client, session, args)
+            # SENDINCHAT_TOKEN's session is ended; the saved one (perhaps another user's) is kept.
+            await commands.logout(client, None if token else session, args)
         elif args.command == "me":
             await commands.me(client, args)
         elif args.command == "balance":
@@ -152,6 +164,10 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         raise SystemExit(130) from None
+    except BrokenPipeError:
+        # The reader went away (`| head`): say nothing more, as other tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(1) from None
     except (CliError, SendInChatError) as exc:
         message = explain(exc) if isinstance(exc, SendInChatError) else str(exc)
         print(f"sendinchat-cli: {message}", file=sys.stderr)

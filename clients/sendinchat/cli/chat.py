@@ -212,12 +212,11 @@ async def run(client: Client, args: argparse.Namespace) -> None:
     me = await client.get_me()
     room = await find_room(client, args.room, me.id, create_direct=True)
     screen = ChatRoom(client, me, room, currencies)
-    print(
-        f"── {title(room, me.id)} ── type to send · /pay AMOUNT CURRENCY · /help · Ctrl-C leaves", flush=True
-    )
+    pay = "/pay USER AMOUNT CURRENCY" if room.kind == chat_pb2.ROOM_KIND_GROUP else "/pay AMOUNT CURRENCY"
+    print(f"── {title(room, me.id)} ── type to send · {pay} · /help · Ctrl-C leaves", flush=True)
     connection = client.connect()
     await connection.subscribe(room.id, after_sequence=max(0, room.last_sequence - args.history))
-    shown = asyncio.create_task(screen.show(connection))
+    showing = asyncio.create_task(screen.show(connection))
 
     async def typed() -> None:
         async with contextlib.aclosing(_lines()) as lines:
@@ -227,12 +226,12 @@ async def run(client: Client, args: argparse.Namespace) -> None:
 
     reading = asyncio.create_task(typed())
     try:
-        done, _ = await asyncio.wait({shown, reading}, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait({showing, reading}, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()  # the stream's end (session over, server gone) is the user's to see
     finally:
-        for task in (shown, reading):
+        for task in (showing, reading):
             task.cancel()
-        await asyncio.gather(shown, reading, return_exceptions=True)
+        await asyncio.gather(showing, reading, return_exceptions=True)
         with contextlib.suppress(SendInChatError):
             await connection.close()

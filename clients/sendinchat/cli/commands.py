@@ -53,8 +53,8 @@ async def login(client: Client, session: SessionFile, args: argparse.Namespace) 
     print(f"Logged in to {session.target} as {user.username}.")
 
 
-async def logout(client: Client, session: SessionFile, args: argparse.Namespace) -> None:
-    """End the session on the server and forget it here."""
+async def logout(client: Client, session: SessionFile | None, args: argparse.Namespace) -> None:
+    """End the session on the server and forget the saved one, if it was the one used."""
     if client.tokens is None:
         print("Not logged in.")
         return
@@ -63,8 +63,9 @@ async def logout(client: Client, session: SessionFile, args: argparse.Namespace)
     except UnauthenticatedError:
         ended = 0  # it had ended already: nothing left to end but the saved copy
     finally:
-        session.save(None)
-    print(f"Logged out of {session.target} (ended {ended} session{'' if ended == 1 else 's'}).")
+        if session is not None:
+            session.save(None)
+    print(f"Logged out of {args.target} (ended {ended} session{'' if ended == 1 else 's'}).")
 
 
 async def me(client: Client, args: argparse.Namespace) -> None:

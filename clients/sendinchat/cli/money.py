@@ -8,7 +8,9 @@ from decimal import Decimal
 from sendinchat.cli.output import CliError
 from sendinchat.client import Client
 
-_AMOUNT = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+")  # ASCII digits only ('²'.isdigit() is True)
+# ASCII digits only ('²'.isdigit() is True); commas only between groups of three, as format()
+# writes them: '1,000.50' is one thousand, and '0,05' is refused rather than read as 5.
+_AMOUNT = re.compile(r"(?:[0-9]+|[0-9]{1,3}(?:,[0-9]{3})+)(?:\.[0-9]+)?|\.[0-9]+")
 
 
 class Currencies:
@@ -42,10 +44,9 @@ class Currencies:
         """A positive major-unit amount ('2.50', '1,000') in minor units, and the currency's code."""
         code = self.code(currency)
         exponent = self.exponents[code]
-        text = amount.replace(",", "")
-        if not _AMOUNT.fullmatch(text):
-            raise CliError(f"not an amount: {amount!r} (write it like 2.50)")
-        value = Decimal(text).scaleb(exponent)
+        if not _AMOUNT.fullmatch(amount):
+            raise CliError(f"not an amount: {amount!r} (write it like 2.50, with a dot for the decimals)")
+        value = Decimal(amount.replace(",", "")).scaleb(exponent)
         if value != value.to_integral_value():
             places = "no decimal places" if exponent == 0 else f"at most {exponent} decimal places"
             raise CliError(f"{code} amounts have {places}: {amount}")

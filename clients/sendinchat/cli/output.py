@@ -28,6 +28,16 @@ class CliError(Exception):
     """A mistake the user can fix; printed without a traceback, exit status 1."""
 
 
+# The request fields a person set by typing, named as they typed them.
+_WHAT_YOU_TYPED = {
+    "to_username": "recipient",
+    "to_user_id": "recipient",
+    "from_user_id": "payer",
+    "amount_minor": "amount",
+    "page_size": "--limit",
+}
+
+
 def shown(text: str) -> str:
     """Another user's text, safe to print: what a terminal would act on is written out as an escape."""
     return _UNSHOWABLE.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
@@ -65,7 +75,8 @@ def explain(error: SendInChatError) -> str:
             return f"not logged in; {LOGIN_HINT}"
         return f"{error.message}; {LOGIN_HINT}"
     if isinstance(error, InvalidArgumentError) and error.field_violations:
-        return "; ".join(f"{field}: {problem}" for field, problem in error.field_violations.items())
+        violations = error.field_violations.items()
+        return "; ".join(f"{_WHAT_YOU_TYPED.get(field, field)}: {problem}" for field, problem in violations)
     if isinstance(error, RateLimitedError) and error.retry_after_seconds:
         return f"{error.message}; try again in {error.retry_after_seconds:.0f} s"
     if isinstance(error, UnavailableError):

@@ -32,9 +32,18 @@ async def find_room(client: Client, spec: str, me_id: str, *, create_direct: boo
         return await client.get_room(spec)
     wanted = spec.removeprefix("@").lower()
     if not spec.startswith("@"):
-        async for room in client.list_rooms():
-            if room.kind == chat_pb2.ROOM_KIND_GROUP and room.name.lower() == wanted:
-                return room
+        groups = [
+            room
+            async for room in client.list_rooms()
+            if room.kind == chat_pb2.ROOM_KIND_GROUP and room.name.lower() == wanted
+        ]
+        if len(groups) > 1:
+            raise CliError(
+                f"{len(groups)} of your rooms are called {spec!r}: name one by its id"
+                " (see: sendinchat-cli rooms list --ids)"
+            )
+        if groups:
+            return groups[0]
     async for room in client.list_rooms():
         if room.kind == chat_pb2.ROOM_KIND_DIRECT and title(room, me_id).lower() == wanted:
             return room

@@ -1206,7 +1206,11 @@ Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
 
 @_typing.final
 class SubscribeFrame(_message.Message):
-    """SubscribeFrame starts (or restarts) a room subscription."""
+    """SubscribeFrame starts (or restarts) a room subscription, answered by a
+    SubscribedEvent (or an ErrorEvent) once its replay is sent. A later
+    SubscribeFrame or UnsubscribeFrame of the same room that arrives before
+    that replaces it: only the later frame is answered.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
