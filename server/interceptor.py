@@ -47,6 +47,8 @@ PUBLIC_SERVICE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Request-streaming methods whose handler answers a bad frame itself and keeps the stream; any other
 # ends with INVALID_ARGUMENT at the first frame that breaks the shape rules.
 FRAMES_CHECKED_BY_HANDLER = frozenset({"/sendinchat.v1.ChatService/Connect"})
+# How long ending a stream waits for its status to be taken (it is, at once, by a client reading).
+_STATUS_WAIT_SECONDS = 1.0
 
 
 class RpcInterceptor(grpc.aio.ServerInterceptor):
@@ -178,7 +180,16 @@ class RpcInterceptor(grpc.aio.ServerInterceptor):
             rpc_status = status.to_status(error) if error is not None else _internal(method)
             code = rpc_status.code
             reason = getattr(error, "reason", "")
-            await context.abort(rpc_status.code, rpc_status.details, rpc_status.trailing_metadata)
+            ending = context.abort(rpc_status.code, rpc_status.details, rpc_status.trailing_metadata)
+            if not streaming:
+                await ending
+            try:
+                await asyncio.wait_for(ending, _STATUS_WAIT_SECONDS)
+            except TimeoutError:
+                # The client has stopped reading: the status waits in grpc core behind the frames
+                # it has not read, and reaches it once it reads them. The handler does not wait
+                # for that, or it would hold the call until the client reads or leaves.
+                raise asyncio.CancelledError from None
             raise  # unreachable: abort raises AbortError
         finally:
             if streaming:

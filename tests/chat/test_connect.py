@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -486,6 +487,18 @@ class TestConnectAccess:
             )
             await resumed.close()
 
+    async def test_a_slow_consumer_reading_nothing_is_ended_when_the_server_decides(self, servers):
+        limits = {"chat_stream_buffer": 8, "chat_stream_max_behind": 50}
+        with _rpc_logged() as logged:
+            async with _reader_behind(servers, **limits) as behind:
+                server, alice, bob, room, slow, fast, _ = behind
+                await _flood(server.stubs, alice, room.id, fast, 100)
+                # The handler is done (its RPC logged) although Bob has read nothing...
+                await asyncio.wait_for(logged(bob.id, "/sendinchat.v1.ChatService/Connect").wait(), 10)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await _read_messages(slow, None)  # ...and the status still reaches him after his frames
+                assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
     async def test_a_newer_read_receipt_is_not_overtaken_by_an_older_one_that_waited(self, servers):
         async with _reader_behind(servers, members=9, chat_stream_buffer=8) as behind:
             server, alice, _, room, slow, fast, (carol, *others) = behind
@@ -647,6 +660,33 @@ async def _unread_stream(server: Any, account: Account, room_id: str) -> AsyncIt
         yield call
     finally:
         await channel.close(None)
+
+
+@contextlib.contextmanager
+def _rpc_logged() -> Iterator[Callable[[str, str], asyncio.Event]]:
+    """`logged(user_id, method)`: an event set once the server logs that user's RPC of that method."""
+    events: dict[tuple[str, str], asyncio.Event] = {}
+    loop = asyncio.get_running_loop()
+
+    class Seen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            rpc = getattr(record, "rpc", {})
+            event = events.get((str(rpc.get("user_id")), str(rpc.get("method"))))
+            if event is not None:
+                loop.call_soon_threadsafe(event.set)
+
+    def logged(user_id: str, method: str) -> asyncio.Event:
+        return events.setdefault((user_id, method), asyncio.Event())
+
+    rpc_log, handler = logging.getLogger("sendinchat.rpc"), Seen()
+    level = rpc_log.level
+    rpc_log.addHandler(handler)
+    rpc_log.setLevel(logging.INFO)
+    try:
+        yield logged
+    finally:
+        rpc_log.removeHandler(handler)
+        rpc_log.setLevel(level)
 
 
 async def _read_messages(call: Any, count: int | None) -> list[int]:
