@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -10,6 +12,7 @@ from sendinchat import ChatConnection, Client, InsufficientFundsError, NotFoundE
 from sendinchat.v1 import chat_pb2
 from tests import harness
 from tests.sdk.conftest import logged_in
+from tests.sdk.lossy import LossyProxy
 from tests.sdk.test_ledger import _proxy, _user_id
 
 WAIT = 10.0
@@ -29,6 +32,20 @@ async def _until(connection: ChatConnection, kind: str, count: int = 1) -> list[
             if sum(e.WhichOneof("event") == kind for e in seen) == count:
                 return seen
     raise AssertionError(f"the stream ended after {seen}")
+
+
+@contextlib.asynccontextmanager
+async def _following_through_a_proxy(
+    server: harness.TestServer, alice: Client
+) -> AsyncIterator[tuple[LossyProxy, chat_pb2.Room, ChatConnection]]:
+    """A reader behind a proxy whose connection follows its direct room with Alice, one message read."""
+    async with _proxy(server) as proxy, logged_in(proxy.address) as reader:
+        room = await _direct(alice, reader)
+        connection = reader.connect()
+        await connection.subscribe(room.id, after_sequence=0)
+        await alice.send_message(room.id, "before")
+        await _until(connection, "message")
+        yield proxy, room, connection
 
 
 class TestRooms:
@@ -141,12 +158,7 @@ class TestChatConnection:
         assert [e.message.text for e in events if e.HasField("message")] == ["earlier"]
 
     async def test_resumes_after_the_connection_drops_without_gaps_or_duplicates(self, server, alice):
-        async with _proxy(server) as proxy, logged_in(proxy.address) as reader:
-            room = await _direct(alice, reader)
-            connection = reader.connect()
-            await connection.subscribe(room.id, after_sequence=0)
-            await alice.send_message(room.id, "before")
-            await _until(connection, "message")
+        async with _following_through_a_proxy(server, alice) as (proxy, room, connection):
             proxy.drop()
             for text in ("during", "after"):
                 await alice.send_message(room.id, text)
@@ -158,12 +170,7 @@ class TestChatConnection:
     async def test_keeps_reconnecting_while_the_server_is_down_and_resumes_when_it_is_back(
         self, server, alice
     ):
-        async with _proxy(server) as proxy, logged_in(proxy.address) as reader:
-            room = await _direct(alice, reader)
-            connection = reader.connect()
-            await connection.subscribe(room.id, after_sequence=0)
-            await alice.send_message(room.id, "before")
-            await _until(connection, "message")
+        async with _following_through_a_proxy(server, alice) as (proxy, room, connection):
             proxy.refusing = True
             proxy.drop()
             waiting = asyncio.ensure_future(_until(connection, "message"))
