@@ -6,6 +6,7 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
 from google.protobuf import timestamp_pb2
@@ -197,6 +198,30 @@ class TestSendPayment:
             await asyncio.wait_for(paid, 10)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
         assert await balance(server.stubs, bob) == 500
+
+    async def test_funds_arriving_while_it_locks_pay_into_an_account_opened_then(self, server):
+        alice, bob, room = await _parties(server)  # Alice holds 10,000; Bob has no account yet
+        admin = await signed_up_admin(server)
+        holder = await asyncpg.connect(server.database_url)
+        try:
+            async with holder.transaction():  # a deposit to Alice, committed while the payment waits
+                await holder.fetch(
+                    "SELECT * FROM ledger_create_transfers(ARRAY[$1::uuid], ARRAY[$2::uuid],"
+                    " ARRAY['deposit'], ARRAY[false], ARRAY[NULL::uuid], ARRAY[NULL::text],"
+                    " ARRAY[$3::uuid], ARRAY[NULL::text], ARRAY['USD'], ARRAY[10000::bigint], ARRAY[''],"
+                    " ARRAY[NULL::timestamptz])",
+                    admin.id,
+                    request_id(),
+                    alice.id,
+                )
+                request = _pay(room, bob, 15_000)
+                paying = asyncio.ensure_future(server.stubs.chat.SendPayment(request, metadata=alice.auth))
+                await waiting_on_a_lock(holder)
+        finally:
+            await holder.close()
+        # Alice could not pay when the batch locked its accounts, so Bob's was not opened then.
+        await asyncio.wait_for(paying, 10)
+        assert await balance(server.stubs, bob) == 15_000
 
     async def test_a_flood_of_payments_into_one_room_takes_one_connection(self, server):
         alice, bob, room = await _parties(server)

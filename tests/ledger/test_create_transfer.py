@@ -48,13 +48,16 @@ class TestCreateTransfer:
         assert await balance(stubs, alice) == 10_000
         listed = await stubs.ledger.ListTransfers(ledger_pb2.ListTransfersRequest(), metadata=bob.auth)
         assert list(listed.transfers) == []
+        accounts = await stubs.ledger.ListAccounts(ledger_pb2.ListAccountsRequest(), metadata=bob.auth)
+        assert list(accounts.accounts) == []  # nor does it open the recipient's account
 
     async def test_is_insufficient_funds_when_sender_has_no_account_in_currency(self, stubs, alice, bob):
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stubs.ledger.CreateTransfer(transfer_request(alice, 1, "EUR"), metadata=bob.auth)
         assert error_info(caught.value).reason == "INSUFFICIENT_FUNDS"
-        accounts = await stubs.ledger.ListAccounts(ledger_pb2.ListAccountsRequest(), metadata=bob.auth)
-        assert list(accounts.accounts) == []  # a failed transfer opens nothing
+        for party in (bob, alice):  # a failed transfer opens nothing, on either side
+            accounts = await stubs.ledger.ListAccounts(ledger_pb2.ListAccountsRequest(), metadata=party.auth)
+            assert [a.currency for a in accounts.accounts] == ([] if party is bob else ["USD"])
 
     async def test_is_not_found_when_recipient_is_unknown(self, stubs, alice):
         for request in (

@@ -89,7 +89,10 @@ class TestRefusedTransfers:
                 alice.id,
                 request.request_id,
             )
-            moved = await balance(server.stubs, bob)
+            opened = await server.stubs.ledger.ListAccounts(
+                ledger_pb2.ListAccountsRequest(), metadata=bob.auth
+            )
+            moved = await balance(server.stubs, bob) if opened.accounts else 0  # refused: none opened
             assert (outcomes, refused, moved) in (
                 ({"POSTED"}, None, 50),
                 ({"INSUFFICIENT_FUNDS"}, "INSUFFICIENT_FUNDS", 0),

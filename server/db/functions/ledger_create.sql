@@ -74,9 +74,11 @@ BEGIN
 
     -- Lock every account of the batch, in one ordered pass. Usually they all exist: then a plain
     -- SELECT ... FOR UPDATE does it. Otherwise a missing credit-side account is opened in the same
-    -- ordered pass (ON CONFLICT DO UPDATE ... WHERE false locks an existing row without writing).
-    -- A debit-side user account that does not exist is left alone: that item has no funds. The
-    -- system account takes part only as the source of a deposit or the sink of a withdrawal.
+    -- ordered pass (ON CONFLICT DO UPDATE ... WHERE false locks an existing row without writing),
+    -- unless its sender plainly cannot pay (a refused transfer opens nothing; should the money
+    -- arrive meanwhile, the slow path opens it). A debit-side user account that does not
+    -- exist is left alone: that item has no funds. The system account takes part only as the
+    -- source of a deposit or the sink of a withdrawal.
     IF NOT EXISTS (
         SELECT 1 FROM unnest(v_to_user, p_currency) AS c(user_id, currency)
         WHERE c.user_id IS NOT NULL
@@ -101,15 +103,20 @@ BEGIN
         FROM (
             SELECT DISTINCT x.user_id, x.currency
             FROM (
-                SELECT c.user_id, c.currency, c.kind, true AS credit
-                FROM unnest(v_to_user, p_currency, p_kind) AS c(user_id, currency, kind)
+                SELECT c.user_id, c.currency, c.kind, true AS credit, c.payer, c.amount
+                FROM unnest(v_to_user, p_currency, p_kind, v_from_user, p_amount)
+                     AS c(user_id, currency, kind, payer, amount)
                 UNION ALL
-                SELECT d.user_id, d.currency, d.kind, false
+                SELECT d.user_id, d.currency, d.kind, false, NULL, NULL
                 FROM unnest(v_from_user, p_currency, p_kind) AS d(user_id, currency, kind)
             ) x
             WHERE CASE
                 WHEN x.user_id IS NULL THEN x.kind = CASE WHEN x.credit THEN 'withdrawal' ELSE 'deposit' END
                 WHEN x.credit THEN EXISTS (SELECT 1 FROM users u WHERE u.id = x.user_id)
+                    AND (x.kind = 'deposit'
+                         OR EXISTS (SELECT 1 FROM accounts e WHERE e.user_id = x.user_id AND e.currency = x.currency)
+                         OR EXISTS (SELECT 1 FROM accounts s WHERE s.user_id = x.payer AND s.currency = x.currency
+                                    AND s.balance - s.pending_debit >= x.amount))
                 ELSE EXISTS (SELECT 1 FROM accounts e WHERE e.user_id = x.user_id AND e.currency = x.currency)
             END
         ) k
@@ -227,7 +234,8 @@ BEGIN
                 ELSIF p_kind[i] = 'withdrawal' AND (v_from_user[i] IS NULL
                         OR NOT EXISTS (SELECT 1 FROM users u WHERE u.id = v_from_user[i])) THEN
                     outcome := 'SOURCE_NOT_FOUND';
-                ELSIF v_to IS NULL THEN
+                ELSIF v_to IS NULL AND (p_kind[i] = 'withdrawal'
+                        OR NOT EXISTS (SELECT 1 FROM users u WHERE u.id = v_to_user[i])) THEN
                     outcome := 'RECIPIENT_NOT_FOUND';
                 ELSIF p_kind[i] = 'transfer' AND v_to_user[i] = v_from_user[i] THEN
                     outcome := 'SELF_TRANSFER';
@@ -246,6 +254,15 @@ BEGIN
                     IF v_from IS NULL OR v_avail < p_amount[i] THEN
                         outcome := 'INSUFFICIENT_FUNDS';
                     END IF;
+                END IF;
+                IF outcome IS NULL AND v_to IS NULL THEN
+                    -- Its sender could not pay when the batch took its locks, so the recipient's
+                    -- account was not opened; the money arrived since. Opened now, out of the usual
+                    -- order: a deadlock that may cause is a conflict, and each request is retried alone.
+                    INSERT INTO accounts AS a (user_id, currency) VALUES (v_to_user[i], p_currency[i])
+                    ON CONFLICT ON CONSTRAINT accounts_owner_currency_key DO UPDATE SET balance = a.balance WHERE false;
+                    SELECT a.id INTO v_to FROM accounts a
+                    WHERE a.user_id = v_to_user[i] AND a.currency = p_currency[i];
                 END IF;
                 IF outcome IS NULL THEN
                     INSERT INTO transfers AS t (
