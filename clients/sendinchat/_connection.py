@@ -47,12 +47,7 @@ class ChatConnection:
             UnauthenticatedError: Not logged in, or the token refresh failed.
         """
         self._closing = False
-        metadata = await self._client._fresh_metadata()
-        self._tokens = self._client.tokens
-        # No request iterator: grpc.aio then lets us write() frames as they come.
-        self._call = self._client.chat.Connect(metadata=metadata)
-        for room_id, sequence in self.last_sequence.items():
-            await self._write(_subscribe(room_id, sequence))
+        await self._open()
 
     async def resume(self) -> None:
         """Reopen after a disconnect (events() does this by itself), refreshing a stale token first.
@@ -62,7 +57,22 @@ class ChatConnection:
         """
         if self._call is not None:
             self._call.cancel()
-        await self.open()
+        await self._open()
+
+    @property
+    def _ended(self) -> bool:
+        """close() was called, on this connection or on its client."""
+        return self._closing or self._client.closed
+
+    async def _open(self) -> None:
+        metadata = await self._client._fresh_metadata()
+        if self._ended:  # closed while the token was refreshed
+            return
+        self._tokens = self._client.tokens
+        # No request iterator: grpc.aio then lets us write() frames as they come.
+        self._call = self._client.chat.Connect(metadata=metadata)
+        for room_id, sequence in self.last_sequence.items():
+            await self._write(_subscribe(room_id, sequence))
 
     async def close(self) -> None:
         """Half-close and drop the stream; events() then ends."""
@@ -175,33 +185,34 @@ class ChatConnection:
         """
         failures = 0
         reopen = False
-        while True:
+        while not self._ended:
             call = None
             try:
                 if reopen:
                     await self.resume()
                 elif self._call is None:
-                    await self.open()
+                    await self._open()
                 call = self._call
-                assert call is not None
+                if call is None or self._ended:
+                    return
                 async for event in call:
                     failures = 0
                     self._track(event)
                     yield event
                 return
             except grpc.aio.AioRpcError as exc:
-                if self._closing:
+                if self._ended:
                     return
                 if call is not None and call is not self._call:
                     reopen = False
                     continue  # resume() replaced the call: read the new one
                 error: SendInChatError = from_rpc_error(exc)
             except UnavailableError as exc:  # reopening failed: the server is still down
-                if self._closing:
+                if self._ended:
                     return
                 error = exc
             except asyncio.CancelledError:
-                if self._closing and not being_cancelled():
+                if self._ended and not being_cancelled():
                     return  # close() cancelled the call, not our task
                 raise
             if isinstance(error, UnauthenticatedError) and error.reason == "TOKEN_EXPIRED":

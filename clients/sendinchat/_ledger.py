@@ -133,9 +133,11 @@ class LedgerMixin(ClientBase):
             UnavailableError: The server stayed unreachable for reconnect_attempts reconnections.
         """
         failures = 0
-        while True:
+        while not self.closed:
             metadata = await self._fresh_metadata()
             tokens = self.tokens
+            if self.closed:
+                return
             call = self.ledger.WatchTransfers(
                 ledger_pb2.WatchTransfersRequest(cursor=cursor), metadata=metadata
             )

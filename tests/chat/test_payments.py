@@ -23,7 +23,7 @@ from tests.helpers import (
     signed_up_admin,
     waiting_on_a_lock,
 )
-from tests.ledger.support import balance, deposit
+from tests.ledger.support import balance, deposit, one_call_of_ledger_create_transfers
 
 ACCEPT = chat_pb2.PAYMENT_REQUEST_ACTION_ACCEPT
 DECLINE = chat_pb2.PAYMENT_REQUEST_ACTION_DECLINE
@@ -205,14 +205,8 @@ class TestSendPayment:
         holder = await asyncpg.connect(server.database_url)
         try:
             async with holder.transaction():  # a deposit to Alice, committed while the payment waits
-                await holder.fetch(
-                    "SELECT * FROM ledger_create_transfers(ARRAY[$1::uuid], ARRAY[$2::uuid],"
-                    " ARRAY['deposit'], ARRAY[false], ARRAY[NULL::uuid], ARRAY[NULL::text],"
-                    " ARRAY[$3::uuid], ARRAY[NULL::text], ARRAY['USD'], ARRAY[10000::bigint], ARRAY[''],"
-                    " ARRAY[NULL::timestamptz])",
-                    admin.id,
-                    request_id(),
-                    alice.id,
+                await one_call_of_ledger_create_transfers(
+                    holder, admin.id, [("deposit", None, alice.id, "USD", 10_000)]
                 )
                 request = _pay(room, bob, 15_000)
                 paying = asyncio.ensure_future(server.stubs.chat.SendPayment(request, metadata=alice.auth))

@@ -38,3 +38,29 @@ def transfer_request(
     return ledger_pb2.CreateTransferRequest(
         to_user_id=to.id, currency=currency, amount_minor=amount, **fields
     )
+
+
+async def one_call_of_ledger_create_transfers(
+    conn: Any, initiator: str, items: list[tuple[str, str | None, str, str, int]]
+) -> list[Any]:
+    """Call the SQL function with one batch of immediate (kind, from user, to user, currency, amount)."""
+    n = len(items)
+    kinds, payers, payees, currencies, amounts = (list(column) for column in zip(*items, strict=True))
+    rows: list[Any] = await conn.fetch(
+        "SELECT idx, outcome FROM ledger_create_transfers($1::uuid[], $2::uuid[], $3::text[],"
+        " $4::boolean[], $5::uuid[], $6::text[], $7::uuid[], $8::text[], $9::text[], $10::bigint[],"
+        " $11::text[], $12::timestamptz[])",
+        [initiator] * n,
+        [request_id() for _ in items],
+        kinds,
+        [False] * n,
+        payers,
+        [None] * n,
+        payees,
+        [None] * n,
+        currencies,
+        amounts,
+        [""] * n,
+        [None] * n,
+    )
+    return rows

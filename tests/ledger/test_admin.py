@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2
 
 from sendinchat.v1 import ledger_pb2
 from tests.helpers import Account, error_info, field_violations, request_id
-from tests.ledger.support import balance
+from tests.ledger.support import balance, one_call_of_ledger_create_transfers
 
 
 def _deposit(to: Account, amount: int, currency: str = "USD", **fields: Any) -> ledger_pb2.DepositRequest:
@@ -97,22 +97,8 @@ async def _issue_to_one_below_the_limit(server: Any, admin: Account, to: Account
     """Mint `currency` into `to` until its issuance is INT64_MAX - 10 (one statement of 9,223 deposits)."""
     count, rest = divmod(INT64_MAX - 10, MAX_AMOUNT)
     amounts = [MAX_AMOUNT] * count + [rest]
-    size = len(amounts)
-    await server.pool.fetch(
-        "SELECT * FROM ledger_create_transfers($1::uuid[], $2::uuid[], $3::text[], $4::boolean[], $5::uuid[],"
-        " $6::text[], $7::uuid[], $8::text[], $9::text[], $10::bigint[], $11::text[], $12::timestamptz[])",
-        [admin.id] * size,
-        [request_id() for _ in amounts],
-        ["deposit"] * size,
-        [False] * size,
-        [None] * size,
-        [None] * size,
-        [to.id] * size,
-        [None] * size,
-        [currency] * size,
-        amounts,
-        [""] * size,
-        [None] * size,
+    await one_call_of_ledger_create_transfers(
+        server.pool, admin.id, [("deposit", None, to.id, currency, amount) for amount in amounts]
     )
 
 
@@ -138,6 +124,14 @@ class TestIssuanceLimit:
             await stubs.ledger.Deposit(past, metadata=admin.auth)  # still refused, though it would fit now
         await stubs.ledger.Deposit(_deposit(bob, 5, "KES"), metadata=admin.auth)
         assert await balance(stubs, bob, "KES") == INT64_MAX
+
+    async def test_a_deposit_refused_for_it_opens_no_account(self, server, stubs, admin, alice, bob):
+        await _issue_to_one_below_the_limit(server, admin, bob, "KES")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stubs.ledger.Deposit(_deposit(alice, 11, "KES"), metadata=admin.auth)
+        assert error_info(caught.value).reason == "ISSUANCE_LIMIT_REACHED"
+        accounts = await stubs.ledger.ListAccounts(ledger_pb2.ListAccountsRequest(), metadata=alice.auth)
+        assert [a.currency for a in accounts.accounts] == ["USD"]
 
     async def test_concurrent_deposits_cannot_pass_it_together(self, server, stubs, admin, bob):
         await _issue_to_one_below_the_limit(server, admin, bob, "KES")

@@ -9,7 +9,7 @@ import pytest
 
 from sendinchat.v1 import ledger_pb2
 from tests.helpers import error_info, field_violations, request_id, signed_up
-from tests.ledger.support import account, balance, transfer_request
+from tests.ledger.support import account, balance, one_call_of_ledger_create_transfers, transfer_request
 
 
 class TestCreateTransfer:
@@ -50,6 +50,21 @@ class TestCreateTransfer:
         assert list(listed.transfers) == []
         accounts = await stubs.ledger.ListAccounts(ledger_pb2.ListAccountsRequest(), metadata=bob.auth)
         assert list(accounts.accounts) == []  # nor does it open the recipient's account
+
+    async def test_one_batch_asking_more_than_the_sender_has_opens_only_the_paid_recipient(
+        self, server, alice
+    ):
+        bob, carol = await signed_up(server.stubs), await signed_up(server.stubs)
+        rows = await one_call_of_ledger_create_transfers(
+            server.pool,
+            alice.id,
+            [("transfer", alice.id, bob.id, "USD", 10_000), ("transfer", alice.id, carol.id, "USD", 10_000)],
+        )
+        assert sorted((r["idx"], r["outcome"]) for r in rows) == [(1, "CREATED"), (2, "INSUFFICIENT_FUNDS")]
+        opened = await server.pool.fetch(
+            "SELECT user_id FROM accounts WHERE user_id = ANY($1::uuid[])", [bob.id, carol.id]
+        )
+        assert [str(r["user_id"]) for r in opened] == [bob.id]
 
     async def test_is_insufficient_funds_when_sender_has_no_account_in_currency(self, stubs, alice, bob):
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -34,6 +34,11 @@ async def _until(connection: ChatConnection, kind: str, count: int = 1) -> list[
     raise AssertionError(f"the stream ended after {seen}")
 
 
+async def _kinds(connection: ChatConnection) -> list[str | None]:
+    """The kinds of the events the connection yields until events() ends."""
+    return [event.WhichOneof("event") async for event in connection.events()]
+
+
 @contextlib.asynccontextmanager
 async def _following_through_a_proxy(
     server: harness.TestServer, alice: Client
@@ -181,6 +186,30 @@ class TestChatConnection:
             events = await waiting
             await connection.close()
         assert [e.message.text for e in events if e.HasField("message")] == ["while down"]
+
+    async def test_close_while_it_waits_to_reconnect_ends_events(self, server, alice):
+        async with _following_through_a_proxy(server, alice) as (proxy, room, connection):
+            proxy.refusing = True
+            proxy.drop()
+            reader = asyncio.ensure_future(_kinds(connection))
+            await asyncio.sleep(0.8)  # between two reconnections
+            await connection.close()
+            proxy.refusing = False
+            await alice.send_message(room.id, "after the close")
+            async with asyncio.timeout(WAIT):
+                assert await reader == []
+
+    async def test_closing_the_client_ends_events_for_the_task_reading_them(self, server, alice):
+        async with logged_in(server.address) as reader_client:
+            room = await _direct(alice, reader_client)
+            connection = reader_client.connect()
+            await connection.subscribe(room.id, after_sequence=0)
+            await _until(connection, "subscribed")
+            reader = asyncio.ensure_future(_kinds(connection))
+            await asyncio.sleep(0.2)
+            await reader_client.close()
+            async with asyncio.timeout(WAIT):
+                assert await reader == []
 
     async def test_close_ends_events_for_the_task_reading_them(self, alice, bob):
         room = await _direct(alice, bob)

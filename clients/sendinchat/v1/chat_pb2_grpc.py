@@ -247,8 +247,8 @@ class ChatServiceServicer:
         change), declines (the payer) or cancels (the requester) an open request.
         A request is paid at most once; each change is posted as a message. A
         refused response stays refused for its request_id (see LedgerService).
-        A request whose requester has left the room can be declined or
-        cancelled, not accepted.
+        A request whose requester has left the room can be declined by the
+        payer (or expire), not accepted.
         Errors: INVALID_ARGUMENT, NOT_FOUND (also: the requester is no longer a
         member, on accept), PERMISSION_DENIED (wrong party for
         the action), FAILED_PRECONDITION (reason PAYMENT_REQUEST_CLOSED,

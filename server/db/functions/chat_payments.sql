@@ -173,7 +173,7 @@ $$;
 -- RespondToPaymentRequest: accept (pay, atomically with the state change), decline, cancel.
 -- An expired request is closed as EXPIRED (that change commits, and room_id and sequence name
 -- its message) and the action refused. A request whose requester has left the room can be
--- declined or cancelled, not paid.
+-- declined by the payer (or expire), not paid.
 CREATE OR REPLACE FUNCTION chat_respond_payment_request(p_actor uuid, p_request uuid, p_pr uuid, p_action text,
     OUT outcome text, OUT room_id uuid, OUT sequence bigint, OUT state text
 ) LANGUAGE plpgsql AS $$

@@ -74,11 +74,15 @@ BEGIN
 
     -- Lock every account of the batch, in one ordered pass. Usually they all exist: then a plain
     -- SELECT ... FOR UPDATE does it. Otherwise a missing credit-side account is opened in the same
-    -- ordered pass (ON CONFLICT DO UPDATE ... WHERE false locks an existing row without writing),
-    -- unless its sender plainly cannot pay (a refused transfer opens nothing; should the money
-    -- arrive meanwhile, the slow path opens it). A debit-side user account that does not
-    -- exist is left alone: that item has no funds. The system account takes part only as the
-    -- source of a deposit or the sink of a withdrawal.
+    -- ordered pass (ON CONFLICT DO UPDATE ... WHERE false locks an existing row without writing)
+    -- when its payer can pay everything the batch asks of it there, so that a refused transfer
+    -- opens nothing (short of a race with a spend committed while this statement waits). An item
+    -- whose recipient was left out and that can be paid after all (money arrived, or only some of
+    -- the payer's items fit) opens the account in the slow path, and an account another
+    -- transaction opened meanwhile is locked by its update: out of the usual order, so a deadlock
+    -- is possible there, and is a conflict (each request is then retried alone). A debit-side
+    -- user account that does not exist is left alone: that item has no funds. The system account
+    -- takes part only as the source of a deposit or the sink of a withdrawal.
     IF NOT EXISTS (
         SELECT 1 FROM unnest(v_to_user, p_currency) AS c(user_id, currency)
         WHERE c.user_id IS NOT NULL
@@ -103,7 +107,9 @@ BEGIN
         FROM (
             SELECT DISTINCT x.user_id, x.currency
             FROM (
-                SELECT c.user_id, c.currency, c.kind, true AS credit, c.payer, c.amount
+                -- payer_total: all the batch asks of that payer in that currency (NULL: the system).
+                SELECT c.user_id, c.currency, c.kind, true AS credit, c.payer,
+                       sum(c.amount) OVER (PARTITION BY c.payer, c.currency) AS payer_total
                 FROM unnest(v_to_user, p_currency, p_kind, v_from_user, p_amount)
                      AS c(user_id, currency, kind, payer, amount)
                 UNION ALL
@@ -113,10 +119,13 @@ BEGIN
             WHERE CASE
                 WHEN x.user_id IS NULL THEN x.kind = CASE WHEN x.credit THEN 'withdrawal' ELSE 'deposit' END
                 WHEN x.credit THEN EXISTS (SELECT 1 FROM users u WHERE u.id = x.user_id)
-                    AND (x.kind = 'deposit'
-                         OR EXISTS (SELECT 1 FROM accounts e WHERE e.user_id = x.user_id AND e.currency = x.currency)
-                         OR EXISTS (SELECT 1 FROM accounts s WHERE s.user_id = x.payer AND s.currency = x.currency
-                                    AND s.balance - s.pending_debit >= x.amount))
+                    AND (EXISTS (SELECT 1 FROM accounts e WHERE e.user_id = x.user_id AND e.currency = x.currency)
+                         OR (x.kind = 'deposit' AND EXISTS (
+                                 SELECT 1 FROM accounts s WHERE s.user_id IS NULL AND s.currency = x.currency
+                                 AND s.balance + 9223372036854775807 >= x.payer_total))
+                         OR (x.kind <> 'deposit' AND EXISTS (
+                                 SELECT 1 FROM accounts s WHERE s.user_id = x.payer AND s.currency = x.currency
+                                 AND s.balance - s.pending_debit >= x.payer_total)))
                 ELSE EXISTS (SELECT 1 FROM accounts e WHERE e.user_id = x.user_id AND e.currency = x.currency)
             END
         ) k
@@ -256,9 +265,8 @@ BEGIN
                     END IF;
                 END IF;
                 IF outcome IS NULL AND v_to IS NULL THEN
-                    -- Its sender could not pay when the batch took its locks, so the recipient's
-                    -- account was not opened; the money arrived since. Opened now, out of the usual
-                    -- order: a deadlock that may cause is a conflict, and each request is retried alone.
+                    -- The ordered pass left the recipient's account unopened, and the item can be
+                    -- paid after all: opened now, out of the usual order (see the ordered pass).
                     INSERT INTO accounts AS a (user_id, currency) VALUES (v_to_user[i], p_currency[i])
                     ON CONFLICT ON CONSTRAINT accounts_owner_currency_key DO UPDATE SET balance = a.balance WHERE false;
                     SELECT a.id INTO v_to FROM accounts a
