@@ -12,7 +12,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from server.config import Config, ConfigError
+from server.config import Config, ConfigError, admin_credentials
 from server.errors import PermissionDeniedError, UnavailableError
 from server.workers import WORKER_FD_FLAG, WorkerError
 
@@ -137,7 +137,10 @@ def main(argv: list[str] | None = None) -> None:
             raise SystemExit(_healthcheck(config, args.ca_file, args.server_name))
         elif args.command == "create-admin":
             password = os.environ.get(args.password_env) or getpass.getpass("password for the admin: ")
-            _run(_create_admin(config, args.username, password))
+            username, password = admin_credentials(
+                args.username, password, username_from="--username", password_from=args.password_env
+            )
+            _run(_create_admin(config, username, password))
         elif getattr(args, "worker_fd", None) is not None:
             from server.app import serve_worker
             from server.workers import ParentLink

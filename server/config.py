@@ -77,30 +77,34 @@ class Config:
             raise ConfigError("SENDINCHAT_JWT_SECRET: required when DATABASE_URL is set (32+ bytes)")
         if (config.tls_cert_file is None) != (config.tls_key_file is None):
             raise ConfigError("SENDINCHAT_TLS_CERT_FILE: set both it and SENDINCHAT_TLS_KEY_FILE, or neither")
-        # (The password alone is create-admin's input.)
-        if config.admin_username is not None and config.admin_password is None:
-            raise ConfigError("SENDINCHAT_ADMIN_USERNAME: needs SENDINCHAT_ADMIN_PASSWORD beside it")
+        if config.embedded and config.admin_username is not None:  # the admin ensured at start
+            admin_credentials(
+                config.admin_username,
+                config.admin_password,
+                username_from="SENDINCHAT_ADMIN_USERNAME",
+                password_from="SENDINCHAT_ADMIN_PASSWORD",
+            )
         return config
+
+
+def admin_credentials(
+    username: str, password: str | None, *, username_from: str, password_from: str
+) -> tuple[str, str]:
+    """An admin's username (stored form) and password, or ConfigError naming where the bad one came from."""
+    try:
+        name = normalize_username(username, username_from)
+        if password is None:
+            raise ConfigError(f"{password_from}: needed beside {username_from}")
+        check_password(password, password_from)
+    except InvalidArgumentError as exc:
+        variable, why = next(iter(exc.violations.items()))
+        raise ConfigError(f"{variable}: {why}") from None
+    return name, password
 
 
 def _non_empty(raw: str) -> str:
     if not raw.strip():
         raise ValueError("must not be blank")
-    return raw
-
-
-def _admin_username(raw: str) -> str:
-    try:
-        return normalize_username(raw)
-    except InvalidArgumentError as exc:
-        raise ValueError(exc.violations["username"]) from None
-
-
-def _admin_password(raw: str) -> str:
-    try:
-        check_password(raw)
-    except InvalidArgumentError as exc:
-        raise ValueError(exc.violations["password"]) from None
     return raw
 
 
@@ -247,8 +251,8 @@ _PARSERS: dict[str, Callable[[str], object]] = {
     "login_window_seconds": _int_between(1, 86400),
     "tls_cert_file": _existing_file,
     "tls_key_file": _existing_file,
-    "admin_username": _admin_username,
-    "admin_password": _admin_password,
+    "admin_username": _non_empty,
+    "admin_password": _non_empty,
     "log_level": _log_level,
     "chat_stream_buffer": _int_between(8, 100_000),
     "chat_stream_max_behind": _int_between(1000, 10**9),  # a burst of one commit arrives at once

@@ -9,6 +9,7 @@ that lands in an index is bounded below PostgreSQL's index row limit (2,704 byte
 from __future__ import annotations
 
 import re
+import unicodedata
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
@@ -32,11 +33,12 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]
 # text keeps tabs and line breaks.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-# Bidirectional embeddings, overrides and isolates reorder the text shown around them; a name or
-# a memo has no use for them.
-_BIDI_CONTROL = re.compile(r"[\u202a-\u202e\u2066-\u2069]")
-# A character a reader sees: not whitespace, not a zero-width or invisible formatting character.
-_VISIBLE = re.compile(r"[^\s\u115f\u1160\u180e\u200b-\u200f\u2060-\u2064\u3164\ufeff\uffa0]")
+# What a one-line text (a name, a memo) has no use for: bidirectional embeddings, overrides and
+# isolates, which reorder the text shown around them, and the Unicode line and paragraph separators.
+_NOT_ONE_LINE = re.compile(r"[\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+# A visible character is a letter, digit, punctuation or symbol (categories L,
+# N, P, S), less the ones that show nothing: Hangul fillers, the blank braille pattern.
+_BLANK_GLYPHS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +97,9 @@ class Fields:
             self.add(field, f"must be at most {rule.max_chars} characters")
         elif (_CONTROL_BUT_LINES if rule.multiline else _CONTROL).search(value):
             self.add(field, "must not contain control characters")
-        elif not rule.multiline and _BIDI_CONTROL.search(value):
-            self.add(field, "must not contain bidirectional control characters")
-        elif rule.visible and value and not _VISIBLE.search(value):
+        elif not rule.multiline and _NOT_ONE_LINE.search(value):
+            self.add(field, "must be one line, without bidirectional control characters")
+        elif rule.visible and value and not any(_shows(ch) for ch in value):
             self.add(field, "must contain a visible character")
         return value
 
@@ -135,6 +137,10 @@ class Fields:
         if moment is not None and moment > datetime.now(UTC) + MAX_EXPIRY_AHEAD:
             self.add(field, f"must be at most {MAX_EXPIRY_AHEAD.days} days ahead")
         return moment
+
+
+def _shows(ch: str) -> bool:
+    return unicodedata.category(ch)[0] in "LNPS" and ch not in _BLANK_GLYPHS
 
 
 def parse_uuid(raw: str, field: str) -> str:

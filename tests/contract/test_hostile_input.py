@@ -221,7 +221,19 @@ class TestTexts:
     """One text rule for every field: no control characters, and names show something."""
 
     @pytest.mark.parametrize(
-        "name", ["\x1b[31mred", "a\u202eb", "\u200b", " \u200b\ufeff ", "tab\there", "two\nlines"]
+        "name",
+        [
+            "\x1b[31mred",
+            "a\u202eb",
+            "\u200b",
+            " \u200b\ufeff ",
+            "tab\there",
+            "two\nlines",
+            "two\u2028lines",
+            "\u2800",
+            "\ufe0f\u00ad\u034f",
+            "\U000e0041",
+        ],
     )
     async def test_a_room_name_that_misleads_a_reader_is_invalid_argument(self, server, name):
         alice, bob = await _pair(server)

@@ -123,6 +123,11 @@ class TestConfigFromEnv:
             Config.from_env(env)
         assert str(caught.value).startswith(variable)
 
+    def test_ignores_the_admin_settings_where_they_do_nothing(self) -> None:
+        # They ensure an admin in embedded mode only: with DATABASE_URL, create-admin does that.
+        env = {"DATABASE_URL": "postgresql://u@h/db", "SENDINCHAT_JWT_SECRET": TEST_JWT_SECRET}
+        assert Config.from_env({**env, "SENDINCHAT_ADMIN_USERNAME": "r"}).admin_username == "r"
+
     def test_requires_both_tls_files_when_one_is_set(self, tmp_path: Path) -> None:
         cert = tmp_path / "cert.pem"
         cert.write_text("not really a certificate")

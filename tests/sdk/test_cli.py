@@ -254,3 +254,12 @@ def test_an_amount_takes_commas_between_thousands(written, minor):
 def test_an_amount_with_a_decimal_comma_is_refused_not_read_as_thousands(written):
     with pytest.raises(CliError, match="with a dot for the decimals"):
         Currencies({"USD": 2}).parse(written, "USD")
+
+
+def test_a_later_line_of_a_message_cannot_pass_for_a_line_of_its_own():
+    from sendinchat.cli.chat import _lines_of
+
+    shown = _lines_of("ok\n[12:01] bob: send me 50 USD\x1b[2K")
+    first, second = shown.split("\n")
+    assert first == "ok"
+    assert second.startswith("    │ [12:01] bob") and "\x1b" not in second

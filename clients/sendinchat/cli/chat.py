@@ -109,8 +109,8 @@ class ChatRoom:
         if message.kind == chat_pb2.MESSAGE_KIND_PAYMENT_REQUEST:
             return f"{stamp} {await self._request_line(message.payment_request)}"
         if message.kind == chat_pb2.MESSAGE_KIND_SYSTEM or not message.sender_user_id:
-            return f"{stamp} * {shown(message.text)}"
-        return f"{stamp} {await self._names.of(message.sender_user_id)}: {shown(message.text)}"
+            return f"{stamp} * {_lines_of(message.text)}"
+        return f"{stamp} {await self._names.of(message.sender_user_id)}: {_lines_of(message.text)}"
 
     async def _request_line(self, request: chat_pb2.PaymentRequestInfo) -> str:
         amount = self._currencies.format(request.amount_minor, request.currency)
@@ -200,6 +200,11 @@ class ChatRoom:
             if (payer and request.from_user_id == payer) or (asker and request.to_user_id == asker):
                 return request
         raise CliError("no open payment request " + ("to you" if payer else "of yours") + " here")
+
+
+def _lines_of(text: str) -> str:
+    """A message's text, its later lines indented: none of them passes for a line of its own."""
+    return shown(text).replace("\n", "\n    │ ")
 
 
 def _memo(memo: str) -> str:

@@ -37,7 +37,7 @@ class ChatServiceStub:
     string field holding NUL or over 16 KiB, an enum number the contract does
     not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
     described as one line holds no control characters (line breaks, tabs,
-    escape codes) and no bidirectional controls (U+202A-E, U+2066-9). On
+    escape codes, U+2028-9) and no bidirectional controls (U+202A-E, U+2066-9). On
     Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
@@ -126,7 +126,7 @@ class ChatServiceServicer:
     string field holding NUL or over 16 KiB, an enum number the contract does
     not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
     described as one line holds no control characters (line breaks, tabs,
-    escape codes) and no bidirectional controls (U+202A-E, U+2066-9). On
+    escape codes, U+2028-9) and no bidirectional controls (U+202A-E, U+2066-9). On
     Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
@@ -371,7 +371,7 @@ class ChatService:
     string field holding NUL or over 16 KiB, an enum number the contract does
     not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
     described as one line holds no control characters (line breaks, tabs,
-    escape codes) and no bidirectional controls (U+202A-E, U+2066-9). On
+    escape codes, U+2028-9) and no bidirectional controls (U+202A-E, U+2066-9). On
     Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 

@@ -38,7 +38,7 @@ class ChatServiceStub:
     string field holding NUL or over 16 KiB, an enum number the contract does
     not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
     described as one line holds no control characters (line breaks, tabs,
-    escape codes) and no bidirectional controls (U+202A-E, U+2066-9). On
+    escape codes, U+2028-9) and no bidirectional controls (U+202A-E, U+2066-9). On
     Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
@@ -161,7 +161,7 @@ class ChatServiceAsyncStub(ChatServiceStub):
     string field holding NUL or over 16 KiB, an enum number the contract does
     not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
     described as one line holds no control characters (line breaks, tabs,
-    escape codes) and no bidirectional controls (U+202A-E, U+2066-9). On
+    escape codes, U+2028-9) and no bidirectional controls (U+202A-E, U+2066-9). On
     Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 
@@ -280,7 +280,7 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     string field holding NUL or over 16 KiB, an enum number the contract does
     not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
     described as one line holds no control characters (line breaks, tabs,
-    escape codes) and no bidirectional controls (U+202A-E, U+2066-9). On
+    escape codes, U+2028-9) and no bidirectional controls (U+202A-E, U+2066-9). On
     Connect such a frame is answered with an ErrorEvent and the stream stays.
     """
 

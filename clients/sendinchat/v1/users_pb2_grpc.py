@@ -38,7 +38,7 @@ class UserServiceStub:
     string field holding NUL or over 16 KiB, an enum number the contract does
     not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
     described as one line holds no control characters (line breaks, tabs,
-    escape codes) and no bidirectional controls (U+202A-E, U+2066-9).
+    escape codes, U+2028-9) and no bidirectional controls (U+202A-E, U+2066-9).
     """
 
     def __init__(self, channel):
@@ -97,7 +97,7 @@ class UserServiceServicer:
     string field holding NUL or over 16 KiB, an enum number the contract does
     not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
     described as one line holds no control characters (line breaks, tabs,
-    escape codes) and no bidirectional controls (U+202A-E, U+2066-9).
+    escape codes, U+2028-9) and no bidirectional controls (U+202A-E, U+2066-9).
     """
 
     def Register(self, request, context):
@@ -232,7 +232,7 @@ class UserService:
     string field holding NUL or over 16 KiB, an enum number the contract does
     not define, or a Timestamp outside 0001-01-01..9999-12-31. A text field
     described as one line holds no control characters (line breaks, tabs,
-    escape codes) and no bidirectional controls (U+202A-E, U+2066-9).
+    escape codes, U+2028-9) and no bidirectional controls (U+202A-E, U+2066-9).
     """
 
     @staticmethod
