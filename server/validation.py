@@ -140,7 +140,12 @@ class Fields:
 
 
 def _shows(ch: str) -> bool:
-    return unicodedata.category(ch)[0] in "LNPS" and ch not in _BLANK_GLYPHS
+    category = unicodedata.category(ch)
+    if category == "Cn":  # unassigned in this Python's Unicode (14.0 on 3.11): newer emoji, scripts...
+        code = ord(ch)
+        # ...but not the noncharacters, kept unassigned for good: U+FDD0-FDEF, U+xFFFE, U+xFFFF.
+        return not (0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE)
+    return category[0] in "LNPS" and ch not in _BLANK_GLYPHS
 
 
 def parse_uuid(raw: str, field: str) -> str:

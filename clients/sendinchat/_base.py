@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Protocol, TypeVar
 
@@ -201,6 +202,16 @@ def being_cancelled() -> bool:
     """Whether the running task itself is being cancelled (not only a call it awaits)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+@contextlib.contextmanager
+def quiet_on_close(closed: Callable[[], bool]) -> Iterator[None]:
+    """The block ends quietly when close() cancels the call it awaits (the caller then checks closed)."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not closed() or being_cancelled():
+            raise
 
 
 def backoff(attempt: int) -> float:

@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 
 import grpc
 
-from sendinchat._base import ClientBase, backoff, being_cancelled
+from sendinchat._base import ClientBase, backoff, being_cancelled, quiet_on_close
 from sendinchat.errors import (
     RateLimitedError,
     SendInChatError,
@@ -215,15 +215,17 @@ class ChatConnection:
                 if self._ended and not being_cancelled():
                     return  # close() cancelled the call, not our task
                 raise
-            if isinstance(error, UnauthenticatedError) and error.reason == "TOKEN_EXPIRED":
-                await self._client._refresh_if_stale(self._tokens)
-            elif (
-                isinstance(error, UnavailableError | RateLimitedError) and failures < self._reconnect_attempts
-            ):
-                await asyncio.sleep(error.retry_after_seconds or backoff(failures))
-                failures += 1
-            else:
-                raise error
+            with quiet_on_close(lambda: self._ended):
+                if isinstance(error, UnauthenticatedError) and error.reason == "TOKEN_EXPIRED":
+                    await self._client._refresh_if_stale(self._tokens)
+                elif (
+                    isinstance(error, UnavailableError | RateLimitedError)
+                    and failures < self._reconnect_attempts
+                ):
+                    await asyncio.sleep(error.retry_after_seconds or backoff(failures))
+                    failures += 1
+                else:
+                    raise error
             reopen = True
 
     def _track(self, event: chat_pb2.ConnectResponse) -> None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 
 import grpc
 
-from sendinchat._base import ClientBase, backoff, being_cancelled, one_key
+from sendinchat._base import ClientBase, backoff, being_cancelled, one_key, quiet_on_close
 from sendinchat.errors import UnauthenticatedError, UnavailableError, from_rpc_error
 from sendinchat.v1 import ledger_pb2
 
@@ -134,7 +134,8 @@ class LedgerMixin(ClientBase):
         """
         failures = 0
         while not self.closed:
-            metadata = await self._fresh_metadata()
+            with quiet_on_close(lambda: self.closed):
+                metadata = await self._fresh_metadata()
             tokens = self.tokens
             if self.closed:
                 return
@@ -159,13 +160,14 @@ class LedgerMixin(ClientBase):
                 raise
             finally:
                 call.cancel()
-            if isinstance(error, UnauthenticatedError) and error.reason == "TOKEN_EXPIRED":
-                await self._refresh_if_stale(tokens)
-            elif isinstance(error, UnavailableError) and failures < reconnect_attempts:
-                await asyncio.sleep(backoff(failures))
-                failures += 1
-            else:
-                raise error
+            with quiet_on_close(lambda: self.closed):
+                if isinstance(error, UnauthenticatedError) and error.reason == "TOKEN_EXPIRED":
+                    await self._refresh_if_stale(tokens)
+                elif isinstance(error, UnavailableError) and failures < reconnect_attempts:
+                    await asyncio.sleep(backoff(failures))
+                    failures += 1
+                else:
+                    raise error
 
     async def audit_ledger(self) -> ledger_pb2.AuditLedgerResponse:
         """Recompute every balance from the transfers and check the invariants (admins only).

@@ -257,6 +257,14 @@ class TestTexts:
             "display_name": "must not contain control characters"
         }
 
+    async def test_a_character_newer_than_this_pythons_unicode_counts_as_visible(self, server):
+        alice, bob = await _pair(server)
+        shaking_face = "\U0001fae8"  # Unicode 15; Python 3.11 knows Unicode 14
+        request = chat_pb2.CreateRoomRequest(
+            kind=chat_pb2.ROOM_KIND_GROUP, name=shaking_face, member_user_ids=[bob.id]
+        )
+        assert (await server.stubs.chat.CreateRoom(request, metadata=alice.auth)).room.name == shaking_face
+
     async def test_a_message_keeps_its_lines_and_tabs_but_not_escape_codes(self, server):
         alice, bob = await _pair(server)
         room = await group(server.stubs, alice, bob)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import grpc
 import pytest
+from google.protobuf import timestamp_pb2
 
 from sendinchat.v1 import ledger_pb2
 from tests.helpers import error_info, field_violations, request_id, signed_up
@@ -65,6 +67,28 @@ class TestCreateTransfer:
             "SELECT user_id FROM accounts WHERE user_id = ANY($1::uuid[])", [bob.id, carol.id]
         )
         assert [str(r["user_id"]) for r in opened] == [bob.id]
+
+    async def test_a_reused_key_or_a_passed_expiry_opens_no_account_for_the_recipient(self, server, alice):
+        first = transfer_request(await signed_up(server.stubs), 1)
+        await server.stubs.ledger.CreateTransfer(first, metadata=alice.auth)
+        carol = await signed_up(server.stubs)
+        reused = ledger_pb2.CreateTransferRequest(
+            request_id=first.request_id, to_user_id=carol.id, currency="USD", amount_minor=1
+        )
+        past = timestamp_pb2.Timestamp(seconds=int(time.time()) - 60)
+        expired = ledger_pb2.CreatePendingTransferRequest(
+            request_id=request_id(), to_user_id=carol.id, currency="USD", amount_minor=1, expire_time=past
+        )
+        for refused in (
+            server.stubs.ledger.CreateTransfer(reused, metadata=alice.auth),
+            server.stubs.ledger.CreatePendingTransfer(expired, metadata=alice.auth),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError):
+                await refused
+        accounts = await server.stubs.ledger.ListAccounts(
+            ledger_pb2.ListAccountsRequest(), metadata=carol.auth
+        )
+        assert list(accounts.accounts) == []
 
     async def test_is_insufficient_funds_when_sender_has_no_account_in_currency(self, stubs, alice, bob):
         with pytest.raises(grpc.aio.AioRpcError) as caught:

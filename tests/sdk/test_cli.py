@@ -263,3 +263,16 @@ def test_a_later_line_of_a_message_cannot_pass_for_a_line_of_its_own():
     first, second = shown.split("\n")
     assert first == "ok"
     assert second.startswith("    │ [12:01] bob") and "\x1b" not in second
+
+
+@pytest.mark.parametrize(
+    ("written", "currency", "complaint"),
+    [
+        ("1.000", "JPY", "no decimal places"),  # a thousand, to some; one, to others: refused
+        ("1.000", "USD", "at most 2 decimal places"),
+        ("92233720368547758.08", "USD", "more than one payment may move"),  # past int64: no traceback
+    ],
+)
+def test_an_amount_that_may_mean_two_things_or_is_too_large_is_refused(written, currency, complaint):
+    with pytest.raises(CliError, match=complaint):
+        Currencies({"USD": 2, "JPY": 0}).parse(written, currency)

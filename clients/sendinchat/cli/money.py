@@ -13,6 +13,10 @@ from sendinchat.client import Client
 _AMOUNT = re.compile(r"(?:[0-9]+|[0-9]{1,3}(?:,[0-9]{3})+)(?:\.[0-9]+)?|\.[0-9]+")
 
 
+# The most one request may move, in minor units (the server refuses more, and int64 ends soon after).
+MAX_AMOUNT_MINOR = 10**15
+
+
 class Currencies:
     """The server's currencies and their minor-unit exponents (LedgerService.ListCurrencies)."""
 
@@ -46,10 +50,13 @@ class Currencies:
         exponent = self.exponents[code]
         if not _AMOUNT.fullmatch(amount):
             raise CliError(f"not an amount: {amount!r} (write it like 2.50, with a dot for the decimals)")
-        value = Decimal(amount.replace(",", "")).scaleb(exponent)
-        if value != value.to_integral_value():
+        _, _, decimals = amount.partition(".")
+        if len(decimals) > exponent:  # also '1.000 JPY', which may mean a thousand
             places = "no decimal places" if exponent == 0 else f"at most {exponent} decimal places"
             raise CliError(f"{code} amounts have {places}: {amount}")
+        value = int(Decimal(amount.replace(",", "")).scaleb(exponent))
         if value <= 0:
             raise CliError("the amount must be more than zero")
-        return int(value), code
+        if value > MAX_AMOUNT_MINOR:
+            raise CliError(f"the amount is more than one payment may move: {amount} {code}")
+        return value, code

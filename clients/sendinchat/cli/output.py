@@ -19,9 +19,9 @@ from sendinchat.errors import (
 )
 
 LOGIN_HINT = "log in with: sendinchat-cli login"
-# What a terminal would act on rather than show: control characters but line breaks and tabs, and
-# the bidirectional controls that reorder the text around them.
-_UNSHOWABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# What a terminal would act on rather than show: control characters but line breaks and tabs, the
+# Unicode line separators, and the bidirectional controls that reorder the text around them.
+_UNSHOWABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 class CliError(Exception):

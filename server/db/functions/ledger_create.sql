@@ -109,23 +109,33 @@ BEGIN
             FROM (
                 -- payer_total: all the batch asks of that payer in that currency (NULL: the system).
                 SELECT c.user_id, c.currency, c.kind, true AS credit, c.payer,
-                       sum(c.amount) OVER (PARTITION BY c.payer, c.currency) AS payer_total
-                FROM unnest(v_to_user, p_currency, p_kind, v_from_user, p_amount)
-                     AS c(user_id, currency, kind, payer, amount)
+                       sum(c.amount) OVER (PARTITION BY c.payer, c.currency) AS payer_total,
+                       c.ini, c.req, c.exp
+                FROM unnest(v_to_user, p_currency, p_kind, v_from_user, p_amount, p_initiator, p_request, p_expires)
+                     AS c(user_id, currency, kind, payer, amount, ini, req, exp)
                 UNION ALL
-                SELECT d.user_id, d.currency, d.kind, false, NULL, NULL
+                SELECT d.user_id, d.currency, d.kind, false, NULL, NULL, NULL, NULL, NULL
                 FROM unnest(v_from_user, p_currency, p_kind) AS d(user_id, currency, kind)
             ) x
             WHERE CASE
                 WHEN x.user_id IS NULL THEN x.kind = CASE WHEN x.credit THEN 'withdrawal' ELSE 'deposit' END
                 WHEN x.credit THEN EXISTS (SELECT 1 FROM users u WHERE u.id = x.user_id)
                     AND (EXISTS (SELECT 1 FROM accounts e WHERE e.user_id = x.user_id AND e.currency = x.currency)
-                         OR (x.kind = 'deposit' AND EXISTS (
-                                 SELECT 1 FROM accounts s WHERE s.user_id IS NULL AND s.currency = x.currency
-                                 AND s.balance + 9223372036854775807 >= x.payer_total))
-                         OR (x.kind <> 'deposit' AND EXISTS (
-                                 SELECT 1 FROM accounts s WHERE s.user_id = x.payer AND s.currency = x.currency
-                                 AND s.balance - s.pending_debit >= x.payer_total)))
+                         -- Opened only for a request with no answer yet (not a retry, a reused key or an
+                         -- expiry already past), whose payer covers the batch:
+                         OR ((x.exp IS NULL OR x.exp > now())
+                             AND NOT EXISTS (SELECT 1 FROM transfers t WHERE t.initiator_id = x.ini AND t.request_id = x.req)
+                             AND NOT EXISTS (SELECT 1 FROM transfer_resolutions r
+                                             WHERE r.initiator_id = x.ini AND r.request_id = x.req)
+                             AND NOT EXISTS (SELECT 1 FROM request_refusals r
+                                             WHERE r.initiator_id = x.ini AND r.request_id = x.req)
+                             AND NOT request_used_by_chat(x.ini, x.req)
+                             AND (x.kind = 'deposit' AND EXISTS (
+                                     SELECT 1 FROM accounts s WHERE s.user_id IS NULL AND s.currency = x.currency
+                                     AND s.balance + 9223372036854775807 >= x.payer_total)
+                                  OR x.kind <> 'deposit' AND EXISTS (
+                                     SELECT 1 FROM accounts s WHERE s.user_id = x.payer AND s.currency = x.currency
+                                     AND s.balance - s.pending_debit >= x.payer_total))))
                 ELSE EXISTS (SELECT 1 FROM accounts e WHERE e.user_id = x.user_id AND e.currency = x.currency)
             END
         ) k
