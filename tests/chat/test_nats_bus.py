@@ -185,7 +185,9 @@ class TestFailures:
         proxy = DatabaseProxy(f"postgresql://nats@{nats.nodes[0].address}/nats")  # any TCP will do
         await proxy.start()
         try:
-            first = await _replica(servers, nats, chat_bus=nats.urls[1:])
+            # On the node the proxy leads to: an interest registered there holds at once, where one
+            # spreading to another node races the first publish (the periodic catch-up is off here).
+            first = await _replica(servers, nats, chat_bus=nats.urls[:1])
             second = await _replica(
                 servers, nats, first.database_url, chat_bus=(f"nats://127.0.0.1:{proxy.port}",)
             )

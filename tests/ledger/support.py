@@ -30,6 +30,12 @@ async def balance(stubs: Any, user: Account, currency: str = "USD") -> int:
     return (await account(stubs, user, currency)).balance_minor
 
 
+async def held(stubs: Any, user: Account, currency: str = "USD") -> int:
+    """The user's posted balance in `currency`, 0 when no money ever came (no account was opened)."""
+    reply = await stubs.ledger.ListAccounts(ledger_pb2.ListAccountsRequest(), metadata=user.auth)
+    return next((a.balance_minor for a in reply.accounts if a.currency == currency), 0)
+
+
 def transfer_request(
     to: Account, amount: int, currency: str = "USD", **fields: Any
 ) -> ledger_pb2.CreateTransferRequest:

@@ -13,7 +13,7 @@ from google.protobuf import timestamp_pb2
 from sendinchat.v1 import chat_pb2, ledger_pb2
 from tests.chat.support import group
 from tests.helpers import Account, error_info, random_name, request_id, signed_up, signed_up_admin
-from tests.ledger.support import balance, deposit, transfer_request
+from tests.ledger.support import balance, deposit, held, transfer_request
 
 FP = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -49,7 +49,7 @@ class TestRefusedTransfers:
         await deposit(server, admin, alice, 100)
         again = await _refusal(server.stubs.ledger.CreateTransfer(request, metadata=alice.auth))
         assert first == again == (FP, "INSUFFICIENT_FUNDS")
-        assert (await balance(server.stubs, alice), await balance(server.stubs, bob)) == (110, 0)
+        assert (await balance(server.stubs, alice), await held(server.stubs, bob)) == (110, 0)
 
     async def test_the_refused_id_with_another_body_is_a_reused_key(self, server):
         alice, bob, _ = await _funded(server, 10)
@@ -150,7 +150,7 @@ class TestRefusedPayments:
             FP,
             "IDEMPOTENCY_KEY_REUSED",
         )
-        assert await balance(server.stubs, bob) == 0
+        assert await held(server.stubs, bob) == 0
 
     async def test_a_refused_acceptance_stays_refused_when_retried_after_the_money_arrives(self, server):
         alice, bob, admin = await _funded(server, 0)
@@ -201,7 +201,7 @@ class TestOneNamespace:
             ),
         ):
             assert await _refusal(call) == (FP, "IDEMPOTENCY_KEY_REUSED")
-        assert await balance(server.stubs, bob) == 0
+        assert await held(server.stubs, bob) == 0
 
     async def test_a_request_id_of_a_declined_request_cannot_move_money_in_the_ledger(self, server):
         alice, bob, admin = await _funded(server, 0)
@@ -298,4 +298,4 @@ class TestRequestKeyLock:
             )
             await transaction.commit()
             assert await asyncio.wait_for(created, 10) == 0
-        assert await balance(server.stubs, bob) == 0
+        assert await held(server.stubs, bob) == 0
