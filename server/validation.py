@@ -36,8 +36,8 @@ _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # What a one-line text (a name, a memo) has no use for: bidirectional embeddings, overrides and
 # isolates, which reorder the text shown around them, and the Unicode line and paragraph separators.
 _NOT_ONE_LINE = re.compile(r"[\u202a-\u202e\u2066-\u2069\u2028\u2029]")
-# A visible character is a letter, digit, punctuation or symbol (categories L,
-# N, P, S), less the ones that show nothing: Hangul fillers, the blank braille pattern.
+# A visible character is a letter, digit, punctuation or symbol (categories L, N, P, S), less the
+# ones that show nothing: Hangul fillers, the blank braille pattern.
 _BLANK_GLYPHS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
 
 
@@ -46,8 +46,8 @@ class Text:
     """The rule for one kind of text field (lengths in characters).
 
     No text may hold control characters (a multi-line one keeps tabs and line breaks); a
-    single-line one no bidirectional controls either; a `visible` one, when not empty, must show
-    something.
+    single-line one no line separators or bidirectional controls either; a `visible` one, when
+    not empty, must show something.
     """
 
     max_chars: int

@@ -198,10 +198,10 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def being_cancelled() -> bool:
-    """Whether the running task itself is being cancelled (not only a call it awaits)."""
+def cancelled_by_close(closed: bool) -> bool:
+    """Whether a CancelledError came from close() cancelling a call, not from our task's cancellation."""
     task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
+    return closed and not (task is not None and task.cancelling() > 0)
 
 
 @contextlib.contextmanager
@@ -210,7 +210,7 @@ def quiet_on_close(closed: Callable[[], bool]) -> Iterator[None]:
     try:
         yield
     except asyncio.CancelledError:
-        if not closed() or being_cancelled():
+        if not cancelled_by_close(closed()):
             raise
 
 

@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 
 import grpc
 
-from sendinchat._base import ClientBase, backoff, being_cancelled, quiet_on_close
+from sendinchat._base import ClientBase, backoff, cancelled_by_close, quiet_on_close
 from sendinchat.errors import (
     RateLimitedError,
     SendInChatError,
@@ -212,8 +212,8 @@ class ChatConnection:
                     return
                 error = exc
             except asyncio.CancelledError:
-                if self._ended and not being_cancelled():
-                    return  # close() cancelled the call, not our task
+                if cancelled_by_close(self._ended):
+                    return
                 raise
             with quiet_on_close(lambda: self._ended):
                 if isinstance(error, UnauthenticatedError) and error.reason == "TOKEN_EXPIRED":

@@ -7,7 +7,7 @@ from collections.abc import AsyncGenerator
 
 import grpc
 
-from sendinchat._base import ClientBase, backoff, being_cancelled, one_key, quiet_on_close
+from sendinchat._base import ClientBase, backoff, cancelled_by_close, one_key, quiet_on_close
 from sendinchat.errors import UnauthenticatedError, UnavailableError, from_rpc_error
 from sendinchat.v1 import ledger_pb2
 
@@ -136,9 +136,9 @@ class LedgerMixin(ClientBase):
         while not self.closed:
             with quiet_on_close(lambda: self.closed):
                 metadata = await self._fresh_metadata()
-            tokens = self.tokens
             if self.closed:
                 return
+            tokens = self.tokens
             call = self.ledger.WatchTransfers(
                 ledger_pb2.WatchTransfersRequest(cursor=cursor), metadata=metadata
             )
@@ -155,8 +155,8 @@ class LedgerMixin(ClientBase):
                     return
                 error = from_rpc_error(exc)
             except asyncio.CancelledError:
-                if self.closed and not being_cancelled():
-                    return  # close() cancelled the call, not our task
+                if cancelled_by_close(self.closed):
+                    return
                 raise
             finally:
                 call.cancel()

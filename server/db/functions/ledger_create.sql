@@ -124,12 +124,10 @@ BEGIN
                          -- Opened only for a request with no answer yet (not a retry, a reused key or an
                          -- expiry already past), whose payer covers the batch:
                          OR ((x.exp IS NULL OR x.exp > now())
-                             AND NOT EXISTS (SELECT 1 FROM transfers t WHERE t.initiator_id = x.ini AND t.request_id = x.req)
-                             AND NOT EXISTS (SELECT 1 FROM transfer_resolutions r
-                                             WHERE r.initiator_id = x.ini AND r.request_id = x.req)
+                             AND NOT request_used_by_ledger(x.ini, x.req)
+                             AND NOT request_used_by_chat(x.ini, x.req)
                              AND NOT EXISTS (SELECT 1 FROM request_refusals r
                                              WHERE r.initiator_id = x.ini AND r.request_id = x.req)
-                             AND NOT request_used_by_chat(x.ini, x.req)
                              AND (x.kind = 'deposit' AND EXISTS (
                                      SELECT 1 FROM accounts s WHERE s.user_id IS NULL AND s.currency = x.currency
                                      AND s.balance + 9223372036854775807 >= x.payer_total)
