@@ -13,7 +13,13 @@ from typing import Protocol, TypeVar
 import grpc
 from google.protobuf import timestamp_pb2
 
-from sendinchat.errors import ConflictError, UnauthenticatedError, UnavailableError, from_rpc_error
+from sendinchat.errors import (
+    ConflictError,
+    SendInChatError,
+    UnauthenticatedError,
+    UnavailableError,
+    from_rpc_error,
+)
 from sendinchat.tokens import TokenStore
 from sendinchat.v1 import chat_pb2_grpc, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 
@@ -21,6 +27,9 @@ T = TypeVar("T")
 Metadata = tuple[tuple[str, str], ...]
 
 _RETRYABLE = (ConflictError, UnavailableError)
+# A refresh whose reply may be lost: sent again with its request_id.
+_LOST_REPLY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+_REFRESH_TIMEOUT_SECONDS = 10.0
 _EXPIRY_MARGIN_SECONDS = 5
 _BACKOFF_SECONDS = 0.05
 _MAX_BACKOFF_SECONDS = 2.0
@@ -70,6 +79,7 @@ class ClientBase:
         self._retries = retries
         self._store = token_store
         self._refresh_lock = asyncio.Lock()
+        self._rotation: tuple[str, str] | None = None  # a refresh token and its rotation's request_id
         self.tokens: users_pb2.TokenPair | None = None if token_store is None else token_store.load()
         self.closed = False
 
@@ -103,11 +113,29 @@ class ClientBase:
             self._store.save(tokens)
 
     async def _rotate(self) -> None:
-        """RefreshToken with the current pair; the caller holds the refresh lock."""
+        """RefreshToken with the current pair; the caller holds the refresh lock.
+
+        Each attempt has a deadline, and a lost reply is retried with the same request_id: the
+        server then answers with the refresh token it issued (a retry without it is a reuse and
+        would end the session). The id stays the token's until a rotation succeeds, so a refresh
+        given up (out of retries, or cancelled) and tried again later is still the same request.
+        """
         if self.tokens is None:
             raise UnauthenticatedError(grpc.StatusCode.UNAUTHENTICATED, "not logged in")
-        request = users_pb2.RefreshTokenRequest(refresh_token=self.tokens.refresh_token)
-        self._keep((await translated(self.users.RefreshToken(request))).tokens)
+        token = self.tokens.refresh_token
+        if self._rotation is None or self._rotation[0] != token:
+            self._rotation = (token, str(uuid.uuid4()))
+        request = users_pb2.RefreshTokenRequest(refresh_token=token, request_id=self._rotation[1])
+        for attempt in range(self._retries + 1):
+            try:
+                reply = await translated(self.users.RefreshToken(request, timeout=_REFRESH_TIMEOUT_SECONDS))
+            except SendInChatError as exc:
+                if attempt == self._retries or exc.code not in _LOST_REPLY:
+                    raise
+                await asyncio.sleep(backoff(attempt))
+            else:
+                self._keep(reply.tokens)
+                return
 
     async def _refresh_if_stale(self, stale: users_pb2.TokenPair | None) -> None:
         """Refresh unless another task, or another process sharing the store, already replaced `stale`.

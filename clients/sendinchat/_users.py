@@ -51,7 +51,8 @@ class UsersMixin(ClientBase):
         """Rotate the token pair now (calls refresh an expired access token by themselves).
 
         When another process sharing the token store has just rotated it, its pair is taken
-        instead: a refresh token works once.
+        instead: a refresh token works once. A rotation whose reply is lost is retried as the
+        same request (its request_id), which the server answers with the pair it issued.
 
         Raises:
             UnauthenticatedError: Not logged in, or the refresh token is invalid, expired or was

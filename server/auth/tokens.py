@@ -21,10 +21,11 @@ _REQUIRED = ["exp", "iat", "sub", "iss", "aud", "typ", "sid"]
 
 @dataclass(frozen=True)
 class IssuedToken:
-    """A signed token and when it expires (epoch seconds)."""
+    """A signed token, when it was issued and when it expires (epoch seconds)."""
 
     token: str
     expires_at: float
+    issued_at: int
 
 
 @dataclass(frozen=True)
@@ -53,25 +54,32 @@ class TokenCodec:
 
     def issue_access(self, *, user_id: str, role: Role, session_id: str) -> IssuedToken:
         """A short-lived access token for the authorization metadata."""
-        return self._issue(_ACCESS, user_id, session_id, self._access_ttl, {"role": role.value})
-
-    def issue_refresh(self, *, user_id: str, session_id: str, jti: str) -> IssuedToken:
-        """A single-use refresh token; `jti` is its row in refresh_tokens."""
-        return self._issue(_REFRESH, user_id, session_id, self._refresh_ttl, {"jti": jti})
-
-    def _issue(self, typ: str, sub: str, sid: str, ttl: int, extra: dict[str, str]) -> IssuedToken:
         now = int(time.time())
+        return self._issue(_ACCESS, user_id, session_id, now, now + self._access_ttl, {"role": role.value})
+
+    def issue_refresh(
+        self, *, user_id: str, session_id: str, jti: str, issued: tuple[int, int] | None = None
+    ) -> IssuedToken:
+        """A single-use refresh token; `jti` is its row in refresh_tokens.
+
+        Given `issued` (the issued_at and expires_at of one issued before), the same token again.
+        """
+        now = int(time.time())
+        issued_at, expires_at = issued or (now, now + self._refresh_ttl)
+        return self._issue(_REFRESH, user_id, session_id, issued_at, expires_at, {"jti": jti})
+
+    def _issue(self, typ: str, sub: str, sid: str, iat: int, exp: int, extra: dict[str, str]) -> IssuedToken:
         claims = {
             "iss": self._issuer,
             "aud": self._audience,
             "sub": sub,
             "sid": sid,
             "typ": typ,
-            "iat": now,
-            "exp": now + ttl,
+            "iat": iat,
+            "exp": exp,
             **extra,
         }
-        return IssuedToken(jwt.encode(claims, self._secret, algorithm=ALGORITHM), float(now + ttl))
+        return IssuedToken(jwt.encode(claims, self._secret, algorithm=ALGORITHM), float(exp), iat)
 
     def verify_access(self, token: str) -> Principal:
         """The principal of a valid access token, or UnauthenticatedError saying why not."""

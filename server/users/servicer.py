@@ -91,7 +91,9 @@ class UserServicer(users_pb2_grpc.UserServiceServicer):
         context: grpc.aio.ServicerContext[users_pb2.RefreshTokenRequest, users_pb2.RefreshTokenResponse],
     ) -> users_pb2.RefreshTokenResponse:
         """UserService.RefreshToken."""
-        pair = await signin.refresh(self._pool, self._deps, refresh_token=request.refresh_token)
+        pair = await signin.refresh(
+            self._pool, self._deps, refresh_token=request.refresh_token, request_id=request.request_id
+        )
         return users_pb2.RefreshTokenResponse(tokens=_tokens(pair))
 
     async def Logout(

@@ -1,8 +1,10 @@
 """Signing in and out: login opens a session, its refresh tokens rotate (each works once), logout ends it.
 
 A login's session is a refresh-token family: presenting a used refresh token ends the whole session
-(a stolen token is spent once at most). An ended session's access tokens stop working at once on
-this replica and within a poll on the others (server/auth/sessions.py).
+(a stolen token is spent once at most). A rotation retried with its request_id after a lost reply
+is not a reuse: while the successor it got is unused, the retry gets that successor again. An
+ended session's access tokens stop working at once on this replica and within a poll on the
+others (server/auth/sessions.py).
 """
 
 from __future__ import annotations
@@ -14,25 +16,37 @@ from datetime import UTC, datetime
 import asyncpg
 
 from server.auth.principal import Principal, Role
-from server.auth.tokens import TokenCodec
+from server.auth.tokens import IssuedToken, TokenCodec
 from server.db.pool import Connection
 from server.errors import InvalidArgumentError, UnauthenticatedError
 from server.users import throttle
 from server.users.service import CREDENTIALS_BY_NAME, REVOKE_ALL_SESSIONS, User, UserDeps
 from server.users.validation import normalize_username
+from server.validation import Fields
 
 _OPEN_SESSION = """
 WITH s AS (INSERT INTO sessions (id, user_id) VALUES ($1, $2) RETURNING id)
-INSERT INTO refresh_tokens (jti, session_id, expires_at) SELECT $3, id, $4 FROM s
+INSERT INTO refresh_tokens (jti, session_id, issued_at, expires_at) SELECT $3, id, $4, $5 FROM s
 """
 _CLAIM_REFRESH = """
-UPDATE refresh_tokens r SET used_at = now()
+UPDATE refresh_tokens r SET used_at = now(), used_by_request = $3, successor_jti = $4
 FROM sessions s JOIN users u ON u.id = s.user_id
 WHERE r.jti = $1 AND s.id = r.session_id AND s.user_id = $2
   AND r.used_at IS NULL AND s.revoked_at IS NULL AND r.expires_at > now()
 RETURNING u.role
 """
-_INSERT_REFRESH = "INSERT INTO refresh_tokens (jti, session_id, expires_at) VALUES ($1, $2, $3)"
+_INSERT_REFRESH = (
+    "INSERT INTO refresh_tokens (jti, session_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)"
+)
+# The successor that the rotation by this request got, while it is unused and its session lives.
+_RETRIED_REFRESH = """
+SELECT u.role, n.jti::text, n.issued_at, n.expires_at
+FROM refresh_tokens r
+JOIN refresh_tokens n ON n.jti = r.successor_jti
+JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id
+WHERE r.jti = $1 AND s.user_id = $2 AND r.used_by_request = $3
+  AND n.used_at IS NULL AND n.issued_at IS NOT NULL AND s.revoked_at IS NULL AND n.expires_at > now()
+"""
 _REVOKE_FAMILY_OF_USED = """
 UPDATE sessions SET revoked_at = now()
 WHERE revoked_at IS NULL
@@ -80,29 +94,56 @@ async def login(
     session_id = str(uuid.uuid4())
     async with pool.acquire() as conn, conn.transaction():
         tokens = await _issue_pair(
-            conn, deps.tokens, user_id=user.id, role=user.role, session_id=session_id, new=True
+            conn,
+            deps.tokens,
+            user_id=user.id,
+            role=user.role,
+            session_id=session_id,
+            jti=str(uuid.uuid4()),
+            new=True,
         )
         await throttle.forget_username_attempts(conn, username=name, peer_host=peer_host)
     return tokens, user
 
 
-async def refresh(pool: asyncpg.Pool, deps: UserDeps, *, refresh_token: str) -> TokenPair:
+async def refresh(
+    pool: asyncpg.Pool, deps: UserDeps, *, refresh_token: str, request_id: str = ""
+) -> TokenPair:
     """Rotate a refresh token; presenting a used one revokes its whole session.
 
+    A retry with the request_id of the rotation that used the token gets the same refresh token
+    that rotation issued (and a fresh access token), as long as that one is unused.
+
     Raises:
-        InvalidArgumentError: the token is empty.
+        InvalidArgumentError: the token is empty, or request_id is not a UUID.
         UnauthenticatedError: the token is invalid, expired, revoked or reused.
     """
+    fields = Fields()
     if not refresh_token:
-        raise InvalidArgumentError.field("refresh_token", "required")
+        fields.add("refresh_token", "required")
+    rid = fields.uuid("request_id", request_id) if request_id else None
+    fields.done()
     claims = deps.tokens.verify_refresh(refresh_token)
+    successor = str(uuid.uuid4())
     async with pool.acquire() as conn:
         async with conn.transaction():
-            role = await conn.fetchval(_CLAIM_REFRESH, claims.jti, claims.user_id)
+            role = await conn.fetchval(_CLAIM_REFRESH, claims.jti, claims.user_id, rid, successor)
             if role is not None:
                 return await _issue_pair(
-                    conn, deps.tokens, user_id=claims.user_id, role=Role(role), session_id=claims.session_id
+                    conn,
+                    deps.tokens,
+                    user_id=claims.user_id,
+                    role=Role(role),
+                    session_id=claims.session_id,
+                    jti=successor,
                 )
+            retried = await conn.fetchrow(_RETRIED_REFRESH, claims.jti, claims.user_id, rid) if rid else None
+            if retried is not None:
+                issued = (int(retried["issued_at"].timestamp()), int(retried["expires_at"].timestamp()))
+                again = deps.tokens.issue_refresh(
+                    user_id=claims.user_id, session_id=claims.session_id, jti=retried["jti"], issued=issued
+                )
+                return _pair(deps.tokens, again, claims.user_id, Role(retried["role"]), claims.session_id)
         revoked = [row[0] for row in await conn.fetch(_REVOKE_FAMILY_OF_USED, claims.jti)]
     deps.ended_sessions.end(revoked)
     if revoked:
@@ -119,21 +160,29 @@ async def _issue_pair(
     user_id: str,
     role: Role,
     session_id: str,
+    jti: str,
     new: bool = False,
 ) -> TokenPair:
-    jti = str(uuid.uuid4())
     refresh_token = tokens.issue_refresh(user_id=user_id, session_id=session_id, jti=jti)
+    issued_at = datetime.fromtimestamp(refresh_token.issued_at, UTC)
     refresh_expires = datetime.fromtimestamp(refresh_token.expires_at, UTC)
     if new:
-        await conn.execute(_OPEN_SESSION, session_id, user_id, jti, refresh_expires)
+        await conn.execute(_OPEN_SESSION, session_id, user_id, jti, issued_at, refresh_expires)
     else:
-        await conn.execute(_INSERT_REFRESH, jti, session_id, refresh_expires)
+        await conn.execute(_INSERT_REFRESH, jti, session_id, issued_at, refresh_expires)
+    return _pair(tokens, refresh_token, user_id, role, session_id)
+
+
+def _pair(
+    tokens: TokenCodec, refresh_token: IssuedToken, user_id: str, role: Role, session_id: str
+) -> TokenPair:
+    """A refresh token with a fresh access token of its session."""
     access = tokens.issue_access(user_id=user_id, role=role, session_id=session_id)
     return TokenPair(
         access_token=access.token,
         access_expires_at=datetime.fromtimestamp(access.expires_at, UTC),
         refresh_token=refresh_token.token,
-        refresh_expires_at=refresh_expires,
+        refresh_expires_at=datetime.fromtimestamp(refresh_token.expires_at, UTC),
     )
 
 

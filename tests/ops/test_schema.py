@@ -116,7 +116,12 @@ class TestSquashedMigrations:
             names = [
                 r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations ORDER BY version")
             ]
-        assert names == ["0001_baseline.sql", "0002_final_answers.sql", "0003_issuance_limit.sql"]
+        assert names == [
+            "0001_baseline.sql",
+            "0002_final_answers.sql",
+            "0003_issuance_limit.sql",
+            "0004_refresh_retries.sql",
+        ]
 
     async def test_an_infinite_expiry_stored_before_the_bound_is_repaired(self, servers):
         url = await _pre_squash_database(servers)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 
 _FRAME_HEADER = 9
 _HEADERS = 0x1
@@ -104,3 +104,14 @@ class LossyProxy:
                 return  # _until_closed aborts both sides: the client sees UNAVAILABLE
             sink.write(header + payload)
             await sink.drain()
+
+
+@contextlib.asynccontextmanager
+async def proxied(target: str) -> AsyncIterator[LossyProxy]:
+    """A started LossyProxy in front of `target`, closed when the block ends."""
+    proxy = LossyProxy(target)
+    await proxy.start()
+    try:
+        yield proxy
+    finally:
+        await proxy.close()

@@ -12,8 +12,8 @@ from sendinchat import ChatConnection, Client, InsufficientFundsError, NotFoundE
 from sendinchat.v1 import chat_pb2
 from tests import harness
 from tests.sdk.conftest import logged_in
-from tests.sdk.lossy import LossyProxy
-from tests.sdk.test_ledger import _proxy, _user_id
+from tests.sdk.lossy import LossyProxy, proxied
+from tests.sdk.test_ledger import _user_id
 
 WAIT = 10.0
 
@@ -44,7 +44,7 @@ async def _following_through_a_proxy(
     server: harness.TestServer, alice: Client
 ) -> AsyncIterator[tuple[LossyProxy, chat_pb2.Room, ChatConnection]]:
     """A reader behind a proxy whose connection follows its direct room with Alice, one message read."""
-    async with _proxy(server) as proxy, logged_in(proxy.address) as reader:
+    async with proxied(server.address) as proxy, logged_in(proxy.address) as reader:
         room = await _direct(alice, reader)
         connection = reader.connect()
         await connection.subscribe(room.id, after_sequence=0)

@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator
 import jwt
 import pytest
 
-from sendinchat import Client, InvalidArgumentError, NotFoundError, UnauthenticatedError
+from sendinchat import Client, InvalidArgumentError, NotFoundError, UnauthenticatedError, UnavailableError
 from sendinchat.errors import AlreadyExistsError
 from sendinchat.v1 import users_pb2
 from tests import harness
 from tests.helpers import PASSWORD, random_name
 from tests.sdk.conftest import logged_in
+from tests.sdk.lossy import proxied
 
 
 def expired_copy(tokens: users_pb2.TokenPair) -> users_pb2.TokenPair:
@@ -169,6 +170,29 @@ class TestRefreshToken:
                 assert second.tokens == first.tokens == store.tokens
                 await second.refresh_token()
                 await first.get_me()
+
+    async def test_a_refresh_whose_answer_is_lost_is_retried_and_the_session_goes_on(self, server):
+        async with proxied(server.address) as proxy, logged_in(proxy.address) as client:
+            assert client.tokens is not None
+            spent = client.tokens.refresh_token
+            proxy.lose_next_answer()
+            await client.refresh_token()  # rotated on the server, the answer lost, retried
+            assert proxy.lost_answers == 1
+            assert client.tokens.refresh_token != spent
+            await client.refresh_token()  # a retry without its request_id would have ended the session
+            await client.get_me()
+
+    async def test_a_refresh_given_up_after_its_answer_was_lost_is_the_same_request_later(self, server):
+        name = random_name()
+        async with proxied(server.address) as proxy, Client(proxy.address, retries=0) as client:
+            await client.register(name, PASSWORD)
+            await client.login(name, PASSWORD)
+            proxy.lose_next_answer()
+            with pytest.raises(UnavailableError):
+                await client.refresh_token()  # rotated on the server, the answer lost, no retries left
+            await client.refresh_token()
+            await client.refresh_token()
+            await client.get_me()
 
     async def test_raises_unauthenticated_when_the_session_ended(self, server):
         async with _two_sessions(server) as (_, client, other):

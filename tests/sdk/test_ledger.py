@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,20 +16,9 @@ from sendinchat import (
 )
 from sendinchat.errors import FailedPreconditionError
 from sendinchat.v1 import ledger_pb2
-from tests import harness
 from tests.helpers import PASSWORD
 from tests.sdk.conftest import FUNDS_MINOR, logged_in
-from tests.sdk.lossy import LossyProxy
-
-
-@contextlib.asynccontextmanager
-async def _proxy(server: harness.TestServer) -> AsyncIterator[LossyProxy]:
-    proxy = LossyProxy(server.address)
-    await proxy.start()
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
+from tests.sdk.lossy import proxied
 
 
 async def _user_id(client: Client) -> str:
@@ -107,7 +94,7 @@ class TestCreateTransfer:
             await alice.create_transfer(currency="USD", amount_minor=5)
 
     async def test_moves_money_once_when_the_answer_is_lost_and_the_call_retried(self, server, admin, bob):
-        async with _proxy(server) as proxy, logged_in(proxy.address) as payer:
+        async with proxied(server.address) as proxy, logged_in(proxy.address) as payer:
             await admin.deposit(to_user_id=await _user_id(payer), currency="USD", amount_minor=1000)
             proxy.lose_next_answer()
             transfer = await payer.create_transfer(
@@ -173,7 +160,7 @@ class TestReadingTransfers:
 
 class TestWatchTransfers:
     async def test_resumes_after_the_connection_drops_without_losing_or_repeating(self, server, admin, alice):
-        async with _proxy(server) as proxy, logged_in(proxy.address) as watcher:
+        async with proxied(server.address) as proxy, logged_in(proxy.address) as watcher:
             watcher_id = await _user_id(watcher)
             cursor = await _cursor_now(watcher, admin)
             events = watcher.watch_transfers(cursor=cursor)

@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import grpc
 import pytest
 
 from sendinchat.v1 import users_pb2
-from tests.helpers import PASSWORD, Account, bearer, field_violations, signed_up
+from tests.helpers import PASSWORD, Account, bearer, error_info, field_violations, request_id, signed_up
 
 
-async def _refresh(stubs: Any, token: str) -> users_pb2.TokenPair:
+async def _refresh(stubs: Any, token: str, rid: str = "") -> users_pb2.TokenPair:
     reply: users_pb2.RefreshTokenResponse = await stubs.users.RefreshToken(
-        users_pb2.RefreshTokenRequest(refresh_token=token)
+        users_pb2.RefreshTokenRequest(refresh_token=token, request_id=rid)
     )
     return reply.tokens
 
 
-async def _refresh_error(stubs: Any, token: str) -> grpc.aio.AioRpcError:
+async def _refresh_error(stubs: Any, token: str, rid: str = "") -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await _refresh(stubs, token)
+        await _refresh(stubs, token, rid)
     return caught.value
 
 
@@ -72,6 +73,62 @@ class TestRefreshToken:
         error = await _refresh_error(stubs, "")
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "refresh_token" in field_violations(error)
+
+    async def test_is_invalid_argument_when_request_id_is_not_a_uuid(self, stubs):
+        account = await signed_up(stubs)
+        error = await _refresh_error(stubs, account.tokens.refresh_token, "retry-1")
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert field_violations(error) == {"request_id": "must be a UUID"}
+        assert (await _refresh(stubs, account.tokens.refresh_token)).refresh_token  # nothing was used
+
+
+class TestARetriedRefresh:
+    """A retry of one refresh (same token, same request_id) after its reply was lost."""
+
+    async def test_gets_the_same_refresh_token_again_and_the_session_goes_on(self, stubs):
+        account = await signed_up(stubs)
+        rid = request_id()
+        first = await _refresh(stubs, account.tokens.refresh_token, rid)
+        retry = await _refresh(stubs, account.tokens.refresh_token, rid)
+        assert retry.refresh_token == first.refresh_token
+        assert retry.refresh_token_expire_time == first.refresh_token_expire_time
+        me = await stubs.users.GetMe(users_pb2.GetMeRequest(), metadata=bearer(retry.access_token))
+        assert me.user.id == account.id
+        assert (await _refresh(stubs, retry.refresh_token)).refresh_token
+
+    async def test_sent_many_times_at_once_gets_one_refresh_token(self, stubs):
+        account = await signed_up(stubs)
+        rid = request_id()
+        pairs = await asyncio.gather(*(_refresh(stubs, account.tokens.refresh_token, rid) for _ in range(6)))
+        assert len({pair.refresh_token for pair in pairs}) == 1
+        assert (await _refresh(stubs, pairs[0].refresh_token)).refresh_token
+
+    async def test_is_a_reuse_with_another_request_id_or_none(self, stubs):
+        for other in (request_id(), ""):
+            account = await signed_up(stubs)
+            first = await _refresh(stubs, account.tokens.refresh_token, request_id())
+            reuse = await _refresh_error(stubs, account.tokens.refresh_token, other)
+            assert error_info(reuse).reason == "REFRESH_TOKEN_REUSED"
+            assert (
+                await _refresh_error(stubs, first.refresh_token)
+            ).code() == grpc.StatusCode.UNAUTHENTICATED
+
+    async def test_is_a_reuse_once_the_token_it_got_was_used(self, stubs):
+        account = await signed_up(stubs)
+        rid = request_id()
+        first = await _refresh(stubs, account.tokens.refresh_token, rid)
+        newest = await _refresh(stubs, first.refresh_token)
+        reuse = await _refresh_error(stubs, account.tokens.refresh_token, rid)
+        assert error_info(reuse).reason == "REFRESH_TOKEN_REUSED"
+        assert (await _refresh_error(stubs, newest.refresh_token)).code() == grpc.StatusCode.UNAUTHENTICATED
+
+    async def test_is_refused_after_logout(self, stubs):
+        account = await signed_up(stubs)
+        rid = request_id()
+        first = await _refresh(stubs, account.tokens.refresh_token, rid)
+        await stubs.users.Logout(users_pb2.LogoutRequest(), metadata=bearer(first.access_token))
+        ended = await _refresh_error(stubs, account.tokens.refresh_token, rid)
+        assert ended.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 class TestLogout:

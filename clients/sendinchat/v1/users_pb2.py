@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sendinchat/v1/users.proto\x12\rsendinchat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12!\n\x04role\x18\x04 \x01(\x0e\x32\x13.sendinchat.v1.Role\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x0bUserProfile\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc9\x01\n\tTokenPair\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntoken_type\x18\x05 \x01(\t\"K\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"5\n\x10RegisterResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.sendinchat.v1.User\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\\\n\rLoginResponse\x12(\n\x06tokens\x18\x01 \x01(\x0b\x32\x18.sendinchat.v1.TokenPair\x12!\n\x04user\x18\x02 \x01(\x0b\x32\x13.sendinchat.v1.User\",\n\x13RefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\"@\n\x14RefreshTokenResponse\x12(\n\x06tokens\x18\x01 \x01(\x0b\x32\x18.sendinchat.v1.TokenPair\"%\n\rLogoutRequest\x12\x14\n\x0c\x61ll_sessions\x18\x01 \x01(\x08\"(\n\x0eLogoutResponse\x12\x16\n\x0e\x65nded_sessions\x18\x01 \x01(\x05\"\x0e\n\x0cGetMeRequest\"2\n\rGetMeResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.sendinchat.v1.User\"A\n\x0eGetUserRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x12\n\x08username\x18\x02 \x01(\tH\x00\x42\x08\n\x06lookup\";\n\x0fGetUserResponse\x12(\n\x04user\x18\x01 \x01(\x0b\x32\x1a.sendinchat.v1.UserProfile\"C\n\x15\x43hangePasswordRequest\x12\x14\n\x0cold_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"\x18\n\x16\x43hangePasswordResponse*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x32\xab\x04\n\x0bUserService\x12K\n\x08Register\x12\x1e.sendinchat.v1.RegisterRequest\x1a\x1f.sendinchat.v1.RegisterResponse\x12\x42\n\x05Login\x12\x1b.sendinchat.v1.LoginRequest\x1a\x1c.sendinchat.v1.LoginResponse\x12W\n\x0cRefreshToken\x12\".sendinchat.v1.RefreshTokenRequest\x1a#.sendinchat.v1.RefreshTokenResponse\x12\x45\n\x06Logout\x12\x1c.sendinchat.v1.LogoutRequest\x1a\x1d.sendinchat.v1.LogoutResponse\x12\x42\n\x05GetMe\x12\x1b.sendinchat.v1.GetMeRequest\x1a\x1c.sendinchat.v1.GetMeResponse\x12H\n\x07GetUser\x12\x1d.sendinchat.v1.GetUserRequest\x1a\x1e.sendinchat.v1.GetUserResponse\x12]\n\x0e\x43hangePassword\x12$.sendinchat.v1.ChangePasswordRequest\x1a%.sendinchat.v1.ChangePasswordResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19sendinchat/v1/users.proto\x12\rsendinchat.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8e\x01\n\x04User\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12!\n\x04role\x18\x04 \x01(\x0e\x32\x13.sendinchat.v1.Role\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"r\n\x0bUserProfile\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc9\x01\n\tTokenPair\x12\x14\n\x0c\x61\x63\x63\x65ss_token\x18\x01 \x01(\t\x12<\n\x18\x61\x63\x63\x65ss_token_expire_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rrefresh_token\x18\x03 \x01(\t\x12=\n\x19refresh_token_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ntoken_type\x18\x05 \x01(\t\"K\n\x0fRegisterRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x03 \x01(\t\"5\n\x10RegisterResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.sendinchat.v1.User\"2\n\x0cLoginRequest\x12\x10\n\x08username\x18\x01 \x01(\t\x12\x10\n\x08password\x18\x02 \x01(\t\"\\\n\rLoginResponse\x12(\n\x06tokens\x18\x01 \x01(\x0b\x32\x18.sendinchat.v1.TokenPair\x12!\n\x04user\x18\x02 \x01(\x0b\x32\x13.sendinchat.v1.User\"@\n\x13RefreshTokenRequest\x12\x15\n\rrefresh_token\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"@\n\x14RefreshTokenResponse\x12(\n\x06tokens\x18\x01 \x01(\x0b\x32\x18.sendinchat.v1.TokenPair\"%\n\rLogoutRequest\x12\x14\n\x0c\x61ll_sessions\x18\x01 \x01(\x08\"(\n\x0eLogoutResponse\x12\x16\n\x0e\x65nded_sessions\x18\x01 \x01(\x05\"\x0e\n\x0cGetMeRequest\"2\n\rGetMeResponse\x12!\n\x04user\x18\x01 \x01(\x0b\x32\x13.sendinchat.v1.User\"A\n\x0eGetUserRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12\x12\n\x08username\x18\x02 \x01(\tH\x00\x42\x08\n\x06lookup\";\n\x0fGetUserResponse\x12(\n\x04user\x18\x01 \x01(\x0b\x32\x1a.sendinchat.v1.UserProfile\"C\n\x15\x43hangePasswordRequest\x12\x14\n\x0cold_password\x18\x01 \x01(\t\x12\x14\n\x0cnew_password\x18\x02 \x01(\t\"\x18\n\x16\x43hangePasswordResponse*;\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\r\n\tROLE_USER\x10\x01\x12\x0e\n\nROLE_ADMIN\x10\x02\x32\xab\x04\n\x0bUserService\x12K\n\x08Register\x12\x1e.sendinchat.v1.RegisterRequest\x1a\x1f.sendinchat.v1.RegisterResponse\x12\x42\n\x05Login\x12\x1b.sendinchat.v1.LoginRequest\x1a\x1c.sendinchat.v1.LoginResponse\x12W\n\x0cRefreshToken\x12\".sendinchat.v1.RefreshTokenRequest\x1a#.sendinchat.v1.RefreshTokenResponse\x12\x45\n\x06Logout\x12\x1c.sendinchat.v1.LogoutRequest\x1a\x1d.sendinchat.v1.LogoutResponse\x12\x42\n\x05GetMe\x12\x1b.sendinchat.v1.GetMeRequest\x1a\x1c.sendinchat.v1.GetMeResponse\x12H\n\x07GetUser\x12\x1d.sendinchat.v1.GetUserRequest\x1a\x1e.sendinchat.v1.GetUserResponse\x12]\n\x0e\x43hangePassword\x12$.sendinchat.v1.ChangePasswordRequest\x1a%.sendinchat.v1.ChangePasswordResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'sendinchat.v1.users_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=1304
-  _globals['_ROLE']._serialized_end=1363
+  _globals['_ROLE']._serialized_start=1324
+  _globals['_ROLE']._serialized_end=1383
   _globals['_USER']._serialized_start=78
   _globals['_USER']._serialized_end=220
   _globals['_USERPROFILE']._serialized_start=222
@@ -49,25 +49,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOGINRESPONSE']._serialized_start=726
   _globals['_LOGINRESPONSE']._serialized_end=818
   _globals['_REFRESHTOKENREQUEST']._serialized_start=820
-  _globals['_REFRESHTOKENREQUEST']._serialized_end=864
-  _globals['_REFRESHTOKENRESPONSE']._serialized_start=866
-  _globals['_REFRESHTOKENRESPONSE']._serialized_end=930
-  _globals['_LOGOUTREQUEST']._serialized_start=932
-  _globals['_LOGOUTREQUEST']._serialized_end=969
-  _globals['_LOGOUTRESPONSE']._serialized_start=971
-  _globals['_LOGOUTRESPONSE']._serialized_end=1011
-  _globals['_GETMEREQUEST']._serialized_start=1013
-  _globals['_GETMEREQUEST']._serialized_end=1027
-  _globals['_GETMERESPONSE']._serialized_start=1029
-  _globals['_GETMERESPONSE']._serialized_end=1079
-  _globals['_GETUSERREQUEST']._serialized_start=1081
-  _globals['_GETUSERREQUEST']._serialized_end=1146
-  _globals['_GETUSERRESPONSE']._serialized_start=1148
-  _globals['_GETUSERRESPONSE']._serialized_end=1207
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1209
-  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1276
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1278
-  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1302
-  _globals['_USERSERVICE']._serialized_start=1366
-  _globals['_USERSERVICE']._serialized_end=1921
+  _globals['_REFRESHTOKENREQUEST']._serialized_end=884
+  _globals['_REFRESHTOKENRESPONSE']._serialized_start=886
+  _globals['_REFRESHTOKENRESPONSE']._serialized_end=950
+  _globals['_LOGOUTREQUEST']._serialized_start=952
+  _globals['_LOGOUTREQUEST']._serialized_end=989
+  _globals['_LOGOUTRESPONSE']._serialized_start=991
+  _globals['_LOGOUTRESPONSE']._serialized_end=1031
+  _globals['_GETMEREQUEST']._serialized_start=1033
+  _globals['_GETMEREQUEST']._serialized_end=1047
+  _globals['_GETMERESPONSE']._serialized_start=1049
+  _globals['_GETMERESPONSE']._serialized_end=1099
+  _globals['_GETUSERREQUEST']._serialized_start=1101
+  _globals['_GETUSERREQUEST']._serialized_end=1166
+  _globals['_GETUSERRESPONSE']._serialized_start=1168
+  _globals['_GETUSERRESPONSE']._serialized_end=1227
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_start=1229
+  _globals['_CHANGEPASSWORDREQUEST']._serialized_end=1296
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_start=1298
+  _globals['_CHANGEPASSWORDRESPONSE']._serialized_end=1322
+  _globals['_USERSERVICE']._serialized_start=1386
+  _globals['_USERSERVICE']._serialized_end=1941
 # @@protoc_insertion_point(module_scope)

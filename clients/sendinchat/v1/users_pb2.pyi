@@ -277,16 +277,23 @@ class RefreshTokenRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     refresh_token: _builtins.str
     """A refresh token from Login or an earlier RefreshToken; usable once."""
+    request_id: _builtins.str
+    """Optional: a UUID the client picks for this refresh and sends again when
+    it retries it (a reply lost to a timeout or a dropped connection). Without
+    it, a retry of a refresh that reached the server is a reuse.
+    """
     def __init__(
         self,
         *,
         refresh_token: _builtins.str = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh_token", b"refresh_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["refresh_token", b"refresh_token", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -125,9 +125,13 @@ class UserServiceServicer:
 
     def RefreshToken(self, request, context):
         """RefreshToken exchanges a refresh token for a new pair. Each refresh token
-        works once: presenting a used one ends its whole session (as Logout).
-        Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (invalid, expired,
-        revoked or reused token).
+        works once: presenting a used one ends its whole session (as Logout),
+        except in a retry of the same request (same refresh_token and
+        request_id, after a lost reply), which gets the refresh token that the
+        first attempt issued again, with a fresh access token, as long as that
+        refresh token is unused.
+        Errors: INVALID_ARGUMENT (empty token, request_id not a UUID),
+        UNAUTHENTICATED (invalid, expired, revoked or reused token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

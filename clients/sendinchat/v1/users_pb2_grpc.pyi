@@ -63,9 +63,13 @@ class UserServiceStub:
     """
     RefreshToken: _grpc.UnaryUnaryMultiCallable[_users_pb2.RefreshTokenRequest, _users_pb2.RefreshTokenResponse]
     """RefreshToken exchanges a refresh token for a new pair. Each refresh token
-    works once: presenting a used one ends its whole session (as Logout).
-    Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (invalid, expired,
-    revoked or reused token).
+    works once: presenting a used one ends its whole session (as Logout),
+    except in a retry of the same request (same refresh_token and
+    request_id, after a lost reply), which gets the refresh token that the
+    first attempt issued again, with a fresh access token, as long as that
+    refresh token is unused.
+    Errors: INVALID_ARGUMENT (empty token, request_id not a UUID),
+    UNAUTHENTICATED (invalid, expired, revoked or reused token).
     """
     Logout: _grpc.UnaryUnaryMultiCallable[_users_pb2.LogoutRequest, _users_pb2.LogoutResponse]
     """Logout ends the caller's current session, or every session of the caller.
@@ -127,9 +131,13 @@ class UserServiceAsyncStub(UserServiceStub):
     """
     RefreshToken: _aio.UnaryUnaryMultiCallable[_users_pb2.RefreshTokenRequest, _users_pb2.RefreshTokenResponse]  # type: ignore[assignment]
     """RefreshToken exchanges a refresh token for a new pair. Each refresh token
-    works once: presenting a used one ends its whole session (as Logout).
-    Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (invalid, expired,
-    revoked or reused token).
+    works once: presenting a used one ends its whole session (as Logout),
+    except in a retry of the same request (same refresh_token and
+    request_id, after a lost reply), which gets the refresh token that the
+    first attempt issued again, with a fresh access token, as long as that
+    refresh token is unused.
+    Errors: INVALID_ARGUMENT (empty token, request_id not a UUID),
+    UNAUTHENTICATED (invalid, expired, revoked or reused token).
     """
     Logout: _aio.UnaryUnaryMultiCallable[_users_pb2.LogoutRequest, _users_pb2.LogoutResponse]  # type: ignore[assignment]
     """Logout ends the caller's current session, or every session of the caller.
@@ -206,9 +214,13 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_users_pb2.RefreshTokenResponse, _abc.Awaitable[_users_pb2.RefreshTokenResponse]]:
         """RefreshToken exchanges a refresh token for a new pair. Each refresh token
-        works once: presenting a used one ends its whole session (as Logout).
-        Errors: INVALID_ARGUMENT (empty token), UNAUTHENTICATED (invalid, expired,
-        revoked or reused token).
+        works once: presenting a used one ends its whole session (as Logout),
+        except in a retry of the same request (same refresh_token and
+        request_id, after a lost reply), which gets the refresh token that the
+        first attempt issued again, with a fresh access token, as long as that
+        refresh token is unused.
+        Errors: INVALID_ARGUMENT (empty token, request_id not a UUID),
+        UNAUTHENTICATED (invalid, expired, revoked or reused token).
         """
 
     @_abc_1.abstractmethod
