@@ -117,17 +117,27 @@ def retry_delay_seconds(error: grpc.aio.AioRpcError) -> float:
     raise AssertionError(f"no RetryInfo in {status}")
 
 
+# Backends waiting for a lock this connection holds, or queued behind such a waiter (a row's second
+# waiter waits for the first one's tuple lock); waits on anyone else (a job's, another test's) not.
+_BLOCKED_BY_ME = """
+WITH RECURSIVE blocked(pid) AS (
+    SELECT a.pid FROM pg_stat_activity a
+    WHERE a.datname = current_database() AND pg_backend_pid() = ANY (pg_blocking_pids(a.pid))
+    UNION
+    SELECT a.pid FROM pg_stat_activity a JOIN blocked b ON b.pid = ANY (pg_blocking_pids(a.pid))
+)
+SELECT array_agg(pid) FROM blocked
+"""
+
+
 async def lock_waiters(conn: asyncpg.Connection) -> list[int]:
-    """The backends of this database that wait for a lock now."""
-    pids = await conn.fetchval(
-        "SELECT array_agg(pid) FROM pg_stat_activity"
-        " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-    )
+    """The backends that wait for a lock `conn` holds, directly or behind another waiter."""
+    pids = await conn.fetchval(_BLOCKED_BY_ME)
     return list(pids or [])
 
 
 async def waiting_on_a_lock(conn: asyncpg.Connection, count: int = 1) -> int:
-    """A backend of this database that waits for a lock, once `count` of them do (polled)."""
+    """A backend that waits for a lock `conn` holds, once `count` of them do (polled)."""
     for _ in range(200):
         pids = await lock_waiters(conn)
         if len(pids) >= count:
