@@ -8,7 +8,7 @@ from server.ledger.currencies import EXPONENTS
 from server.users.validation import normalize_username
 from server.validation import Fields, Text
 
-MEMO = Text(max_chars=256)
+MEMO = Text(max_chars=256, visible=True)  # optional; when given, it shows something
 MAX_AMOUNT = 10**15  # far beyond any real payment, far from int64 overflow of summed balances
 _CURRENCY_RULE = "must be a supported ISO-4217 code such as USD, EUR or JPY (see ListCurrencies)"
 

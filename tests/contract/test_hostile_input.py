@@ -286,6 +286,19 @@ class TestTexts:
             "memo": "must not contain control characters"
         }
 
+    @pytest.mark.parametrize("memo", [" ", "\u200b", "\u2800 \ufeff"])
+    async def test_a_memo_that_shows_nothing_is_invalid_argument_and_no_memo_is_fine(self, server, memo):
+        alice, bob = await _pair(server)
+        request = ledger_pb2.CreateTransferRequest(
+            request_id=request_id(), to_user_id=bob.id, currency="USD", amount_minor=1, memo=memo
+        )
+        assert await _invalid(server.stubs.ledger.CreateTransfer(request, metadata=alice.auth)) == {
+            "memo": "must contain a visible character"
+        }
+        request.memo = ""
+        reply = await server.stubs.ledger.CreateTransfer(request, metadata=alice.auth)
+        assert reply.transfer.memo == ""
+
     async def test_a_username_is_ascii_before_it_is_folded_to_lower_case(self, server):
         kelvin = "\u212aelvin"  # KELVIN SIGN, which str.lower() turns into "k"
         request = users_pb2.RegisterRequest(username=kelvin, password="long enough")

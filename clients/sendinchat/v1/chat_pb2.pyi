@@ -965,7 +965,9 @@ class SendPaymentRequest(_message.Message):
     amount_minor: _builtins.int
     """Minor units, > 0."""
     memo: _builtins.str
-    """Optional: one line of at most 256 characters."""
+    """Optional: one line of at most 256 characters, showing something (not
+    only spaces or zero-width characters).
+    """
     def __init__(
         self,
         *,
@@ -1038,7 +1040,9 @@ class RequestPaymentRequest(_message.Message):
     amount_minor: _builtins.int
     """Minor units, > 0."""
     memo: _builtins.str
-    """Optional: one line of at most 256 characters."""
+    """Optional: one line of at most 256 characters, showing something (not
+    only spaces or zero-width characters).
+    """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """Optional; after it the request closes as EXPIRED. In the future, at most

@@ -492,7 +492,9 @@ class CreateTransferRequest(_message.Message):
     amount_minor: _builtins.int
     """Minor units, > 0."""
     memo: _builtins.str
-    """Optional: one line of at most 256 characters."""
+    """Optional: one line of at most 256 characters, showing something (not
+    only spaces or zero-width characters).
+    """
     def __init__(
         self,
         *,
@@ -561,7 +563,9 @@ class CreatePendingTransferRequest(_message.Message):
     amount_minor: _builtins.int
     """Minor units to reserve, > 0."""
     memo: _builtins.str
-    """Optional: one line of at most 256 characters."""
+    """Optional: one line of at most 256 characters, showing something (not
+    only spaces or zero-width characters).
+    """
     @_builtins.property
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """Optional; after it the reservation lapses and cannot be posted. In the
@@ -900,7 +904,9 @@ class DepositRequest(_message.Message):
     amount_minor: _builtins.int
     """Minor units, > 0."""
     memo: _builtins.str
-    """Optional: one line of at most 256 characters."""
+    """Optional: one line of at most 256 characters, showing something (not
+    only spaces or zero-width characters).
+    """
     def __init__(
         self,
         *,
@@ -968,7 +974,9 @@ class WithdrawRequest(_message.Message):
     amount_minor: _builtins.int
     """Minor units, > 0."""
     memo: _builtins.str
-    """Optional: one line of at most 256 characters."""
+    """Optional: one line of at most 256 characters, showing something (not
+    only spaces or zero-width characters).
+    """
     def __init__(
         self,
         *,
