@@ -39,7 +39,7 @@ from server.observability import (
     configure_logging,
 )
 from server.parent import serve_workers
-from server.process import start_metrics, stop_event
+from server.process import start_metrics, stop_event, stoppable_start
 from server.reflection import enable_reflection
 from server.scheduling import use_batch_scheduling
 from server.streams import StreamLifetimes
@@ -191,10 +191,10 @@ def _bind(server: grpc.aio.Server, config: Config) -> int:
 
 
 async def serve(config: Config) -> None:
-    """Run the server until SIGTERM or SIGINT, then shut down gracefully."""
+    """Run the server until a stop signal (SIGTERM, SIGINT, SIGHUP), then shut down gracefully."""
     log_writer = configure_logging(config.log_level)
     try:
-        await _serve(config, log_writer)
+        await stoppable_start(_serve(config, log_writer))
     finally:
         log_writer.stop()
 

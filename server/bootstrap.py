@@ -103,8 +103,18 @@ async def open_database(config: Config) -> tuple[str, EmbeddedPostgres | None]:
     """The database URL to use, starting the embedded PostgreSQL when none is configured."""
     if config.database_url is not None:
         return config.database_url, None
-    embedded = await asyncio.to_thread(EmbeddedPostgres, usable_data_dir(config))
-    return await embedded.ensure_database(), embedded
+    starting = asyncio.ensure_future(asyncio.to_thread(EmbeddedPostgres, usable_data_dir(config)))
+    try:
+        embedded = await asyncio.shield(starting)
+    except asyncio.CancelledError:  # stopped while it starts: let it come up, then stop it
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread((await starting).stop)
+        raise
+    try:
+        return await embedded.ensure_database(), embedded
+    except BaseException:
+        await asyncio.shield(asyncio.to_thread(embedded.stop))
+        raise
 
 
 async def run_migrations(dsn: str, *, wait_seconds: float = 0.0) -> list[str]:

@@ -74,7 +74,7 @@ class RoomFeed:
     room_id: str
     subscribers: set[Subscriber] = field(default_factory=set)
     present: set[Subscriber] = field(default_factory=set)  # subscribers whose membership was checked
-    fetched: int | None = None  # highest sequence read and offered; None until the first wake-up
+    fetched: int | None = None  # highest sequence read and offered; None until a subscriber is confirmed
     wanted: int = 0
     closed: bool = False
     _task: asyncio.Task[None] | None = None
@@ -109,10 +109,24 @@ class RoomFeed:
         else:
             self.want(message.sequence)
 
+    def start_at(self, last_sequence: int) -> None:
+        """A subscriber is confirmed, the room at `last_sequence` then: offer what comes after.
+
+        What came before is the subscribers' replay. Wake-ups that came before this are read now.
+        """
+        if self.fetched is None:
+            self.fetched = last_sequence
+            self._read_if_due()
+
     def want(self, sequence: int) -> None:
-        """The room's log reaches `sequence`: read and offer what was not offered yet."""
-        assert self.fetched is not None
-        if sequence <= max(self.fetched, self.wanted):
+        """The room's log reaches `sequence`: read and offer what was not offered yet.
+
+        Only as far as the table holds: a wake-up's sequence from the bus is not trusted.
+        """
+        if sequence <= max(self.fetched or 0, self.wanted):
+            return
+        if self.fetched is None:  # read once a subscriber is confirmed (start_at)
+            self.wanted = sequence
             return
         self.wanted = sequence
         if not self._held():

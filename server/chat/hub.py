@@ -10,7 +10,9 @@ back from the table, and ends itself when it falls too far behind). Because the 
 lost event delays delivery but loses nothing: after the bus reconnects (and, on NATS, every few
 seconds) the hub compares each followed room's newest sequence with what it has read, in one query
 per thousand rooms, and reads what it lacks (the periodic round checks at most
-PERIODIC_ROOMS_PER_SECOND rooms a second); streams fill any gap they see.
+PERIODIC_ROOMS_PER_SECOND rooms a second); streams fill any gap they see. Nor is an event trusted:
+a wake-up's sequence only says how far to read (the table says what there is), and a stream loses
+a room only once the table says its user is no longer a member.
 Presence is recorded by server/chat/presence.py, told by the hub.
 """
 
@@ -52,6 +54,7 @@ class ChatHub:
         self._catching_up: asyncio.Task[None] | None = None
         self._catch_up_again = False
         self._periodic: asyncio.Task[None] | None = None
+        self._removal_checks: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.presence = Presence(pool, self._present, bus)
 
     async def start(self) -> None:
@@ -78,7 +81,8 @@ class ChatHub:
     async def stop(self) -> None:
         """Stop the feeds and presence (its users leave their rooms, told on the bus), then the bus."""
         readers = [feed.close() for feed in self._feeds.values()]
-        tasks = [t for t in (self._periodic, self._catching_up, *readers) if t is not None]
+        checks = list(self._removal_checks.values())
+        tasks = [t for t in (self._periodic, self._catching_up, *readers, *checks) if t is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -110,8 +114,7 @@ class ChatHub:
         feed = self._feeds.get(room_id)
         if feed is None or subscriber not in feed.subscribers or subscriber in feed.present:
             return
-        if feed.fetched is None:
-            feed.fetched = last_sequence
+        feed.start_at(last_sequence)
         online = not any(s.user_id == subscriber.user_id for s in feed.present)
         feed.present.add(subscriber)
         if online:
@@ -197,12 +200,10 @@ class ChatHub:
             return
         match event:
             case events.MessageStored(sequence=sequence):
-                if feed.fetched is None:
-                    # No subscriber is confirmed yet: what came before is their replay's business.
-                    feed.fetched = sequence - 1
                 feed.want(sequence)
             case events.MemberRemoved(user_id=user_id):
-                self._remove(feed.room_id, user_id)
+                if any(s.user_id == user_id for s in feed.subscribers):
+                    self._check_removal(feed.room_id, user_id)
             case events.ReadMarked(room_id, user_id, sequence):
                 receipt = chat_pb2.ReadReceiptEvent(room_id=room_id, user_id=user_id, sequence=sequence)
                 feed.offer_present(chat_pb2.ConnectResponse(read_receipt=receipt), skip_user=None)
@@ -212,6 +213,22 @@ class ChatHub:
             case events.PresenceChanged(room_id, user_id, online):
                 presence = chat_pb2.PresenceEvent(room_id=room_id, user_id=user_id, online=online)
                 feed.offer_present(chat_pb2.ConnectResponse(presence=presence), skip_user=user_id)
+
+    def _check_removal(self, room_id: str, user_id: str) -> None:
+        key = (room_id, user_id)
+        if key not in self._removal_checks:
+            task = asyncio.create_task(self._remove_unless_member(room_id, user_id))
+            self._removal_checks[key] = task
+            task.add_done_callback(lambda _task: self._removal_checks.pop(key, None))
+
+    async def _remove_unless_member(self, room_id: str, user_id: str) -> None:
+        try:
+            gone = await messages.not_members(self._pool, [(room_id, user_id)])
+        except Exception as exc:  # the removal's SYSTEM message makes the feed ask again
+            log.warning("chat hub could not check a removal from room %s (%r)", room_id, exc)
+            return
+        if gone:
+            self._remove(room_id, user_id)
 
     def _remove(self, room_id: str, user_id: str) -> None:
         """The user is no longer a member of the room: their streams here lose it at once."""

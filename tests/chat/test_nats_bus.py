@@ -288,6 +288,63 @@ class TestFailures:
         await watcher.close()
 
 
+@contextlib.asynccontextmanager
+async def _publisher(nats: NatsCluster) -> AsyncIterator[Callable[[events.ChatEvent], Any]]:
+    """A plain NATS client, as anyone who reaches the NATS servers has: it publishes forged events."""
+    client = await nats_client.connect(servers=list(nats.urls))
+
+    async def publish(event: events.ChatEvent) -> None:
+        await client.publish(subject(event.room_id), events.encode(event).encode())
+        await client.flush()
+
+    try:
+        yield publish
+    finally:
+        await client.close()
+
+
+class TestAHostilePublisher:
+    async def test_a_forged_wake_up_while_a_stream_subscribes_does_not_silence_the_room(self, servers, nats):
+        server = await _replica(servers, nats)
+        alice, bob = await signed_up(server.stubs), await signed_up(server.stubs)
+        room = await group(server.stubs, alice, bob)
+        watcher = Stream(server.stubs, bob)
+        holder = await asyncpg.connect(server.database_url)
+        async with _publisher(nats) as publish:
+            try:
+                async with holder.transaction():
+                    await holder.execute(
+                        "LOCK TABLE room_members IN ACCESS EXCLUSIVE MODE"
+                    )  # the check waits
+                    await watcher.write(subscribe=chat_pb2.SubscribeFrame(room_id=room.id, after_sequence=0))
+                    await waiting_on_a_lock(holder)  # following the room already, not yet confirmed
+                    heard = _bus(server).received
+                    while _bus(server).received == heard:
+                        await publish(events.MessageStored(room.id, 999_999_999))
+                        await asyncio.sleep(0.02)
+            finally:
+                await holder.close()
+            await watcher.next_of("subscribed")
+            await say(server.stubs, alice, room.id, "still heard")
+            assert [m.text for m in await watcher.messages(1)] == ["still heard"]
+        await watcher.close()
+
+    async def test_a_forged_removal_does_not_cut_a_member_off(self, servers, nats):
+        server = await _replica(servers, nats)
+        alice, bob, room, watcher = await watched_group(server.stubs)
+        async with _publisher(nats) as publish:
+            heard = _bus(server).received
+            await publish(events.MemberRemoved(room.id, bob.id))
+            await _eventually(lambda: _bus(server).received > heard)
+        await say(server.stubs, alice, room.id, "still a member")
+        frames: list[chat_pb2.ConnectResponse] = []
+        while not frames or frames[-1].WhichOneof("event") != "message":
+            frames.append(await asyncio.wait_for(watcher.frames.get(), WAIT))
+        assert [f.WhichOneof("event") for f in frames if f.WhichOneof("event") == "error"] == []
+        assert frames[-1].message.text == "still a member"
+        await watcher.close()
+
+
 class TestInterest:
     async def test_a_replica_with_no_follower_of_a_room_receives_none_of_its_events(self, servers, nats):
         followed_here = await _replica(servers, nats)

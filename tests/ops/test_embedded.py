@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 from tests.ops.process import ServerProcesses, pid_alive, postmaster_pid, wait_gone
@@ -29,6 +30,18 @@ class TestEmbeddedPostgres:
             "taking over" in str(record.get("message")) and str(first.process.pid) in str(record["message"])
             for record in second.records()
         )
+
+    async def test_sighup_stops_the_server_and_its_postgresql_as_sigterm_does(
+        self, processes: ServerProcesses, embedded_data_dir: Path
+    ) -> None:
+        server = await processes.start_embedded(embedded_data_dir)
+        await server.wait_serving()
+        postmaster = postmaster_pid(embedded_data_dir)
+        assert postmaster is not None
+        server.process.send_signal(signal.SIGHUP)  # a closed terminal
+        assert await server.wait() == 0
+        await wait_gone(postmaster)
+        assert any(record.get("message") == "stopped" for record in server.records())
 
     async def test_keeps_it_running_when_a_living_server_still_uses_it(
         self, processes: ServerProcesses, embedded_data_dir: Path

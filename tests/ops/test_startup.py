@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+import signal
+
+import pytest
 
 from tests.ops.dbproxy import DatabaseProxy
 
@@ -39,3 +42,18 @@ class TestStartWhileTheDatabaseIsDown:
         ]
         assert attempts, replica.stderr  # a log line per attempt
         assert "cannot reach the database after" in replica.lines[-1], replica.stderr
+
+    @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP])
+    async def test_a_stop_signal_while_it_waits_ends_it_at_once_and_cleanly(
+        self, postgres, servers, processes, stop
+    ):
+        proxy = DatabaseProxy(postgres.admin_url)
+        await proxy.start()
+        url = proxy.url_for(await servers.database())
+        await proxy.cut()
+        replica = await processes.start(url, SENDINCHAT_DB_CONNECT_TIMEOUT_SECONDS="60")
+        await replica.wait_for_log(_RETRYING)
+        replica.process.send_signal(stop)
+        assert await replica.wait(seconds=10) == 0
+        assert "Traceback" not in replica.stderr
+        assert "stop signal while starting" in replica.stderr
