@@ -103,7 +103,13 @@ async def open_database(config: Config) -> tuple[str, EmbeddedPostgres | None]:
     """The database URL to use, starting the embedded PostgreSQL when none is configured."""
     if config.database_url is not None:
         return config.database_url, None
-    starting = asyncio.ensure_future(asyncio.to_thread(EmbeddedPostgres, usable_data_dir(config)))
+    folder = usable_data_dir(config)
+    if any(ch.isspace() for ch in str(folder.resolve())):  # PostgreSQL's options split on them
+        raise ConfigError(
+            f"SENDINCHAT_DATA_DIR: the embedded PostgreSQL cannot run in {str(folder.resolve())!r}"
+            " (a path with spaces); set SENDINCHAT_DATA_DIR to a folder without, or DATABASE_URL"
+        )
+    starting = asyncio.ensure_future(asyncio.to_thread(EmbeddedPostgres, folder))
     try:
         embedded = await asyncio.shield(starting)
     except asyncio.CancelledError:  # stopped while it starts: let it come up, then stop it

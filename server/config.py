@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,9 +120,31 @@ def _optional_address(raw: str) -> str:
     return "" if raw.lower() in ("off", "none", "disabled") else _address(raw)
 
 
+# The URL parameters whose values asyncpg checks before it connects (an unknown value stops it).
+_DSN_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "target_session_attrs": ("any", "primary", "standby", "read-write", "read-only", "prefer-standby"),
+}
+
+
 def _database_url(raw: str) -> str:
+    """A postgresql:// URL that asyncpg can parse; errors never repeat it (it may hold a password)."""
     if not raw.startswith(("postgres://", "postgresql://")):
         raise ValueError("expected a postgresql:// URL")
+    try:
+        parts = urllib.parse.urlsplit(raw)
+        if "," not in parts.netloc:  # one host: its port must be a number (several: libpq's list)
+            _ = parts.port
+    except ValueError:
+        raise ValueError("is not a valid URL: check its host and port") from None
+    query = urllib.parse.parse_qs(parts.query)
+    for value in query.get("port", []):
+        if not all(port.isascii() and port.isdigit() for port in value.split(",")):
+            raise ValueError("its port parameter must be a number")
+    for name, allowed in _DSN_CHOICES.items():
+        for value in query.get(name, []):
+            if value not in allowed:
+                raise ValueError(f"its {name} must be one of {', '.join(allowed)}")
     return raw
 
 

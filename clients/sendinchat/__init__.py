@@ -16,7 +16,7 @@ from sendinchat.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from sendinchat.tokens import TokenStore
+from sendinchat.tokens import KeepsRotation, TokenStore
 
 __all__ = [
     "AlreadyExistsError",
@@ -28,6 +28,7 @@ __all__ = [
     "InsufficientFundsError",
     "InternalError",
     "InvalidArgumentError",
+    "KeepsRotation",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitedError",

@@ -20,7 +20,7 @@ from sendinchat.errors import (
     UnavailableError,
     from_rpc_error,
 )
-from sendinchat.tokens import TokenStore
+from sendinchat.tokens import KeepsRotation, TokenStore
 from sendinchat.v1 import chat_pb2_grpc, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 
 T = TypeVar("T")
@@ -64,7 +64,8 @@ class ClientBase:
         Args:
             target: The server's host:port.
             credentials: TLS credentials (grpc.ssl_channel_credentials()); None: plaintext.
-            retries: How often a call that is safe to repeat is retried on ABORTED or UNAVAILABLE.
+            retries: How often a call that is safe to repeat is retried on ABORTED or UNAVAILABLE
+                (a token refresh: on UNAVAILABLE or its 10 s deadline).
             token_store: Where the token pair is kept between runs and shared with other
                 processes (the CLI keeps a file); the client starts with the stored pair.
         """
@@ -118,14 +119,13 @@ class ClientBase:
         Each attempt has a deadline, and a lost reply is retried with the same request_id: the
         server then answers with the refresh token it issued (a retry without it is a reuse and
         would end the session). The id stays the token's until a rotation succeeds, so a refresh
-        given up (out of retries, or cancelled) and tried again later is still the same request.
+        given up (out of retries, or cancelled) and tried again later is still the same request:
+        by this Client, and by the next one sharing a token store that keeps it (KeepsRotation).
         """
         if self.tokens is None:
             raise UnauthenticatedError(grpc.StatusCode.UNAUTHENTICATED, "not logged in")
         token = self.tokens.refresh_token
-        if self._rotation is None or self._rotation[0] != token:
-            self._rotation = (token, str(uuid.uuid4()))
-        request = users_pb2.RefreshTokenRequest(refresh_token=token, request_id=self._rotation[1])
+        request = users_pb2.RefreshTokenRequest(refresh_token=token, request_id=self._rotation_id(token))
         for attempt in range(self._retries + 1):
             try:
                 reply = await translated(self.users.RefreshToken(request, timeout=_REFRESH_TIMEOUT_SECONDS))
@@ -136,6 +136,19 @@ class ClientBase:
             else:
                 self._keep(reply.tokens)
                 return
+
+    def _rotation_id(self, refresh_token: str) -> str:
+        """The request_id for rotating this refresh token: the one already used for it, if any."""
+        if self._rotation is not None and self._rotation[0] == refresh_token:
+            return self._rotation[1]
+        keeper = self._store if isinstance(self._store, KeepsRotation) else None
+        request_id = keeper.load_rotation(refresh_token) if keeper is not None else None
+        if request_id is None:
+            request_id = str(uuid.uuid4())
+            if keeper is not None:
+                keeper.save_rotation(refresh_token, request_id)
+        self._rotation = (refresh_token, request_id)
+        return request_id
 
     async def _refresh_if_stale(self, stale: users_pb2.TokenPair | None) -> None:
         """Refresh unless another task, or another process sharing the store, already replaced `stale`.

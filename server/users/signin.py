@@ -39,6 +39,8 @@ _INSERT_REFRESH = (
     "INSERT INTO refresh_tokens (jti, session_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)"
 )
 # The successor that the rotation by this request got, while it is unused and its session lives.
+# Locked (shared): a rotation of the successor or an end of the session under way is waited for,
+# and the row then re-checked as committed, so a retry never answers with a spent token.
 _RETRIED_REFRESH = """
 SELECT u.role, n.jti::text, n.issued_at, n.expires_at
 FROM refresh_tokens r
@@ -46,6 +48,7 @@ JOIN refresh_tokens n ON n.jti = r.successor_jti
 JOIN sessions s ON s.id = r.session_id JOIN users u ON u.id = s.user_id
 WHERE r.jti = $1 AND s.user_id = $2 AND r.used_by_request = $3
   AND n.used_at IS NULL AND n.issued_at IS NOT NULL AND s.revoked_at IS NULL AND n.expires_at > now()
+FOR SHARE OF n, s
 """
 _REVOKE_FAMILY_OF_USED = """
 UPDATE sessions SET revoked_at = now()

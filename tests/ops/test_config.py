@@ -24,6 +24,10 @@ class TestServerStart:
             ({"DATABASE_URL": DB}, "SENDINCHAT_JWT_SECRET"),
             ({"DATABASE_URL": DB, "SENDINCHAT_JWT_SECRET": "short"}, "SENDINCHAT_JWT_SECRET"),
             ({"DATABASE_URL": "mysql://nope"}, "DATABASE_URL"),
+            ({"DATABASE_URL": "postgresql://[bad"}, "DATABASE_URL"),
+            ({"DATABASE_URL": "postgresql://u:hunter2@h:abc/db"}, "DATABASE_URL"),
+            ({"DATABASE_URL": "postgresql://u@h/db?sslmode=bogus"}, "DATABASE_URL"),
+            ({"SENDINCHAT_DATA_DIR": "/tmp/sendinchat tests/with a space"}, "SENDINCHAT_DATA_DIR"),
             ({"SENDINCHAT_LOG_LEVEL": "LOUD"}, "SENDINCHAT_LOG_LEVEL"),
             (
                 {"SENDINCHAT_ADMIN_USERNAME": "r", "SENDINCHAT_ADMIN_PASSWORD": "long enough"},

@@ -11,6 +11,7 @@ import jwt
 import pytest
 
 from sendinchat import Client, InvalidArgumentError, NotFoundError, UnauthenticatedError, UnavailableError
+from sendinchat.cli.session import SessionFile
 from sendinchat.errors import AlreadyExistsError
 from sendinchat.v1 import users_pb2
 from tests import harness
@@ -182,17 +183,25 @@ class TestRefreshToken:
             await client.refresh_token()  # a retry without its request_id would have ended the session
             await client.get_me()
 
-    async def test_a_refresh_given_up_after_its_answer_was_lost_is_the_same_request_later(self, server):
+    async def test_a_refresh_given_up_after_its_answer_was_lost_is_the_same_request_for_the_next_run(
+        self, server, tmp_path
+    ):
         name = random_name()
-        async with proxied(server.address) as proxy, Client(proxy.address, retries=0) as client:
-            await client.register(name, PASSWORD)
-            await client.login(name, PASSWORD)
+        async with logged_in(server.address, name):
+            pass
+        store = SessionFile(server.address, tmp_path)  # what the CLI's runs share
+        async with (
+            proxied(server.address) as proxy,
+            Client(proxy.address, retries=0, token_store=store) as first,
+        ):
+            await first.login(name, PASSWORD)
             proxy.lose_next_answer()
             with pytest.raises(UnavailableError):
-                await client.refresh_token()  # rotated on the server, the answer lost, no retries left
-            await client.refresh_token()
-            await client.refresh_token()
-            await client.get_me()
+                await first.refresh_token()  # rotated on the server, the answer lost, no retries left
+        async with Client(server.address, token_store=store) as next_run:
+            await next_run.refresh_token()  # the same request: the successor, not a reuse
+            await next_run.refresh_token()
+            await next_run.get_me()
 
     async def test_raises_unauthenticated_when_the_session_ended(self, server):
         async with _two_sessions(server) as (_, client, other):

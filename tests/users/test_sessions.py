@@ -5,11 +5,22 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import asyncpg
 import grpc
+import jwt
 import pytest
 
 from sendinchat.v1 import users_pb2
-from tests.helpers import PASSWORD, Account, bearer, error_info, field_violations, request_id, signed_up
+from tests.helpers import (
+    PASSWORD,
+    Account,
+    bearer,
+    error_info,
+    field_violations,
+    request_id,
+    signed_up,
+    waiting_on_a_lock,
+)
 
 
 async def _refresh(stubs: Any, token: str, rid: str = "") -> users_pb2.TokenPair:
@@ -121,6 +132,29 @@ class TestARetriedRefresh:
         reuse = await _refresh_error(stubs, account.tokens.refresh_token, rid)
         assert error_info(reuse).reason == "REFRESH_TOKEN_REUSED"
         assert (await _refresh_error(stubs, newest.refresh_token)).code() == grpc.StatusCode.UNAUTHENTICATED
+
+    async def test_waits_for_a_rotation_of_the_token_it_got_and_is_then_a_reuse(self, server):
+        stubs = server.stubs
+        account = await signed_up(stubs)
+        rid = request_id()
+        first = await _refresh(stubs, account.tokens.refresh_token, rid)
+        session = jwt.decode(first.refresh_token, options={"verify_signature": False})["sid"]
+        holder = await asyncpg.connect(server.database_url)
+        try:
+            async with holder.transaction():
+                # The next rotation stops between using `first` and committing (its insert checks
+                # the session row this holds).
+                await holder.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", session)
+                rotation = asyncio.ensure_future(_refresh(stubs, first.refresh_token))
+                await waiting_on_a_lock(holder)
+                retry = asyncio.ensure_future(_refresh(stubs, account.tokens.refresh_token, rid))
+                await waiting_on_a_lock(holder, count=2)  # the retry waits for the rotation
+        finally:
+            await holder.close()
+        assert (await rotation).refresh_token
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await retry
+        assert error_info(caught.value).reason == "REFRESH_TOKEN_REUSED"
 
     async def test_is_refused_after_logout(self, stubs):
         account = await signed_up(stubs)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -24,6 +25,11 @@ from sendinchat.v1 import users_pb2
 SESSIONS_FILE = "sessions.json"
 _LOCK_FILE = "sessions.lock"
 _LOCK_POLL_SECONDS = 0.02
+
+
+def _fingerprint(refresh_token: str) -> str:
+    """Which refresh token a kept request_id belongs to, without a second copy of the token."""
+    return hashlib.sha256(refresh_token.encode()).hexdigest()
 
 
 def config_dir() -> Path:
@@ -71,6 +77,23 @@ class SessionFile:
                     "tokens": json_format.MessageToDict(tokens),
                 }
             self._write(sessions)
+
+    def load_rotation(self, refresh_token: str) -> str | None:
+        """The request_id kept for rotating this refresh token (KeepsRotation), if any."""
+        rotation = self._read().get(self.target, {}).get("rotation")
+        if not isinstance(rotation, dict) or rotation.get("for") != _fingerprint(refresh_token):
+            return None
+        request_id = rotation.get("request_id")
+        return request_id if isinstance(request_id, str) else None
+
+    def save_rotation(self, refresh_token: str, request_id: str) -> None:
+        """Keep the request_id of this token's rotation; saving the next pair forgets it."""
+        with self._exclusive():
+            sessions = self._read()
+            entry = sessions.get(self.target)
+            if entry is not None:
+                entry["rotation"] = {"for": _fingerprint(refresh_token), "request_id": request_id}
+                self._write(sessions)
 
     @contextlib.asynccontextmanager
     async def lock(self) -> AsyncIterator[None]:

@@ -67,7 +67,7 @@ class UserServiceStub:
     except in a retry of the same request (same refresh_token and
     request_id, after a lost reply), which gets the refresh token that the
     first attempt issued again, with a fresh access token, as long as that
-    refresh token is unused.
+    refresh token is unused and unexpired and the session has not ended.
     Errors: INVALID_ARGUMENT (empty token, request_id not a UUID),
     UNAUTHENTICATED (invalid, expired, revoked or reused token).
     """
@@ -135,7 +135,7 @@ class UserServiceAsyncStub(UserServiceStub):
     except in a retry of the same request (same refresh_token and
     request_id, after a lost reply), which gets the refresh token that the
     first attempt issued again, with a fresh access token, as long as that
-    refresh token is unused.
+    refresh token is unused and unexpired and the session has not ended.
     Errors: INVALID_ARGUMENT (empty token, request_id not a UUID),
     UNAUTHENTICATED (invalid, expired, revoked or reused token).
     """
@@ -218,7 +218,7 @@ class UserServiceServicer(metaclass=_abc_1.ABCMeta):
         except in a retry of the same request (same refresh_token and
         request_id, after a lost reply), which gets the refresh token that the
         first attempt issued again, with a fresh access token, as long as that
-        refresh token is unused.
+        refresh token is unused and unexpired and the session has not ended.
         Errors: INVALID_ARGUMENT (empty token, request_id not a UUID),
         UNAUTHENTICATED (invalid, expired, revoked or reused token).
         """
