@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import ssl
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -174,7 +176,25 @@ def _server_options(reuse_port: bool) -> list[tuple[str, int]]:
     ]
 
 
+def _check_tls_pair(cert_file: Path, key_file: Path) -> None:
+    """A ConfigError naming the file at fault unless they are a PEM certificate and its key."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_verify_locations(cafile=cert_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"SENDINCHAT_TLS_CERT_FILE: not a PEM certificate ({exc})") from None
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            "SENDINCHAT_TLS_KEY_FILE: not the PEM private key of SENDINCHAT_TLS_CERT_FILE's certificate"
+            f" ({exc})"
+        ) from None
+
+
 def _bind(server: grpc.aio.Server, config: Config) -> int:
+    if config.tls_cert_file is not None and config.tls_key_file is not None:
+        _check_tls_pair(config.tls_cert_file, config.tls_key_file)  # before grpc core logs its view
     try:
         if config.tls_cert_file is not None and config.tls_key_file is not None:
             credentials = grpc.ssl_server_credentials(

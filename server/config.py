@@ -111,7 +111,7 @@ def _non_empty(raw: str) -> str:
 
 def _address(raw: str) -> str:
     host, sep, port = raw.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT with a port 0-65535, got {raw!r}")
     return raw
 
@@ -173,7 +173,7 @@ def _nats_servers(raw: str) -> tuple[str, ...]:
 
 
 def _jwt_secret(raw: str) -> str:
-    if len(raw.encode()) < MIN_JWT_SECRET_BYTES:
+    if len(raw.strip().encode()) < MIN_JWT_SECRET_BYTES:  # blanks are no secret
         raise ValueError(f"must be at least {MIN_JWT_SECRET_BYTES} bytes for HS256")
     return raw
 
@@ -189,6 +189,8 @@ def _float_between(low: float, high: float) -> Callable[[str], float]:
 def _between(kind: Callable[[str], N], what: str, low: N, high: N) -> Callable[[str], N]:
     def parse(raw: str) -> N:
         try:
+            if not raw.isascii():  # int() and float() read other scripts' digits too
+                raise ValueError
             value = kind(raw)
         except ValueError:
             raise ValueError(f"expected {what}, got {raw!r}") from None

@@ -35,10 +35,10 @@ def _healthcheck_command() -> list[str]:
     return command
 
 
-async def _run_healthcheck(port: int) -> tools.Result:
+async def _run_healthcheck(port: int, host: str = "0.0.0.0") -> tools.Result:
     command = _healthcheck_command()
     assert command[0] == "python"
-    env = {**os.environ, "SENDINCHAT_ADDRESS": f"0.0.0.0:{port}"}
+    env = {**os.environ, "SENDINCHAT_ADDRESS": f"{host}:{port}"}
     return await tools.run(sys.executable, *command[1:], env=env)
 
 
@@ -60,6 +60,11 @@ class TestDockerfile:
 
     async def test_healthcheck_exits_zero_when_the_server_is_serving(self, server):
         result = await _run_healthcheck(server.running.port)
+        assert result.returncode == 0, result.stderr
+
+    async def test_healthcheck_asks_the_configured_host_when_it_is_not_a_wildcard(self, servers):
+        server = await servers.start(address="[::1]:0")
+        result = await _run_healthcheck(server.running.port, host="[::1]")
         assert result.returncode == 0, result.stderr
 
     async def test_healthcheck_fails_when_the_server_is_not_serving(self, server):

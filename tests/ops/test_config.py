@@ -29,6 +29,9 @@ class TestServerStart:
             ({"DATABASE_URL": "postgresql://u@h/db?sslmode=bogus"}, "DATABASE_URL"),
             ({"SENDINCHAT_DATA_DIR": "/tmp/sendinchat tests/with a space"}, "SENDINCHAT_DATA_DIR"),
             ({"SENDINCHAT_LOG_LEVEL": "LOUD"}, "SENDINCHAT_LOG_LEVEL"),
+            ({"SENDINCHAT_ADDRESS": "127.0.0.1:\u0665\u0661\u0660\u0660\u0663"}, "SENDINCHAT_ADDRESS"),
+            ({"SENDINCHAT_BCRYPT_ROUNDS": "\u0661\u0662"}, "SENDINCHAT_BCRYPT_ROUNDS"),
+            ({"DATABASE_URL": DB, "SENDINCHAT_JWT_SECRET": " " * 40}, "SENDINCHAT_JWT_SECRET"),
             (
                 {"SENDINCHAT_ADMIN_USERNAME": "r", "SENDINCHAT_ADMIN_PASSWORD": "long enough"},
                 "SENDINCHAT_ADMIN_USERNAME",

@@ -77,3 +77,35 @@ class TestTls:
         result = await tools.run(sys.executable, "-m", "server", "healthcheck", env=env)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == "SERVING"
+
+
+@pytest.fixture
+def other_key(tmp_path):
+    """A private key of no certificate."""
+    key = tmp_path / "other.key"
+    subprocess.run(["openssl", "genrsa", "-out", str(key), "2048"], check=True, capture_output=True)
+    return key
+
+
+class TestBadFiles:
+    @pytest.mark.parametrize("broken", ["cert", "key", "other key"])
+    async def test_the_server_exits_with_one_line_naming_the_file_at_fault(
+        self, servers, processes, certificate, other_key, tmp_path, broken
+    ):
+        cert, key = certificate
+        if broken == "cert":
+            cert = tmp_path / "garbage.pem"
+            cert.write_text("not a certificate")
+        elif broken == "key":
+            key = tmp_path / "garbage.key"
+            key.write_text("not a key")
+        else:
+            key = other_key
+        process = await processes.start(
+            await servers.database(), SENDINCHAT_TLS_CERT_FILE=str(cert), SENDINCHAT_TLS_KEY_FILE=str(key)
+        )
+        assert await process.wait() == 2
+        at_fault = "SENDINCHAT_TLS_CERT_FILE:" if broken == "cert" else "SENDINCHAT_TLS_KEY_FILE:"
+        assert at_fault in process.lines[-1], process.stderr
+        assert "Traceback" not in process.stderr
+        assert "SENDINCHAT_ADDRESS" not in process.stderr
