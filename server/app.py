@@ -22,7 +22,14 @@ from grpc_health.v1._async import HealthServicer
 
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2, ledger_pb2_grpc, users_pb2, users_pb2_grpc
 from server.auth.sessions import EndedSessions
-from server.bootstrap import ensure_admin, load_jwt_secret, open_database, run_migrations, user_deps
+from server.bootstrap import (
+    connect_patiently,
+    ensure_admin,
+    load_jwt_secret,
+    open_database,
+    run_migrations,
+    user_deps,
+)
 from server.chat.bus import ChatBus, open_bus, quiet_database_url
 from server.chat.hub import ChatHub
 from server.chat.servicer import ChatServicer
@@ -229,6 +236,8 @@ async def serve_worker(config: Config, link: ParentLink) -> None:
     try:
         orders = link.orders
         config = dataclasses.replace(config, address=orders.address, metrics_address="", workers=1)
+        # A replacement may start while the database is away: it waits for it as a server does.
+        await (await connect_patiently(orders.dsn, wait_seconds=config.db_connect_timeout_seconds)).close()
         pool = await create_pool(orders.dsn, size=config.db_pool_size)
         try:
             await _serve_with_pool(config, pool, orders.jwt_secret, orders.dsn, link=link)

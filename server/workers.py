@@ -12,10 +12,11 @@ the environment); the worker answers `ready` once it serves, and stops as on SIG
 parent goes away (EOF). Its stderr is a pipe of its own that the parent relays as JSON lines
 tagged with the worker's number and pid.
 
-A worker that exits before it served ends the whole server (its replacement would fail the same
-way: a bad certificate, the database gone). One that dies after serving (SIGKILL, the OOM killer)
-is replaced under the same number, at once if it had run a minute, else after a delay doubling
-from 1 s to 30 s; the other workers and their clients are untouched.
+A worker of the first start that exits before it served ends the whole server (the configuration
+is at fault: a bad certificate, no database). One that dies later (SIGKILL, the OOM killer) is
+replaced under the same number, at once if it had run a minute, else after a delay doubling from
+1 s to 30 s, and so is a replacement that could not start (the database away meanwhile); the
+other workers and their clients are untouched.
 """
 
 from __future__ import annotations
@@ -199,21 +200,24 @@ class Supervisor:
                 if not clean:
                     log.error("worker %d (pid %d) %s while stopping", number, worker.pid, _exit(code))
                 return clean
-            if not worker.ready:
+            if not worker.ready and not self._first_ready[number].is_set():
                 raise WorkerError(f"worker {number} (pid {worker.pid}) {_exit(code)} before it served")
+            # A replacement that could not start (the database away, a file being rotated) is
+            # tried again, as a worker that dies is: the others go on serving meanwhile.
             lived = loop.time() - worker.started
-            stable = lived >= _STABLE_SECONDS
+            stable = worker.ready and lived >= _STABLE_SECONDS
             delay = (
                 0.0
                 if stable
                 else min(_MAX_RESTART_DELAY_SECONDS, max(_FIRST_RESTART_DELAY_SECONDS, 2 * delay))
             )
             log.error(
-                "worker %d (pid %d) %s %.0f s after it started; starting another in %.0f s",
+                "worker %d (pid %d) %s %.0f s after it started%s; starting another in %.0f s",
                 number,
                 worker.pid,
                 _exit(code),
                 lived,
+                "" if worker.ready else ", before it served",
                 delay,
             )
             with contextlib.suppress(TimeoutError):

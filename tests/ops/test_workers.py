@@ -23,6 +23,7 @@ from server.observability import with_fields
 from server.ports import reserve_address
 from tests.harness import ServerFactory
 from tests.helpers import PASSWORD, random_name
+from tests.ops.dbproxy import DatabaseProxy
 from tests.ops.process import (
     ServerProcess,
     ServerProcesses,
@@ -38,9 +39,11 @@ CONNECTIONS = 24  # all on one of two workers by chance: 2 in 2**24
 REGISTER = "/sendinchat.v1.UserService/Register"
 
 
-async def _start(processes: ServerProcesses, database_url: str) -> tuple[ServerProcess, str, list[int]]:
+async def _start(
+    processes: ServerProcesses, database_url: str, **env: str
+) -> tuple[ServerProcess, str, list[int]]:
     """A parent with two workers: the process, the address they share, and the pids of workers 1 and 2."""
-    process = await processes.start(database_url, SENDINCHAT_WORKERS="2")
+    process = await processes.start(database_url, SENDINCHAT_WORKERS="2", **env)
     serving = await process.wait_for_log(ALL_SERVING)
     return process, f"127.0.0.1:{serving.group(1)}", [int(serving.group(2)), int(serving.group(3))]
 
@@ -134,6 +137,30 @@ class TestWorkers:
         assert await process.wait() == 0
         assert not pid_alive(replacement) and not pid_alive(other)
         assert "Traceback" not in process.stderr
+
+    async def test_a_replacement_that_cannot_start_while_the_database_is_away_is_tried_again(
+        self, postgres: Any, servers: ServerFactory, processes: ServerProcesses
+    ) -> None:
+        proxy = DatabaseProxy(postgres.admin_url)
+        await proxy.start()
+        try:
+            url = proxy.url_for(await servers.database())
+            process, address, [victim, other] = await _start(
+                processes, url, SENDINCHAT_DB_CONNECT_TIMEOUT_SECONDS="1"
+            )
+            await proxy.cut()
+            os.kill(victim, signal.SIGKILL)
+            await process.wait_for_log(
+                re.compile(r"worker 1 \(pid \d+\) exited with code 1 .*before it served")
+            )
+            assert process.process.returncode is None and pid_alive(other), "the parent and worker 2 go on"
+            await proxy.start()
+            await process.wait_for_log(re.compile(r"worker 1 serves again"), seconds=60)
+            await _check_health_over_new_connections(address, 8)
+        finally:
+            await proxy.close()
+        process.terminate()
+        assert await process.wait() == 0
 
     async def test_workers_stop_by_themselves_when_the_parent_is_killed(
         self, servers: ServerFactory, processes: ServerProcesses
