@@ -9,14 +9,17 @@ import logging.handlers
 import os
 import queue
 import re
+import socket
 import sys
 import threading
 import time
 from collections.abc import Mapping
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, multiprocess
 
 _rpc_log = logging.getLogger("sendinchat.rpc")
 
@@ -233,10 +236,57 @@ class Metrics:
         )
 
 
+METRICS_CONNECTIONS = 16  # at once; more are closed at once (a scraper needs one)
+METRICS_IDLE_SECONDS = 5.0  # a connection that sends nothing for this long is closed
+
+
+class _QuietHandler(WSGIRequestHandler):
+    timeout = METRICS_IDLE_SECONDS  # StreamRequestHandler sets it on the socket: no slowloris
+
+    def log_message(self, format: str, *args: object) -> None:  # the base class's name
+        pass
+
+
+class _BoundedServer(ThreadingMixIn, WSGIServer):
+    """A thread per connection, as prometheus-client's, but at most METRICS_CONNECTIONS of them.
+
+    It runs in the gRPC server's process: unbounded, idle connections could take every file
+    descriptor and thread the process has.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(METRICS_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def serve_metrics(registry: CollectorRegistry, address: str) -> WSGIServer:
     """Serve `registry` as /metrics over HTTP on address (HOST:PORT, port 0 picks one), in a thread."""
     host, _, port = address.rpartition(":")
-    server, _thread = start_http_server(int(port), addr=host, registry=registry)
+    host = host.strip("[]")
+    family = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+    server_class: type[_BoundedServer] = type("MetricsServer", (_BoundedServer,), {"address_family": family})
+    server: WSGIServer = make_server(
+        host, int(port), make_wsgi_app(registry), server_class, handler_class=_QuietHandler
+    )
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server
 
 

@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from sendinchat.v1 import users_pb2, users_pb2_grpc
-from server.observability import foreign_line
+from server.observability import METRICS_CONNECTIONS, METRICS_IDLE_SECONDS, foreign_line
 from tests.helpers import bearer, random_name
 from tests.ops.process import ISO_MILLIS_UTC, ServerProcesses, postmaster_pid
 
@@ -82,6 +82,24 @@ class TestMetrics:
         assert "sendinchat_rpcs_total" in text
         assert 'method="/sendinchat.v1.UserService/Register"' in text
         assert "sendinchat_database_up 1.0" in text
+
+
+class TestMetricsEndpoint:
+    async def test_idle_connections_cannot_pile_up_and_scrapes_work_once_they_are_gone(
+        self, servers, processes
+    ):
+        process = await processes.start(await servers.database(), SENDINCHAT_METRICS_ADDRESS="127.0.0.1:0")
+        await process.wait_serving()
+        port = await process.metrics_port()
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(METRICS_CONNECTIONS + 20)]
+        try:
+            async with asyncio.timeout(METRICS_IDLE_SECONDS * 4):
+                closed = await asyncio.gather(*(reader.read() for reader, _ in idle))
+            assert closed == [b""] * len(idle)  # the excess at once, the others once idle too long
+        finally:
+            for _, writer in idle:
+                writer.close()
+        assert "sendinchat_rpcs_total" in await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
 
 
 class TestStderr:
