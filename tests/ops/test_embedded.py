@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 from pathlib import Path
 
@@ -42,6 +43,23 @@ class TestEmbeddedPostgres:
         assert await server.wait() == 0
         await wait_gone(postmaster)
         assert any(record.get("message") == "stopped" for record in server.records())
+
+    async def test_a_lock_file_naming_a_reused_pid_is_not_taken_for_a_running_server(
+        self, processes: ServerProcesses, embedded_data_dir: Path
+    ) -> None:
+        first = await processes.start_embedded(embedded_data_dir)
+        await first.wait_serving()
+        lock_file = embedded_data_dir / "pgdata" / "postmaster.pid"
+        lines = lock_file.read_text().split("\n")
+        first.terminate()
+        assert await first.wait() == 0
+        lines[0] = str(os.getpid())  # as after a restart: a living process, and not PostgreSQL
+        lock_file.write_text("\n".join(lines))
+        second = await processes.start_embedded(embedded_data_dir)
+        await second.wait_serving()
+        assert any("stale lock file" in str(record.get("message")) for record in second.records())
+        second.terminate()
+        assert await second.wait() == 0
 
     async def test_keeps_it_running_when_a_living_server_still_uses_it(
         self, processes: ServerProcesses, embedded_data_dir: Path
