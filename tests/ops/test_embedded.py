@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import asyncio
 import signal
 from pathlib import Path
 
@@ -53,13 +53,20 @@ class TestEmbeddedPostgres:
         lines = lock_file.read_text().split("\n")
         first.terminate()
         assert await first.wait() == 0
-        lines[0] = str(os.getpid())  # as after a restart: a living process, and not PostgreSQL
-        lock_file.write_text("\n".join(lines))
-        second = await processes.start_embedded(embedded_data_dir)
-        await second.wait_serving()
-        assert any("stale lock file" in str(record.get("message")) for record in second.records())
-        second.terminate()
-        assert await second.wait() == 0
+        # As after a restart: a living process, not PostgreSQL (one a wrong stop would not hurt).
+        bystander = await asyncio.create_subprocess_exec("sleep", "60")
+        try:
+            lines[0] = str(bystander.pid)
+            lock_file.write_text("\n".join(lines))
+            second = await processes.start_embedded(embedded_data_dir)
+            await second.wait_serving()
+            assert any("stale lock file" in str(record.get("message")) for record in second.records())
+            second.terminate()
+            assert await second.wait() == 0
+            assert bystander.returncode is None
+        finally:
+            bystander.kill()
+            await bystander.wait()
 
     async def test_keeps_it_running_when_a_living_server_still_uses_it(
         self, processes: ServerProcesses, embedded_data_dir: Path
