@@ -6,7 +6,9 @@ import contextlib
 import functools
 import logging
 import os
+import shutil
 import tempfile
+from pathlib import Path
 
 import asyncpg
 
@@ -19,6 +21,8 @@ from server.process import start_metrics, stop_event
 from server.workers import Supervisor, WorkerError, WorkerOrders
 
 log = logging.getLogger(__name__)
+
+_METRICS_PREFIX = "sendinchat-metrics-"  # then the parent's pid: a killed parent's folder is known
 
 # Outside its pool a replica holds a connection each for chat's LISTEN, the session poller and
 # (while someone watches) the ledger's LISTEN.
@@ -37,7 +41,10 @@ async def serve_workers(config: Config, dsn: str, jwt_secret: str, log_writer: L
         env = dict(os.environ)
         on_exit = None
         if config.metrics_address:
-            metrics_dir = stack.enter_context(tempfile.TemporaryDirectory(prefix="sendinchat-metrics-"))
+            _remove_dead_parents_metrics()
+            metrics_dir = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
+            )
             stack.callback(start_metrics(config, worker_metrics(metrics_dir)).shutdown)
             # Read as each worker's interpreter starts, as prometheus-client requires.
             env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
@@ -92,3 +99,21 @@ async def _check_connection_budget(config: Config, pool: asyncpg.Pool) -> None:
             limit - reserved,
             limit,
         )
+
+
+def _remove_dead_parents_metrics() -> None:
+    """Remove the metrics folders of parents that were killed (SIGKILL leaves them behind)."""
+    for folder in Path(tempfile.gettempdir()).glob(f"{_METRICS_PREFIX}*-*"):
+        pid = folder.name.removeprefix(_METRICS_PREFIX).partition("-")[0]
+        if pid.isascii() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import tempfile
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,10 @@ async def _start(
     process = await processes.start(database_url, SENDINCHAT_WORKERS="2", **env)
     serving = await process.wait_for_log(ALL_SERVING)
     return process, f"127.0.0.1:{serving.group(1)}", [int(serving.group(2)), int(serving.group(3))]
+
+
+def _metrics_folders(parent_pid: int) -> list[Path]:
+    return list(Path(tempfile.gettempdir()).glob(f"sendinchat-metrics-{parent_pid}-*"))
 
 
 async def _check_health_over_new_connections(address: str, count: int) -> None:
@@ -165,11 +170,23 @@ class TestWorkers:
     async def test_workers_stop_by_themselves_when_the_parent_is_killed(
         self, servers: ServerFactory, processes: ServerProcesses
     ) -> None:
-        process, _address, pids = await _start(processes, await servers.database())
+        database_url = await servers.database()
+        process, _address, pids = await _start(
+            processes, database_url, SENDINCHAT_METRICS_ADDRESS="127.0.0.1:0"
+        )
+        left = _metrics_folders(process.process.pid)
+        assert len(left) == 1, "the parent's metrics folder is named after it"
         process.process.kill()
         await process.wait()
         for pid in pids:
             await wait_gone(pid)
+        assert left[0].exists(), "SIGKILL leaves it behind"
+        after, _address, _pids = await _start(
+            processes, database_url, SENDINCHAT_METRICS_ADDRESS="127.0.0.1:0"
+        )
+        assert not left[0].exists(), "the next parent removes it"
+        after.terminate()
+        assert await after.wait() == 0
 
     async def test_stop_every_worker_and_exit_one_when_a_worker_cannot_start(
         self, servers: ServerFactory, processes: ServerProcesses, tmp_path: Path
