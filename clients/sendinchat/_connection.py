@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 
 import grpc
 
@@ -39,6 +40,7 @@ class ChatConnection:
         self._call: _Call | None = None
         self._tokens = client.tokens
         self._closing = False
+        self._closed = asyncio.Event()  # close() was called: events() stops waiting for anything
 
     async def open(self) -> None:
         """Open the stream and subscribe to every room seen so far, from its last sequence.
@@ -47,6 +49,7 @@ class ChatConnection:
             UnauthenticatedError: Not logged in, or the token refresh failed.
         """
         self._closing = False
+        self._closed.clear()
         await self._open()
 
     async def resume(self) -> None:
@@ -74,9 +77,30 @@ class ChatConnection:
         for room_id, sequence in self.last_sequence.items():
             await self._write(_subscribe(room_id, sequence))
 
+    async def _unless_closed(self, step: Coroutine[object, object, None]) -> bool:
+        """Run `step` unless close() comes first, which cancels it; True when it finished.
+
+        A refresh cancelled so is safe: the Client retries it later as the same request.
+        """
+        task = asyncio.ensure_future(step)
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait((task, closed), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.cancelled():
+            return False
+        task.result()  # its error, if it failed
+        return True
+
     async def close(self) -> None:
-        """Half-close and drop the stream; events() then ends."""
+        """Half-close and drop the stream; events() then ends, also while it reconnects or refreshes."""
         self._closing = True
+        self._closed.set()
         if self._call is not None:
             if not self._call.done():
                 await self._call.done_writing()
@@ -189,9 +213,10 @@ class ChatConnection:
             call = None
             try:
                 if reopen:
-                    await self.resume()
-                elif self._call is None:
-                    await self._open()
+                    if not await self._unless_closed(self.resume()):
+                        return
+                elif self._call is None and not await self._unless_closed(self._open()):
+                    return
                 call = self._call
                 if call is None or self._ended:
                     return
@@ -217,12 +242,12 @@ class ChatConnection:
                 raise
             with quiet_on_close(lambda: self._ended):
                 if isinstance(error, UnauthenticatedError) and error.reason == "TOKEN_EXPIRED":
-                    await self._client._refresh_if_stale(self._tokens)
+                    await self._unless_closed(self._client._refresh_if_stale(self._tokens))
                 elif (
                     isinstance(error, UnavailableError | RateLimitedError)
                     and failures < self._reconnect_attempts
                 ):
-                    await asyncio.sleep(error.retry_after_seconds or backoff(failures))
+                    await self._unless_closed(asyncio.sleep(error.retry_after_seconds or backoff(failures)))
                     failures += 1
                 else:
                     raise error

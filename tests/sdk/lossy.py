@@ -27,6 +27,8 @@ class LossyProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self._lose_answer = False
         self.refusing = False  # while set, a new connection is closed at once, as by a server that is down
+        self._flowing = asyncio.Event()  # cleared by stall(): nothing the server sends gets through
+        self._flowing.set()
         self.lost_answers = 0
         self.accepted = 0
         self.address = ""
@@ -39,6 +41,13 @@ class LossyProxy:
     def lose_next_answer(self) -> None:
         """The next call to finish on the server is never answered: its connection drops instead."""
         self._lose_answer = True
+
+    def stall(self, stalled: bool = True) -> None:
+        """While stalled, what the server sends is held back (calls hang); False lets it through."""
+        if stalled:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
 
     def drop(self) -> None:
         """Abort every open connection (new ones still get through)."""
@@ -98,6 +107,7 @@ class LossyProxy:
             kind, flags = header[3], header[4]
             stream_id = int.from_bytes(header[5:9], "big") & 0x7FFFFFFF
             payload = await source.readexactly(length)
+            await self._flowing.wait()
             if self._lose_answer and kind == _HEADERS and flags & _END_STREAM and stream_id:
                 self._lose_answer = False
                 self.lost_answers += 1

@@ -13,6 +13,7 @@ from sendinchat.v1 import chat_pb2
 from tests import harness
 from tests.sdk.conftest import logged_in
 from tests.sdk.lossy import LossyProxy, proxied
+from tests.sdk.test_client import expired_copy
 from tests.sdk.test_ledger import _user_id
 
 WAIT = 10.0
@@ -198,6 +199,24 @@ class TestChatConnection:
             await alice.send_message(room.id, "after the close")
             async with asyncio.timeout(WAIT):
                 assert await reader == []
+
+    async def test_close_while_its_token_refresh_hangs_ends_events_and_the_session_goes_on(
+        self, server, alice
+    ):
+        async with proxied(server.address) as proxy, logged_in(proxy.address) as reader_client:
+            room = await _direct(alice, reader_client)
+            assert reader_client.tokens is not None
+            reader_client.tokens = expired_copy(reader_client.tokens)  # opening refreshes it first
+            proxy.stall()  # the refresh reaches the server; its answer never comes back
+            connection = reader_client.connect()
+            reader = asyncio.ensure_future(_kinds(connection))
+            await asyncio.sleep(0.5)
+            await connection.close()
+            async with asyncio.timeout(3):  # well before the refresh's own deadline
+                assert await reader == []
+            proxy.stall(False)
+            await reader_client.refresh_token()  # the same request as the one given up
+            assert (await reader_client.get_room(room.id)).id == room.id
 
     async def test_closing_the_client_ends_events_for_the_task_reading_them(self, server, alice):
         async with logged_in(server.address) as reader_client:
