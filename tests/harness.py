@@ -51,6 +51,11 @@ class Postgres:
         self.template = f"sendinchat_template_{uuid.uuid4().hex[:8]}"
 
     @property
+    def embedded(self) -> EmbeddedPostgres | None:
+        """The embedded server, unless SENDINCHAT_TEST_DATABASE_URL names another."""
+        return self._embedded
+
+    @property
     def bin_dir(self) -> Path | None:
         """The embedded server's binaries (pgbench, psql), if embedded."""
         return None if self._embedded is None else self._embedded.bin_dir

@@ -100,7 +100,10 @@ def decode(payload: str) -> ChatEvent:
     raise ValueError(f"not a chat event: {payload[:100]!r}")
 
 
+_MAX_SEQUENCE = 2**63 - 1  # a bigint column: anything past it is no sequence the table can hold
+
+
 def _sequence(raw: str) -> int:
-    if _SEQUENCE.fullmatch(raw) is None:
+    if _SEQUENCE.fullmatch(raw) is None or int(raw) > _MAX_SEQUENCE:
         raise ValueError(f"not a sequence: {raw[:30]!r}")
     return int(raw)

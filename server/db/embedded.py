@@ -61,7 +61,8 @@ class EmbeddedPostgres:
             exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
             if not exists:
                 # Another replica may create it between our check and our CREATE.
-                with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                # (Two CREATEs at once: the loser may fail on the catalog's unique index instead.)
+                with contextlib.suppress(asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
                     await conn.execute(f'CREATE DATABASE "{name}"')
         finally:
             await conn.close()

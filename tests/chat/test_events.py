@@ -43,6 +43,8 @@ class TestCodec:
             f"m|{ROOM}",
             f"m|{ROOM}|\u00b2",
             f"m|{ROOM}|-1",
+            f"m|{ROOM}|{2**63}",  # past any sequence a bigint holds
+            f"r|{ROOM}|{USER}|9999999999999999999",
             f"q|{ROOM}|{USER}",
             f"p|{ROOM}|{USER}|2",
             f"x|nope|{USER}",

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import uuid
 from pathlib import Path
 
+import pytest
+
+from tests.harness import Postgres
 from tests.ops.process import ServerProcesses, pid_alive, postmaster_pid, wait_gone
 
 
@@ -67,6 +71,14 @@ class TestEmbeddedPostgres:
         finally:
             bystander.kill()
             await bystander.wait()
+
+    async def test_servers_creating_the_database_at_once_all_get_it(self, postgres: Postgres) -> None:
+        if postgres.embedded is None:
+            pytest.skip("SENDINCHAT_TEST_DATABASE_URL names another server")
+        name = f"race_{uuid.uuid4().hex[:8]}"
+        urls = await asyncio.gather(*(postgres.embedded.ensure_database(name) for _ in range(8)))
+        assert len(set(urls)) == 1
+        await postgres.drop_database(urls[0])
 
     async def test_keeps_it_running_when_a_living_server_still_uses_it(
         self, processes: ServerProcesses, embedded_data_dir: Path
