@@ -183,6 +183,15 @@ def _server_options(reuse_port: bool) -> list[tuple[str, int]]:
     ]
 
 
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_passphrase() -> str:
+    # Called only for an encrypted key; without it OpenSSL would ask on the terminal, and wait.
+    raise _EncryptedKey
+
+
 def _check_tls_pair(cert_file: Path, key_file: Path) -> None:
     """A ConfigError naming the file at fault unless they are a PEM certificate and its key."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -191,7 +200,12 @@ def _check_tls_pair(cert_file: Path, key_file: Path) -> None:
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"SENDINCHAT_TLS_CERT_FILE: not a PEM certificate ({exc})") from None
     try:
-        context.load_cert_chain(cert_file, key_file)
+        context.load_cert_chain(cert_file, key_file, password=_no_passphrase)
+    except _EncryptedKey:
+        raise ConfigError(
+            "SENDINCHAT_TLS_KEY_FILE: the key is encrypted; give it without a passphrase"
+            " (openssl pkey -in KEY -out PLAIN)"
+        ) from None
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(
             "SENDINCHAT_TLS_KEY_FILE: not the PEM private key of SENDINCHAT_TLS_CERT_FILE's certificate"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import urllib.request
 from pathlib import Path
@@ -99,6 +100,32 @@ class TestMetricsEndpoint:
         finally:
             for _, writer in idle:
                 writer.close()
+        assert "sendinchat_rpcs_total" in await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+
+    async def test_a_client_trickling_bytes_is_cut_off_too(self, servers, processes):
+        process = await processes.start(await servers.database(), SENDINCHAT_METRICS_ADDRESS="127.0.0.1:0")
+        await process.wait_serving()
+        port = await process.metrics_port()
+
+        async def trickle() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                for byte in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"x" * 100:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(METRICS_IDLE_SECONDS / 3):
+                            return await reader.read()  # closed by the server
+                return b"still open"
+            except ConnectionError:
+                return b""
+            finally:
+                writer.close()
+
+        async with asyncio.timeout(METRICS_IDLE_SECONDS * 4):
+            assert await asyncio.gather(*(trickle() for _ in range(METRICS_CONNECTIONS))) == [b""] * (
+                METRICS_CONNECTIONS
+            )
         assert "sendinchat_rpcs_total" in await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
 
 

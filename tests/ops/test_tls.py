@@ -87,7 +87,41 @@ def other_key(tmp_path):
     return key
 
 
+@pytest.fixture
+def encrypted_key(certificate, tmp_path):
+    """The certificate's own key, encrypted with a passphrase."""
+    key = tmp_path / "encrypted.key"
+    subprocess.run(
+        [
+            "openssl",
+            "pkey",
+            "-in",
+            str(certificate[1]),
+            "-aes256",
+            "-passout",
+            "pass:secret",
+            "-out",
+            str(key),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return key
+
+
 class TestBadFiles:
+    async def test_an_encrypted_key_is_one_line_and_no_passphrase_prompt(
+        self, servers, processes, certificate, encrypted_key
+    ):
+        process = await processes.start(
+            await servers.database(),
+            SENDINCHAT_TLS_CERT_FILE=str(certificate[0]),
+            SENDINCHAT_TLS_KEY_FILE=str(encrypted_key),
+        )
+        assert await process.wait() == 2
+        assert "SENDINCHAT_TLS_KEY_FILE: the key is encrypted" in process.lines[-1], process.stderr
+        assert "pass phrase" not in process.stderr
+
     @pytest.mark.parametrize("broken", ["cert", "key", "other key"])
     async def test_the_server_exits_with_one_line_naming_the_file_at_fault(
         self, servers, processes, certificate, other_key, tmp_path, broken
