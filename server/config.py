@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import os
-import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
+
+from asyncpg import connect_utils
 
 from server.errors import InvalidArgumentError
 from server.users.validation import check_password, normalize_username
@@ -132,12 +134,12 @@ def _database_url(raw: str) -> str:
     if not raw.startswith(("postgres://", "postgresql://")):
         raise ValueError("expected a postgresql:// URL")
     try:
-        parts = urllib.parse.urlsplit(raw)
+        parts = urlsplit(raw)
         if "," not in parts.netloc:  # one host: its port must be a number (several: libpq's list)
             _ = parts.port
     except ValueError:
         raise ValueError("is not a valid URL: check its host and port") from None
-    query = urllib.parse.parse_qs(parts.query)
+    query = parse_qs(parts.query)
     for value in query.get("port", []):
         if not all(port.isascii() and port.isdigit() for port in value.split(",")):
             raise ValueError("its port parameter must be a number")
@@ -145,7 +147,30 @@ def _database_url(raw: str) -> str:
         for value in query.get(name, []):
             if value not in allowed:
                 raise ValueError(f"its {name} must be one of {', '.join(allowed)}")
+    refusal = _asyncpg_refusal(raw)
+    if refusal is not None:
+        if parts.password:
+            refusal = refusal.replace(parts.password, "***")
+        raise ValueError(f"asyncpg cannot use it: {refusal}")
     return raw
+
+
+def _asyncpg_refusal(dsn: str) -> str | None:
+    """What asyncpg's own URL parser says against `dsn` (it runs again at each connect), if anything.
+
+    Its parser is internal: an asyncpg without it, or whose parser takes other arguments, is not asked.
+    """
+    parse: Callable[..., object] | None = getattr(connect_utils, "_parse_connect_dsn_and_args", None)
+    if parse is None:
+        return None
+    try:
+        others = {name: None for name in inspect.signature(parse).parameters if name != "dsn"}
+        parse(dsn=dsn, **others)
+    except TypeError:
+        return None
+    except Exception as exc:  # IndexError, ClientConfigurationError, FileNotFoundError (an ssl file)...
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _nats_servers(raw: str) -> tuple[str, ...]:

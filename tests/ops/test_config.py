@@ -27,6 +27,12 @@ class TestServerStart:
             ({"DATABASE_URL": "postgresql://[bad"}, "DATABASE_URL"),
             ({"DATABASE_URL": "postgresql://u:hunter2@h:abc/db"}, "DATABASE_URL"),
             ({"DATABASE_URL": "postgresql://u@h/db?sslmode=bogus"}, "DATABASE_URL"),
+            ({"DATABASE_URL": "postgresql://u@127.0.0.1:5432,/db"}, "DATABASE_URL"),
+            ({"DATABASE_URL": "postgresql://u@h/db?gsslib=bogus"}, "DATABASE_URL"),
+            (
+                {"DATABASE_URL": "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/no/such.crt"},
+                "DATABASE_URL",
+            ),
             ({"SENDINCHAT_DATA_DIR": "/tmp/sendinchat tests/with a space"}, "SENDINCHAT_DATA_DIR"),
             ({"SENDINCHAT_LOG_LEVEL": "LOUD"}, "SENDINCHAT_LOG_LEVEL"),
             ({"SENDINCHAT_ADDRESS": "127.0.0.1:\u0665\u0661\u0660\u0660\u0663"}, "SENDINCHAT_ADDRESS"),
