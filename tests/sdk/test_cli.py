@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import stat
 
@@ -58,6 +59,25 @@ class TestSession:
         assert after is not None
         assert after.refresh_token != before.refresh_token
         assert session.username == await _name(bob)
+
+    @pytest.mark.parametrize("kept", ["not-a-uuid", "", None, 7])
+    async def test_a_damaged_rotation_entry_is_ignored(self, server, bob, tmp_path, kept):
+        env = await logged_in_env(server.address, tmp_path, await _name(bob))
+        session = SessionFile(server.address, tmp_path)
+        before = session.load()
+        assert before is not None
+        session.save(expired_copy(before))
+        sessions = json.loads(session.path.read_text())
+        sessions[server.address]["rotation"] = {"for": "x", "request_id": kept}
+        session.path.write_text(json.dumps(sessions))
+        assert session.load_rotation(before.refresh_token) is None
+        sessions[server.address]["rotation"]["for"] = hashlib.sha256(
+            before.refresh_token.encode()
+        ).hexdigest()
+        session.path.write_text(json.dumps(sessions))
+        assert session.load_rotation(before.refresh_token) is None  # not a UUID: as if none was kept
+        me = await run_cli(env, "me")
+        assert me.returncode == 0, me.stderr
 
     async def test_two_processes_sharing_the_file_refresh_the_session_once(self, server, bob, tmp_path):
         env = await logged_in_env(server.address, tmp_path, await _name(bob))

@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import json
 import os
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,10 @@ class SessionFile:
         if not isinstance(rotation, dict) or rotation.get("for") != _fingerprint(refresh_token):
             return None
         request_id = rotation.get("request_id")
-        return request_id if isinstance(request_id, str) else None
+        try:
+            return str(uuid.UUID(request_id)) if isinstance(request_id, str) else None
+        except ValueError:  # damaged: as if none was kept
+            return None
 
     def save_rotation(self, refresh_token: str, request_id: str) -> None:
         """Keep the request_id of this token's rotation; saving the next pair forgets it."""
