@@ -143,7 +143,7 @@ class ClientBase:
             return self._rotation[1]
         keeper = self._store if isinstance(self._store, KeepsRotation) else None
         request_id = keeper.load_rotation(refresh_token) if keeper is not None else None
-        if request_id is None:
+        if not request_id:
             request_id = str(uuid.uuid4())
             if keeper is not None:
                 keeper.save_rotation(refresh_token, request_id)
