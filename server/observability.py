@@ -13,13 +13,15 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, multiprocess
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 _rpc_log = logging.getLogger("sendinchat.rpc")
 
@@ -309,6 +311,28 @@ def worker_metrics(directory: str) -> CollectorRegistry:
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]  # unannotated upstream
     return registry
+
+
+def supervision_metrics(
+    registry: CollectorRegistry, *, serving: Callable[[], int], restarts: Callable[[], int]
+) -> None:
+    """The parent's own view of its workers, read at each scrape (a slot that keeps failing shows)."""
+    Gauge("sendinchat_workers_serving", "Worker processes serving now", registry=registry).set_function(
+        serving
+    )
+    registry.register(_Supervision(restarts))
+
+
+class _Supervision(Collector):
+    def __init__(self, restarts: Callable[[], int]) -> None:
+        self._restarts = restarts
+
+    def collect(self) -> Iterable[Metric]:
+        yield CounterMetricFamily(
+            "sendinchat_worker_restarts",
+            "Workers started to replace one that exited or could not start",
+            value=self._restarts(),
+        )
 
 
 def forget_worker(pid: int, directory: str) -> None:

@@ -15,7 +15,7 @@ import asyncpg
 from server.bootstrap import ensure_admin
 from server.config import Config
 from server.db.pool import create_pool
-from server.observability import LogWriter, forget_worker, worker_metrics
+from server.observability import LogWriter, forget_worker, supervision_metrics, worker_metrics
 from server.ports import reserve_address
 from server.process import start_metrics, stop_event
 from server.workers import Supervisor, WorkerError, WorkerOrders
@@ -39,23 +39,25 @@ async def serve_workers(config: Config, dsn: str, jwt_secret: str, log_writer: L
         await pool.close()
     with reserve_address(config.address) as (address, port), contextlib.ExitStack() as stack:
         env = dict(os.environ)
-        on_exit = None
-        if config.metrics_address:
-            _remove_dead_parents_metrics()
-            metrics_dir = stack.enter_context(
-                tempfile.TemporaryDirectory(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
-            )
-            stack.callback(start_metrics(config, worker_metrics(metrics_dir)).shutdown)
-            # Read as each worker's interpreter starts, as prometheus-client requires.
-            env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-            on_exit = functools.partial(forget_worker, directory=metrics_dir)
         supervisor = Supervisor(
             count=config.workers,
             orders=WorkerOrders(address=address, dsn=dsn, jwt_secret=jwt_secret),
             env=env,
             relay=log_writer.relay,
-            on_exit=on_exit,
         )
+        if config.metrics_address:
+            _remove_dead_parents_metrics()
+            metrics_dir = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
+            )
+            registry = worker_metrics(metrics_dir)
+            supervision_metrics(
+                registry, serving=lambda: supervisor.serving, restarts=lambda: supervisor.restarts
+            )
+            stack.callback(start_metrics(config, registry).shutdown)
+            # Read as each worker's interpreter starts, as prometheus-client requires.
+            env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+            supervisor.on_exit = functools.partial(forget_worker, directory=metrics_dir)
         stop = stop_event()
         clean = False
         try:

@@ -134,6 +134,7 @@ class Supervisor:
     _slots: list[asyncio.Task[bool]] = field(default_factory=list)
     _first_ready: dict[int, asyncio.Event] = field(default_factory=dict)
     _stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    restarts: int = 0  # workers started to replace one that exited (or could not start)
 
     async def start(self, stop: asyncio.Event) -> bool:
         """Start every worker; True once all serve, False if `stop` was set first.
@@ -145,6 +146,11 @@ class Supervisor:
             self._slots.append(asyncio.create_task(self._keep(number), name=f"worker-{number}"))
         all_ready = asyncio.create_task(_all_set(list(self._first_ready.values())))
         return await self._until(stop, all_ready)
+
+    @property
+    def serving(self) -> int:
+        """How many workers serve now (said they were ready and have not exited)."""
+        return sum(1 for w in self._workers.values() if w.ready and w.process.returncode is None)
 
     @property
     def pids(self) -> list[int]:
@@ -222,6 +228,7 @@ class Supervisor:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
+            self.restarts += 1
         return True
 
     async def _spawn(self, number: int) -> _Worker:

@@ -108,6 +108,8 @@ class TestWorkers:
         samples = await asyncio.to_thread(_metrics, metrics_port)
         assert samples[("sendinchat_rpcs_total", (("code", "OK"), ("method", REGISTER)))] == CONNECTIONS
         assert samples[("sendinchat_database_up", ())] == 1.0
+        assert samples[("sendinchat_workers_serving", ())] == 2.0
+        assert samples[("sendinchat_worker_restarts_total", ())] == 0.0
 
         process.terminate()
         assert await process.wait() == 0
@@ -151,14 +153,21 @@ class TestWorkers:
         try:
             url = proxy.url_for(await servers.database())
             process, address, [victim, other] = await _start(
-                processes, url, SENDINCHAT_DB_CONNECT_TIMEOUT_SECONDS="1"
+                processes,
+                url,
+                SENDINCHAT_DB_CONNECT_TIMEOUT_SECONDS="1",
+                SENDINCHAT_METRICS_ADDRESS="127.0.0.1:0",
             )
+            metrics_port = await process.metrics_port()
             await proxy.cut()
             os.kill(victim, signal.SIGKILL)
             await process.wait_for_log(
                 re.compile(r"worker 1 \(pid \d+\) exited with code 1 .*before it served")
             )
             assert process.process.returncode is None and pid_alive(other), "the parent and worker 2 go on"
+            samples = await asyncio.to_thread(_metrics, metrics_port)
+            assert samples[("sendinchat_workers_serving", ())] == 1.0  # the failing slot shows
+            assert samples[("sendinchat_worker_restarts_total", ())] >= 1.0
             await proxy.start()
             await process.wait_for_log(re.compile(r"worker 1 serves again"), seconds=60)
             await _check_health_over_new_connections(address, 8)
