@@ -64,7 +64,9 @@ def _healthcheck(config: Config, ca_file: Path | None, server_name: str) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    target = _local_target(config.address)
+    from server.ports import local_target
+
+    target = local_target(config.address)
     if config.tls_cert_file is None:
         channel = grpc.insecure_channel(target)
     else:
@@ -86,16 +88,6 @@ def _healthcheck(config: Config, ca_file: Path | None, server_name: str) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
-
-
-def _local_target(address: str) -> str:
-    """Where this host reaches a server listening on `address` (a wildcard: over loopback)."""
-    host, _, port = address.rpartition(":")
-    if host in ("0.0.0.0", ""):
-        return f"127.0.0.1:{port}"
-    if host in ("[::]", "::"):
-        return f"localhost:{port}"  # ::1 or 127.0.0.1, whichever the dual-stack socket answers
-    return address
 
 
 def _say(message: str) -> None:

@@ -122,13 +122,6 @@ def _optional_address(raw: str) -> str:
     return "" if raw.lower() in ("off", "none", "disabled") else _address(raw)
 
 
-# The URL parameters whose values asyncpg checks before it connects (an unknown value stops it).
-_DSN_CHOICES = {
-    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
-    "target_session_attrs": ("any", "primary", "standby", "read-write", "read-only", "prefer-standby"),
-}
-
-
 def _database_url(raw: str) -> str:
     """A postgresql:// URL that asyncpg can parse; errors never repeat it (it may hold a password)."""
     if not raw.startswith(("postgres://", "postgresql://")):
@@ -143,10 +136,6 @@ def _database_url(raw: str) -> str:
     for value in query.get("port", []):
         if not all(port.isascii() and port.isdigit() for port in value.split(",")):
             raise ValueError("its port parameter must be a number")
-    for name, allowed in _DSN_CHOICES.items():
-        for value in query.get(name, []):
-            if value not in allowed:
-                raise ValueError(f"its {name} must be one of {', '.join(allowed)}")
     refusal = _asyncpg_refusal(raw)
     if refusal is not None:
         if parts.password:
@@ -169,7 +158,8 @@ def _asyncpg_refusal(dsn: str) -> str | None:
     except TypeError:
         return None
     except Exception as exc:  # IndexError, ClientConfigurationError, FileNotFoundError (an ssl file)...
-        return f"{type(exc).__name__}: {exc}"
+        named = f" ({exc.filename})" if isinstance(exc, OSError) and exc.filename else ""
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}{named}"
     return None
 
 

@@ -24,6 +24,7 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 _rpc_log = logging.getLogger("sendinchat.rpc")
+log = logging.getLogger(__name__)
 
 # gRPC's C core logs through absl: `E1202 00:31:27.439939   11571 add_port.cc:83] Failed to add port ...`.
 _CORE_LINE = re.compile(r"([IWEF])\d{4} [\d:.]+\s+\d+ ([^\s\]]+:\d+)\] ?(.*)")
@@ -239,15 +240,12 @@ class Metrics:
 
 
 METRICS_CONNECTIONS = 16  # at once; more are closed at once (a scraper needs one)
-METRICS_IDLE_SECONDS = 5.0  # a connection is closed after this long (a scrape takes milliseconds)
+METRICS_IDLE_SECONDS = 5.0  # every connection is closed after this long (a scrape takes milliseconds)
 
 
 class _QuietHandler(WSGIRequestHandler):
-    timeout = METRICS_IDLE_SECONDS  # StreamRequestHandler sets it on the socket: no slowloris
-
     def handle(self) -> None:
-        # The timeout bounds each read; this bounds the whole request, so a client trickling a
-        # byte every few seconds cannot keep a slot either.
+        # One deadline for the whole connection, idle or trickling a byte every few seconds.
         deadline = threading.Timer(METRICS_IDLE_SECONDS, self._cut)
         deadline.start()
         try:
@@ -285,6 +283,12 @@ class _BoundedServer(ThreadingMixIn, WSGIServer):
         except BaseException:
             self._slots.release()
             raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver would print a traceback; a client that left or was cut off is no error.
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            log.error("/metrics failed a request from %s (%r)", client_address[0], error)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:

@@ -39,25 +39,27 @@ async def serve_workers(config: Config, dsn: str, jwt_secret: str, log_writer: L
         await pool.close()
     with reserve_address(config.address) as (address, port), contextlib.ExitStack() as stack:
         env = dict(os.environ)
-        supervisor = Supervisor(
-            count=config.workers,
-            orders=WorkerOrders(address=address, dsn=dsn, jwt_secret=jwt_secret),
-            env=env,
-            relay=log_writer.relay,
-        )
+        metrics_dir = ""
         if config.metrics_address:
             _remove_dead_parents_metrics()
             metrics_dir = stack.enter_context(
                 tempfile.TemporaryDirectory(prefix=f"{_METRICS_PREFIX}{os.getpid()}-")
             )
+            # Read as each worker's interpreter starts, as prometheus-client requires.
+            env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        supervisor = Supervisor(
+            count=config.workers,
+            orders=WorkerOrders(address=address, dsn=dsn, jwt_secret=jwt_secret),
+            env=env,
+            relay=log_writer.relay,
+            on_exit=functools.partial(forget_worker, directory=metrics_dir) if metrics_dir else None,
+        )
+        if metrics_dir:
             registry = worker_metrics(metrics_dir)
             supervision_metrics(
                 registry, serving=lambda: supervisor.serving, restarts=lambda: supervisor.restarts
             )
             stack.callback(start_metrics(config, registry).shutdown)
-            # Read as each worker's interpreter starts, as prometheus-client requires.
-            env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-            supervisor.on_exit = functools.partial(forget_worker, directory=metrics_dir)
         stop = stop_event()
         clean = False
         try:

@@ -51,6 +51,14 @@ def reserve_address(address: str) -> Iterator[tuple[str, int]]:
             held.close()
 
 
+def local_target(address: str) -> str:
+    """Where this host reaches a server listening on `address` (HOST:PORT; a wildcard: loopback)."""
+    host, _, port = address.rpartition(":")
+    if host.strip("[]") not in _WILDCARDS:
+        return address
+    return f"localhost:{port}" if ":" in host else f"127.0.0.1:{port}"  # localhost: ::1 or 127.0.0.1
+
+
 def _bind_targets(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[Any, ...]]]:
     """Where gRPC binds HOST: a wildcard as dual-stack `::`, a name at each of its addresses."""
     if host in _WILDCARDS:

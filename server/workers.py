@@ -150,7 +150,9 @@ class Supervisor:
     @property
     def serving(self) -> int:
         """How many workers serve now (said they were ready and have not exited)."""
-        return sum(1 for w in self._workers.values() if w.ready and w.process.returncode is None)
+        return sum(
+            1 for w in tuple(self._workers.values()) if w.ready and w.process.returncode is None
+        )  # read by /metrics' thread
 
     @property
     def pids(self) -> list[int]:
@@ -228,7 +230,8 @@ class Supervisor:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
-            self.restarts += 1
+            if not self._stopping.is_set():
+                self.restarts += 1
         return True
 
     async def _spawn(self, number: int) -> _Worker:
@@ -246,6 +249,9 @@ class Supervisor:
                 stdin=asyncio.subprocess.DEVNULL,
                 stderr=write_end,
                 pass_fds=(child_end.fileno(),),
+                # Out of the terminal's process group: Ctrl-C or a hangup reaches the parent alone,
+                # which stops the workers in order (a worker still starting would die mid-way).
+                start_new_session=True,
             )
         except OSError as exc:
             parent_end.close()

@@ -7,12 +7,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import asyncpg
 import grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from sendinchat.v1 import users_pb2
+from server.db.pool import Connection
 from server.users.service import UserDeps, ensure_admin
 
 PASSWORD = "correct-horse-battery"
@@ -130,13 +130,16 @@ SELECT array_agg(pid) FROM blocked
 """
 
 
-async def lock_waiters(conn: asyncpg.Connection) -> list[int]:
+async def lock_waiters(conn: Connection) -> list[int]:
     """The backends that wait for a lock `conn` holds, directly or behind another waiter."""
+    # Inside a transaction PostgreSQL keeps the first read of pg_stat_activity: a backend that
+    # connected since would stay unseen.
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
     pids = await conn.fetchval(_BLOCKED_BY_ME)
     return list(pids or [])
 
 
-async def waiting_on_a_lock(conn: asyncpg.Connection, count: int = 1) -> int:
+async def waiting_on_a_lock(conn: Connection, count: int = 1) -> int:
     """A backend that waits for a lock `conn` holds, once `count` of them do (polled)."""
     for _ in range(200):
         pids = await lock_waiters(conn)

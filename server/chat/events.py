@@ -18,6 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from server.validation import INT64_MAX  # a bigint column holds no sequence past it
+
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _SEQUENCE = re.compile(r"[1-9][0-9]{0,18}|0")
 
@@ -100,10 +102,7 @@ def decode(payload: str) -> ChatEvent:
     raise ValueError(f"not a chat event: {payload[:100]!r}")
 
 
-_MAX_SEQUENCE = 2**63 - 1  # a bigint column: anything past it is no sequence the table can hold
-
-
 def _sequence(raw: str) -> int:
-    if _SEQUENCE.fullmatch(raw) is None or int(raw) > _MAX_SEQUENCE:
+    if _SEQUENCE.fullmatch(raw) is None or int(raw) > INT64_MAX:
         raise ValueError(f"not a sequence: {raw[:30]!r}")
     return int(raw)

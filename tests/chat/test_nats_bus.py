@@ -19,7 +19,6 @@ from server.chat import events
 from server.chat.bus import quiet_database_url
 from server.chat.bus_nats import NatsBus, subject
 from server.config import Config, ConfigError
-from server.db.pool import Connection
 from server.errors import UnavailableError
 from tests import harness
 from tests.chat.nats_cluster import NatsCluster
@@ -70,20 +69,6 @@ async def _burst(
         if i == at:
             then()
         await say(stubs, who, room_id, f"{who.username} {i}")
-
-
-async def _eventually_waiting(conn: Connection) -> None:
-    """Until another session of the database waits for a lock."""
-    query = (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-        " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
-    )
-    async with asyncio.timeout(WAIT):
-        while True:
-            await conn.execute("SELECT pg_stat_clear_snapshot()")  # inside a transaction it is kept
-            if await conn.fetchval(query):
-                return
-            await asyncio.sleep(0.02)
 
 
 def _in_order_once(messages: list[chat_pb2.Message], count: int) -> bool:
@@ -275,7 +260,7 @@ class TestFailures:
             await conn.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")  # replays wait
             await watcher.write(subscribe=chat_pb2.SubscribeFrame(room_id=room.id, after_sequence=0))
             assert (await watcher.next_of("subscribed")).subscribed.last_sequence == 1
-            await _eventually_waiting(conn)
+            await waiting_on_a_lock(conn)
             await conn.execute(
                 "DELETE FROM room_members WHERE room_id = $1 AND user_id = $2", room.id, bob.id
             )

@@ -92,14 +92,19 @@ class TestMetricsEndpoint:
         process = await processes.start(await servers.database(), SENDINCHAT_METRICS_ADDRESS="127.0.0.1:0")
         await process.wait_serving()
         port = await process.metrics_port()
-        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(METRICS_CONNECTIONS + 20)]
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(METRICS_CONNECTIONS)]
         try:
+            one_more, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
+            async with asyncio.timeout(METRICS_IDLE_SECONDS / 2):  # long before any deadline
+                assert await one_more.read() == b"", "past the cap: closed at once, unanswered"
+            writer.close()
             async with asyncio.timeout(METRICS_IDLE_SECONDS * 4):
                 closed = await asyncio.gather(*(reader.read() for reader, _ in idle))
-            assert closed == [b""] * len(idle)  # the excess at once, the others once idle too long
+            assert closed == [b""] * len(idle)  # once they were open too long
         finally:
-            for _, writer in idle:
-                writer.close()
+            for _, idle_writer in idle:
+                idle_writer.close()
         assert "sendinchat_rpcs_total" in await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
 
     async def test_a_client_trickling_bytes_is_cut_off_too(self, servers, processes):

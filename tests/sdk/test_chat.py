@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import jwt
 import pytest
 
 from sendinchat import ChatConnection, Client, InsufficientFundsError, NotFoundError, PermissionDeniedError
@@ -208,9 +209,15 @@ class TestChatConnection:
             assert reader_client.tokens is not None
             reader_client.tokens = expired_copy(reader_client.tokens)  # opening refreshes it first
             proxy.stall()  # the refresh reaches the server; its answer never comes back
+            jti = jwt.decode(reader_client.tokens.refresh_token, options={"verify_signature": False})["jti"]
             connection = reader_client.connect()
             reader = asyncio.ensure_future(_kinds(connection))
-            await asyncio.sleep(0.5)
+            async with asyncio.timeout(WAIT):  # the server has rotated it: the answer is on its way
+                used = "SELECT used_at IS NOT NULL FROM refresh_tokens WHERE jti = $1"
+                while True:
+                    if await server.pool.fetchval(used, jti):
+                        break
+                    await asyncio.sleep(0.02)
             await connection.close()
             async with asyncio.timeout(3):  # well before the refresh's own deadline
                 assert await reader == []
