@@ -28,12 +28,19 @@ _OPEN_SESSION = """
 WITH s AS (INSERT INTO sessions (id, user_id) VALUES ($1, $2) RETURNING id)
 INSERT INTO refresh_tokens (jti, session_id, issued_at, expires_at) SELECT $3, id, $4, $5 FROM s
 """
+# The session is locked (shared) first: a Logout or ChangePassword under way is waited for, and a
+# session it ended gets no new pair (its row re-checked as committed).
 _CLAIM_REFRESH = """
+WITH s AS (
+    SELECT s.id, u.role FROM sessions s JOIN users u ON u.id = s.user_id
+    WHERE s.id = (SELECT session_id FROM refresh_tokens WHERE jti = $1) AND s.user_id = $2
+      AND s.revoked_at IS NULL
+    FOR SHARE OF s
+)
 UPDATE refresh_tokens r SET used_at = now(), used_by_request = $3, successor_jti = $4
-FROM sessions s JOIN users u ON u.id = s.user_id
-WHERE r.jti = $1 AND s.id = r.session_id AND s.user_id = $2
-  AND r.used_at IS NULL AND s.revoked_at IS NULL AND r.expires_at > now()
-RETURNING u.role
+FROM s
+WHERE r.jti = $1 AND s.id = r.session_id AND r.used_at IS NULL AND r.expires_at > now()
+RETURNING s.role
 """
 _INSERT_REFRESH = (
     "INSERT INTO refresh_tokens (jti, session_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)"

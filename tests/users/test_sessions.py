@@ -138,23 +138,34 @@ class TestARetriedRefresh:
         account = await signed_up(stubs)
         rid = request_id()
         first = await _refresh(stubs, account.tokens.refresh_token, rid)
-        session = jwt.decode(first.refresh_token, options={"verify_signature": False})["sid"]
+        successor = jwt.decode(first.refresh_token, options={"verify_signature": False})["jti"]
         holder = await asyncpg.connect(server.database_url)
         try:
-            async with holder.transaction():
-                # The next rotation stops between using `first` and committing (its insert checks
-                # the session row this holds).
-                await holder.execute("SELECT 1 FROM sessions WHERE id = $1 FOR UPDATE", session)
-                rotation = asyncio.ensure_future(_refresh(stubs, first.refresh_token))
-                await waiting_on_a_lock(holder)
+            async with holder.transaction():  # a rotation of `first` that has used it, not committed yet
+                await holder.execute("UPDATE refresh_tokens SET used_at = now() WHERE jti = $1", successor)
                 retry = asyncio.ensure_future(_refresh(stubs, account.tokens.refresh_token, rid))
-                await waiting_on_a_lock(holder, count=2)  # the retry waits for the rotation
+                await waiting_on_a_lock(holder)  # the retry waits for that rotation
         finally:
             await holder.close()
-        assert (await rotation).refresh_token
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await retry
         assert error_info(caught.value).reason == "REFRESH_TOKEN_REUSED"
+
+    async def test_a_refresh_racing_a_logout_waits_for_it_and_gets_nothing(self, server):
+        stubs = server.stubs
+        account = await signed_up(stubs)
+        session = jwt.decode(account.tokens.refresh_token, options={"verify_signature": False})["sid"]
+        holder = await asyncpg.connect(server.database_url)
+        try:
+            async with holder.transaction():  # a Logout under way: the session ended, not committed
+                await holder.execute("UPDATE sessions SET revoked_at = now() WHERE id = $1", session)
+                refresh = asyncio.ensure_future(_refresh(stubs, account.tokens.refresh_token))
+                await waiting_on_a_lock(holder)
+        finally:
+            await holder.close()
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await refresh
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
     async def test_is_refused_after_logout(self, stubs):
         account = await signed_up(stubs)
