@@ -240,13 +240,13 @@ class Metrics:
 
 
 METRICS_CONNECTIONS = 16  # at once; more are closed at once (a scraper needs one)
-METRICS_IDLE_SECONDS = 5.0  # every connection is closed after this long (a scrape takes milliseconds)
+METRICS_CONNECTION_SECONDS = 5.0  # every connection is closed after this long (a scrape takes milliseconds)
 
 
 class _QuietHandler(WSGIRequestHandler):
     def handle(self) -> None:
         # One deadline for the whole connection, idle or trickling a byte every few seconds.
-        deadline = threading.Timer(METRICS_IDLE_SECONDS, self._cut)
+        deadline = threading.Timer(METRICS_CONNECTION_SECONDS, self._cut)
         deadline.start()
         try:
             super().handle()

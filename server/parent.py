@@ -14,6 +14,7 @@ import asyncpg
 
 from server.bootstrap import ensure_admin
 from server.config import Config
+from server.db.embedded import pid_alive
 from server.db.pool import create_pool
 from server.observability import LogWriter, forget_worker, supervision_metrics, worker_metrics
 from server.ports import reserve_address
@@ -109,15 +110,5 @@ def _remove_dead_parents_metrics() -> None:
     """Remove the metrics folders of parents that were killed (SIGKILL leaves them behind)."""
     for folder in Path(tempfile.gettempdir()).glob(f"{_METRICS_PREFIX}*-*"):
         pid = folder.name.removeprefix(_METRICS_PREFIX).partition("-")[0]
-        if pid.isascii() and pid.isdigit() and not _alive(int(pid)):
+        if pid.isascii() and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True

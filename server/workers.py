@@ -150,9 +150,8 @@ class Supervisor:
     @property
     def serving(self) -> int:
         """How many workers serve now (said they were ready and have not exited)."""
-        return sum(
-            1 for w in tuple(self._workers.values()) if w.ready and w.process.returncode is None
-        )  # read by /metrics' thread
+        workers = tuple(self._workers.values())  # a copy: /metrics' thread reads this as the loop adds
+        return sum(1 for w in workers if w.ready and w.process.returncode is None)
 
     @property
     def pids(self) -> list[int]:

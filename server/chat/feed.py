@@ -125,10 +125,9 @@ class RoomFeed:
         """
         if sequence <= max(self.fetched or 0, self.wanted):
             return
-        if self.fetched is None:  # read once a subscriber is confirmed (start_at)
-            self.wanted = sequence
-            return
         self.wanted = sequence
+        if self.fetched is None:  # read once a subscriber is confirmed (start_at)
+            return
         if not self._held():
             # The sends in flight now may bring what is wanted; the ones after them hold nothing.
             self._hold_until = max(self._sends, default=0)

