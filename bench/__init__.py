@@ -1,4 +1,4 @@
-"""Benchmarks (`python -m bench.ledger_bench`, `python -m bench.chat_bench`); not part of the tests."""
+"""Benchmarks (`.venv/bin/python -m bench.ledger_bench` and the others in bench/README.md); not tests."""
 
 import os
 

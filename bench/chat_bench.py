@@ -1,9 +1,9 @@
 """Chat fan-out against its own floor: sustained deliveries/s, latency, and memory with idle streams.
 
-    python -m bench.chat_bench                       # about 6 minutes
-    python -m bench.chat_bench --load                # the same with one CPU-burning process per core
-    python -m bench.chat_bench --rounds 1 --idle-streams 10000
-    python -m bench.chat_bench --workers 2 --connections 8   # SENDINCHAT_WORKERS=2, over 8 TCP connections
+    .venv/bin/python -m bench.chat_bench             # about 6 minutes
+    .venv/bin/python -m bench.chat_bench --load      # the same with one CPU-burning process per core
+    .venv/bin/python -m bench.chat_bench --rounds 1 --idle-streams 10000
+    .venv/bin/python -m bench.chat_bench --workers 2 --connections 8  # 2 workers, 8 TCP connections
 
 It starts an embedded PostgreSQL (its own data folder), the real server as a subprocess
 (`python -m server`, uvloop, log level WARNING) and, beside it, the floor (bench/chat_floor.py: a

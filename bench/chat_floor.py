@@ -1,6 +1,6 @@
 """The chat fan-out's floor: a bare grpc.aio ChatService with no database and no auth.
 
-    python -m bench.chat_floor 127.0.0.1:50123      # serves until SIGTERM; the chat bench starts it
+    .venv/bin/python -m bench.chat_floor 127.0.0.1:50123  # serves until SIGTERM; the chat bench starts it
 
 It implements two RPCs of the generated ChatService, as cheaply as grpc.aio allows, so that what
 the chat bench measures against it is the cost of fanning a frame out over this stack and nothing
@@ -114,7 +114,7 @@ async def serve(address: str) -> None:
 
 
 def main() -> None:
-    """`python -m bench.chat_floor ADDRESS`."""
+    """`.venv/bin/python -m bench.chat_floor ADDRESS`."""
     import uvloop
 
     from server.scheduling import use_batch_scheduling

@@ -1,9 +1,9 @@
 """CreateTransfer throughput and latency against PostgreSQL's pgbench and the gRPC floor, in one run.
 
-    python -m bench.ledger_bench                      # ~3 minutes: 1, 16, 64 callers, 3 rounds of 5 s
-    python -m bench.ledger_bench --seconds 20 --rounds 1 --concurrency 1 16 64 128
-    python -m bench.ledger_bench --workers 2 --connections 8   # SENDINCHAT_WORKERS=2, 8 connections a process
-    python -m bench.ledger_bench --load               # the same beside one CPU-burning process per core
+    .venv/bin/python -m bench.ledger_bench            # ~3 minutes: 1, 16, 64 callers, 3 rounds of 5 s
+    .venv/bin/python -m bench.ledger_bench --seconds 20 --rounds 1 --concurrency 1 16 64 128
+    .venv/bin/python -m bench.ledger_bench --workers 2 --connections 8  # 2 workers, 8 connections a process
+    .venv/bin/python -m bench.ledger_bench --load     # the same beside one CPU-burning process per core
 
 It starts an embedded PostgreSQL (its own data folder), the real server as a subprocess
 (`python -m server`, uvloop, log level WARNING, SCHED_BATCH unless `--sched-batch off`),

@@ -1,7 +1,7 @@
 """One busy room: SendMessage from N concurrent senders into one group room, beside Health/Check.
 
-    python -m bench.room_bench                  # about 1.5 minutes: 1, 4, 16, 64 senders, 3 rounds of 5 s
-    python -m bench.room_bench --load           # the same beside one CPU-burning process per core
+    .venv/bin/python -m bench.room_bench        # about 1.5 minutes: 1, 4, 16, 64 senders, 3 rounds of 5 s
+    .venv/bin/python -m bench.room_bench --load  # the same beside one CPU-burning process per core
 
 It starts an embedded PostgreSQL (its own data folder) and the real server as a subprocess
 (`python -m server`, uvloop, log level WARNING), registers 64 users in one group room, and for

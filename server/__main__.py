@@ -101,6 +101,16 @@ def _log(message: str, **fields: object) -> None:
     print(json_line("ERROR", "server", message, **fields), file=sys.stderr)
 
 
+def _prompted_password(variable: str) -> str:
+    """The admin's password typed at the terminal; ConfigError when there is no terminal to ask."""
+    if not sys.stdin.isatty():
+        raise ConfigError(f"{variable} is not set and there is no terminal to ask for the password on")
+    try:
+        return getpass.getpass("password for the admin: ")
+    except EOFError:
+        raise ConfigError(f"no password typed (or set {variable})") from None
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `python -m server` and `sendinchat-server`."""
     # The server forks only to exec (pg_ctl, initdb): gRPC's fork handlers have nothing to do, and
@@ -138,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "healthcheck":
             raise SystemExit(_healthcheck(config, args.ca_file, args.server_name))
         elif args.command == "create-admin":
-            password = os.environ.get(args.password_env) or getpass.getpass("password for the admin: ")
+            password = os.environ.get(args.password_env) or _prompted_password(args.password_env)
             username, password = admin_credentials(
                 args.username, password, username_from="--username", password_from=args.password_env
             )

@@ -125,6 +125,13 @@ class ClientBase:
         if self.tokens is None:
             raise UnauthenticatedError(grpc.StatusCode.UNAUTHENTICATED, "not logged in")
         token = self.tokens.refresh_token
+        if not token:  # an access token alone (the CLI's SENDINCHAT_TOKEN): nothing to renew it with
+            raise UnauthenticatedError(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "the access token has expired (or is about to) and there is no refresh token to renew it;"
+                " log in again",
+                reason="TOKEN_EXPIRED",
+            )
         request = users_pb2.RefreshTokenRequest(refresh_token=token, request_id=self._rotation_id(token))
         for attempt in range(self._retries + 1):
             try:
@@ -173,7 +180,7 @@ class ClientBase:
 
     async def _fresh_metadata(self) -> Metadata:
         """Metadata for a new stream, refreshing first a token about to expire (the stream would end)."""
-        if self.access_token_expiring:
+        if self.access_token_expiring and self.tokens is not None and self.tokens.refresh_token:
             await self._refresh_if_stale(self.tokens)
         return self.metadata
 

@@ -105,7 +105,7 @@ class MessagesMixin(ClientBase):
             room_id: The room's UUID.
             to_user_id: The recipient, a member other than the caller.
             currency: ISO-4217 code.
-            amount_minor: Minor units, > 0.
+            amount_minor: Minor units, 1 to 10**15.
             memo: Optional free text, at most 256 characters.
             request_id: A UUID that makes retries safe; made for you when omitted.
 
@@ -147,7 +147,7 @@ class MessagesMixin(ClientBase):
             room_id: The room's UUID.
             from_user_id: Who is asked to pay, a member other than the caller.
             currency: ISO-4217 code.
-            amount_minor: Minor units, > 0.
+            amount_minor: Minor units, 1 to 10**15.
             memo: Optional free text, at most 256 characters.
             expire_time: When the request closes as EXPIRED (aware datetime, at most 365 days
                 ahead); None: never.

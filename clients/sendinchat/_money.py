@@ -44,7 +44,7 @@ class MoneyMixin(ClientBase):
             to_username: The recipient's username (or give to_user_id).
             to_user_id: The recipient's UUID (or give to_username).
             currency: ISO-4217 code.
-            amount_minor: Minor units, > 0 (250 is 2.50 USD).
+            amount_minor: Minor units, 1 to 10**15 (250 is 2.50 USD).
             memo: Optional free text, at most 256 characters.
             request_id: A UUID that makes retries safe; made for you when omitted.
 
@@ -86,7 +86,7 @@ class MoneyMixin(ClientBase):
             to_username: The recipient's username (or give to_user_id).
             to_user_id: The recipient's UUID (or give to_username).
             currency: ISO-4217 code.
-            amount_minor: Minor units to reserve, > 0.
+            amount_minor: Minor units to reserve, 1 to 10**15.
             memo: Optional free text, at most 256 characters.
             expire_time: When the reservation lapses (aware datetime, at most 365 days ahead);
                 None: never.
@@ -186,7 +186,7 @@ class MoneyMixin(ClientBase):
             to_username: The recipient's username (or give to_user_id).
             to_user_id: The recipient's UUID (or give to_username).
             currency: ISO-4217 code.
-            amount_minor: Minor units, > 0.
+            amount_minor: Minor units, 1 to 10**15.
             memo: Optional free text, at most 256 characters.
             request_id: A UUID that makes retries safe; made for you when omitted.
 
@@ -226,7 +226,7 @@ class MoneyMixin(ClientBase):
             from_username: The owner's username (or give from_user_id).
             from_user_id: The owner's UUID (or give from_username).
             currency: ISO-4217 code.
-            amount_minor: Minor units, > 0.
+            amount_minor: Minor units, 1 to 10**15.
             memo: Optional free text, at most 256 characters.
             request_id: A UUID that makes retries safe; made for you when omitted.
 

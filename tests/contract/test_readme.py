@@ -83,6 +83,19 @@ class TestQuickStart:
             assert steps[0] == "python3 -m venv .venv"
             assert all(step.startswith(".venv/bin/") for step in steps[1:]), command
 
+    def test_every_written_bench_command_calls_the_venv_interpreter_when_it_runs_a_bench(self):
+        # A fresh shell has no `python`, or one without the project's packages.
+        documents = [REPO / "README.md", REPO / "bench" / "README.md", *sorted((REPO / "bench").glob("*.py"))]
+        written = [
+            line
+            for document in documents
+            for line in document.read_text().splitlines()
+            if "python -m bench." in line and not line.startswith("#")
+        ]
+        assert written
+        bare = [line for line in written if not re.search(r"\.venv/bin/python -m bench\.", line)]
+        assert not bare, "\n".join(bare)
+
 
 class TestGrpcurlWalkthrough:
     async def test_runs_as_written_when_the_server_was_started_as_the_readme_says(

@@ -75,6 +75,14 @@ class TestServerStart:
         assert stderr.strip().splitlines() == [stderr.strip()]
         assert "SENDINCHAT_ADMIN_PASSWORD" in stderr
 
+    def test_create_admin_without_the_variable_or_a_terminal_says_so_in_one_line(self):
+        code, stderr = run_server_command(
+            "create-admin", "--username", "zz-admin", env=server_env()
+        )  # no stdin
+        assert code == 2
+        assert stderr.strip().splitlines() == [stderr.strip()]
+        assert "SENDINCHAT_ADMIN_PASSWORD" in stderr and "terminal" in stderr
+
     def test_migrate_command_also_refuses_when_a_value_is_bad(self):
         code, stderr = run_server_command("migrate", env=server_env(SENDINCHAT_BCRYPT_ROUNDS="3"))
         assert code != 0

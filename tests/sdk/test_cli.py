@@ -131,6 +131,14 @@ class TestSession:
         assert me.returncode == 0, me.stderr
         assert account.username in me.stdout
 
+    async def test_an_expired_access_token_in_the_environment_is_reported_as_expired(self, server, tmp_path):
+        account = await signed_up(server.stubs)
+        env = cli_env(server.address, tmp_path, SENDINCHAT_TOKEN=expired_copy(account.tokens).access_token)
+        for command in ("me", "logout"):
+            result = await run_cli(env, command)
+            assert result.returncode == 1
+            assert "expired" in result.stderr and "refresh_token:" not in result.stderr, result.stderr
+
     async def test_logout_with_a_token_in_the_environment_keeps_the_saved_session(
         self, server, bob, tmp_path
     ):

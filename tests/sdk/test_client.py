@@ -15,7 +15,7 @@ from sendinchat.cli.session import SessionFile
 from sendinchat.errors import AlreadyExistsError
 from sendinchat.v1 import users_pb2
 from tests import harness
-from tests.helpers import PASSWORD, random_name
+from tests.helpers import PASSWORD, random_name, signed_up
 from tests.sdk.conftest import logged_in
 from tests.sdk.lossy import proxied
 
@@ -202,6 +202,15 @@ class TestRefreshToken:
             await next_run.refresh_token()  # the same request: the successor, not a reuse
             await next_run.refresh_token()
             await next_run.get_me()
+
+    async def test_an_expired_access_token_alone_raises_token_expired_not_a_refresh_error(self, server):
+        account = await signed_up(server.stubs)
+        async with Client(server.address) as client:
+            # What the CLI builds from SENDINCHAT_TOKEN: no refresh token to renew it with.
+            client.tokens = users_pb2.TokenPair(access_token=expired_copy(account.tokens).access_token)
+            with pytest.raises(UnauthenticatedError) as raised:
+                await client.get_me()
+            assert raised.value.reason == "TOKEN_EXPIRED"
 
     async def test_raises_unauthenticated_when_the_session_ended(self, server):
         async with _two_sessions(server) as (_, client, other):

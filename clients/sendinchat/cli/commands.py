@@ -60,7 +60,9 @@ async def logout(client: Client, session: SessionFile | None, args: argparse.Nam
         return
     try:
         ended = await client.logout(all_sessions=args.all)
-    except UnauthenticatedError:
+    except UnauthenticatedError as exc:
+        if exc.reason == "TOKEN_EXPIRED":  # an access token alone, expired: it ends nothing
+            raise
         ended = 0  # it had ended already: nothing left to end but the saved copy
     finally:
         if session is not None:

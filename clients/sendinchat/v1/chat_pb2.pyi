@@ -373,7 +373,7 @@ class PaymentRequestInfo(_message.Message):
     currency: _builtins.str
     """ISO-4217 code."""
     amount_minor: _builtins.int
-    """Minor units, > 0."""
+    """Minor units, 1 to 10^15 (1,000,000,000,000,000)."""
     memo: _builtins.str
     """Free text from the requester."""
     state: Global___PaymentRequestState.ValueType
@@ -963,7 +963,7 @@ class SendPaymentRequest(_message.Message):
     currency: _builtins.str
     """ISO-4217 code."""
     amount_minor: _builtins.int
-    """Minor units, > 0."""
+    """Minor units, 1 to 10^15 (1,000,000,000,000,000)."""
     memo: _builtins.str
     """Optional: one line of at most 256 characters, showing something (not
     only spaces or zero-width characters).
@@ -1038,7 +1038,7 @@ class RequestPaymentRequest(_message.Message):
     currency: _builtins.str
     """ISO-4217 code."""
     amount_minor: _builtins.int
-    """Minor units, > 0."""
+    """Minor units, 1 to 10^15 (1,000,000,000,000,000)."""
     memo: _builtins.str
     """Optional: one line of at most 256 characters, showing something (not
     only spaces or zero-width characters).
@@ -1211,7 +1211,8 @@ Global___ConnectRequest: _TypeAlias = ConnectRequest  # noqa: Y015
 @_typing.final
 class SubscribeFrame(_message.Message):
     """SubscribeFrame starts (or restarts) a room subscription, answered by a
-    SubscribedEvent (or an ErrorEvent) once its replay is sent. A later
+    SubscribedEvent (or an ErrorEvent) when it takes effect; the replay of the
+    room's messages after `after_sequence` follows that event. A later
     SubscribeFrame or UnsubscribeFrame of the same room that arrives before
     that replaces it: only the later frame is answered.
     """

@@ -490,7 +490,7 @@ class CreateTransferRequest(_message.Message):
     currency: _builtins.str
     """ISO-4217 code."""
     amount_minor: _builtins.int
-    """Minor units, > 0."""
+    """Minor units, 1 to 10^15 (1,000,000,000,000,000)."""
     memo: _builtins.str
     """Optional: one line of at most 256 characters, showing something (not
     only spaces or zero-width characters).
@@ -561,7 +561,7 @@ class CreatePendingTransferRequest(_message.Message):
     currency: _builtins.str
     """ISO-4217 code."""
     amount_minor: _builtins.int
-    """Minor units to reserve, > 0."""
+    """Minor units to reserve, 1 to 10^15."""
     memo: _builtins.str
     """Optional: one line of at most 256 characters, showing something (not
     only spaces or zero-width characters).
@@ -902,7 +902,7 @@ class DepositRequest(_message.Message):
     currency: _builtins.str
     """ISO-4217 code."""
     amount_minor: _builtins.int
-    """Minor units, > 0."""
+    """Minor units, 1 to 10^15 (1,000,000,000,000,000)."""
     memo: _builtins.str
     """Optional: one line of at most 256 characters, showing something (not
     only spaces or zero-width characters).
@@ -972,7 +972,7 @@ class WithdrawRequest(_message.Message):
     currency: _builtins.str
     """ISO-4217 code."""
     amount_minor: _builtins.int
-    """Minor units, > 0."""
+    """Minor units, 1 to 10^15 (1,000,000,000,000,000)."""
     memo: _builtins.str
     """Optional: one line of at most 256 characters, showing something (not
     only spaces or zero-width characters).

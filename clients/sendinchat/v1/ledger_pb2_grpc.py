@@ -204,7 +204,7 @@ class LedgerServiceServicer:
 
     def CreateTransfer(self, request, context):
         """CreateTransfer moves money from the caller to another user, at once.
-        Errors: INVALID_ARGUMENT (amount <= 0, bad currency, bad request_id, memo
+        Errors: INVALID_ARGUMENT (amount outside 1..10^15, bad currency, bad request_id, memo
         too long, recipient is the caller), NOT_FOUND (recipient),
         FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
         ABORTED (conflict; safe to retry with the same request_id),

@@ -83,7 +83,7 @@ class LedgerServiceStub:
     """
     CreateTransfer: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.CreateTransferRequest, _ledger_pb2.CreateTransferResponse]
     """CreateTransfer moves money from the caller to another user, at once.
-    Errors: INVALID_ARGUMENT (amount <= 0, bad currency, bad request_id, memo
+    Errors: INVALID_ARGUMENT (amount outside 1..10^15, bad currency, bad request_id, memo
     too long, recipient is the caller), NOT_FOUND (recipient),
     FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
     ABORTED (conflict; safe to retry with the same request_id),
@@ -198,7 +198,7 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """
     CreateTransfer: _aio.UnaryUnaryMultiCallable[_ledger_pb2.CreateTransferRequest, _ledger_pb2.CreateTransferResponse]  # type: ignore[assignment]
     """CreateTransfer moves money from the caller to another user, at once.
-    Errors: INVALID_ARGUMENT (amount <= 0, bad currency, bad request_id, memo
+    Errors: INVALID_ARGUMENT (amount outside 1..10^15, bad currency, bad request_id, memo
     too long, recipient is the caller), NOT_FOUND (recipient),
     FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
     ABORTED (conflict; safe to retry with the same request_id),
@@ -340,7 +340,7 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ledger_pb2.CreateTransferResponse, _abc.Awaitable[_ledger_pb2.CreateTransferResponse]]:
         """CreateTransfer moves money from the caller to another user, at once.
-        Errors: INVALID_ARGUMENT (amount <= 0, bad currency, bad request_id, memo
+        Errors: INVALID_ARGUMENT (amount outside 1..10^15, bad currency, bad request_id, memo
         too long, recipient is the caller), NOT_FOUND (recipient),
         FAILED_PRECONDITION (reason INSUFFICIENT_FUNDS or IDEMPOTENCY_KEY_REUSED),
         ABORTED (conflict; safe to retry with the same request_id),
