@@ -140,7 +140,9 @@ async def _measure(
     await asyncio.sleep(1)
 
     health_after = await health_rate(address)
-    memory = await measure_idle_streams(args.idle_streams, users_stub, chats, floor_chats, pid, floor_pid)
+    memory = await measure_idle_streams(
+        args.idle_streams, users_stub, (address, floor_address), pid, floor_pid
+    )
     for channel in channels + floor_channels:
         await channel.close(None)
     return {"latency_runs": runs, "rounds": rounds, "memory": memory, "health": (health_before, health_after)}

@@ -2,8 +2,10 @@
 
 On the real server the streams belong to users of their own (at most MAX_STREAMS_PER_USER - 7 a
 user, 100 users a room), each subscribed to its user's room; on the floor (bench/chat_floor.py)
-the same number of streams subscribe to one room. The RSS is read 3 s after the last subscription
-was answered, the servers' workers included.
+the same number of streams subscribe to one room. The streams come over connections of their own,
+STREAMS_PER_CONNECTION each (as many clients' would; the server takes at most 10,000 streams a
+connection). The RSS is read 3 s after the last subscription was answered, the servers' workers
+included.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.chat_load import Subscriber, auth, create_room, register, subscribe_all
-from bench.common import server_pids
-from server.chat.validation import MAX_STREAMS_PER_USER
+from bench.common import open_channel, server_pids
+from sendinchat.v1 import chat_pb2_grpc
+from server.streams import MAX_STREAMS_PER_USER
 
 _STREAMS_PER_USER = MAX_STREAMS_PER_USER - 7
 _USERS_PER_ROOM = 100
+STREAMS_PER_CONNECTION = 500
 
 
 def rss_mb(pid: int) -> float:
@@ -54,9 +58,25 @@ async def _hold(pid: int, open_one: Callable[[int], Subscriber], rooms: list[str
 
 
 async def measure_idle_streams(
+    count: int, users_stub: Any, addresses: tuple[str, str], pid: int, floor_pid: int
+) -> dict[str, float]:
+    """RSS of both servers (real, floor) before and after `count` idle subscribed streams, one at a time."""
+    connections = math.ceil(count / STREAMS_PER_CONNECTION)
+    channels = [
+        open_channel(address, own_connection=True) for address in addresses for _ in range(connections)
+    ]
+    try:
+        chats = [chat_pb2_grpc.ChatServiceStub(c) for c in channels[:connections]]
+        floor_chats = [chat_pb2_grpc.ChatServiceStub(c) for c in channels[connections:]]
+        return await _measure(count, users_stub, chats, floor_chats, pid, floor_pid)
+    finally:
+        for channel in channels:
+            await channel.close(None)
+
+
+async def _measure(
     count: int, users_stub: Any, chats: list[Any], floor_chats: list[Any], pid: int, floor_pid: int
 ) -> dict[str, float]:
-    """RSS of both servers before and after `count` idle subscribed streams (one server at a time)."""
     people = await register(users_stub, math.ceil(count / _STREAMS_PER_USER), f"idle{uuid.uuid4().hex[:6]}")
     room_of: dict[str, str] = {}
     for start in range(0, len(people), _USERS_PER_ROOM):

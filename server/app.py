@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import resource
 import ssl
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
@@ -66,6 +67,10 @@ _JWT_SECRET_FILE = "jwt_secret"
 _FIRST_RETRY_SECONDS = 0.5
 _MAX_RETRY_SECONDS = 5.0
 _CONNECT_TIMEOUT_SECONDS = 5.0
+# Streams one HTTP/2 connection may have open at once: as many calls as grpc core queues (above).
+MAX_STREAMS_PER_CONNECTION = 10_000
+# A connection with no call open is closed after this; a client reconnects on its next call.
+IDLE_CONNECTION_SECONDS = 300
 
 
 @dataclass
@@ -175,12 +180,23 @@ def _server_options(reuse_port: bool) -> list[tuple[str, int]]:
     that its client sees CANCELLED, as if it had given up: at core's defaults, 25 of 3,000
     concurrent calls on one connection were. Waiting costs core a few kB a call; with these
     limits a burst of 6,000 is answered (tests/contract/test_hostile_input.py).
+
+    What one peer can hold is bounded: streams per connection (core keeps a few kB for each open
+    stream, and the answers it has not sent; past the limit a client's calls wait, or a few are
+    refused UNAVAILABLE), connections in all (three quarters of the file descriptors, so the pool,
+    /metrics and files keep theirs), and how long a connection with no call open is kept.
     """
-    return [
+    options = [
         ("grpc.so_reuseport", int(reuse_port)),
         ("grpc.server.max_pending_requests", 10_000),
         ("grpc.server.max_pending_requests_hard_limit", 30_000),
+        ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+        ("grpc.max_connection_idle_ms", IDLE_CONNECTION_SECONDS * 1000),
     ]
+    descriptors, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if descriptors != resource.RLIM_INFINITY:
+        options.append(("grpc.max_allowed_incoming_connections", max(1, descriptors * 3 // 4)))
+    return options
 
 
 class _EncryptedKey(Exception):

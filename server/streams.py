@@ -8,14 +8,20 @@ status the stream ends with (UNAUTHENTICATED, or UNAVAILABLE so clients resume e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from server import errors
 from server.auth.principal import Principal
 
 T = TypeVar("T")
+
+# Streams of one method (Connect, WatchTransfers) one user may hold open on one server process:
+# phones, tabs, a desktop are far below this.
+MAX_STREAMS_PER_USER = 32
 
 SESSION_ENDED = (
     "the session of this access token has ended (logout, password change or a reused refresh token); "
@@ -89,3 +95,27 @@ class StreamLifetimes:
         for scope in list(self._scopes):
             if not scope.expired():
                 scope.reschedule(now)
+
+
+class StreamQuota:
+    """At most MAX_STREAMS_PER_USER open streams of one method per user; the next is RESOURCE_EXHAUSTED."""
+
+    def __init__(self, method: str) -> None:
+        self._method = method
+        self._open: Counter[str] = Counter()
+
+    @contextlib.contextmanager
+    def held(self, user_id: str) -> Iterator[None]:
+        """One of the user's streams, for as long as the block runs."""
+        if self._open[user_id] >= MAX_STREAMS_PER_USER:
+            raise errors.RateLimitedError(
+                f"at most {MAX_STREAMS_PER_USER} {self._method} streams a user at once; close one",
+                retry_after_seconds=1.0,
+            )
+        self._open[user_id] += 1
+        try:
+            yield
+        finally:
+            self._open[user_id] -= 1
+            if not self._open[user_id]:
+                del self._open[user_id]

@@ -11,7 +11,6 @@ Connect: server/chat/stream.py (one session per stream), fed by server/chat/hub.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 from collections.abc import AsyncIterator
 from typing import cast
 
@@ -19,12 +18,12 @@ import grpc
 
 from sendinchat.v1 import chat_pb2, chat_pb2_grpc, ledger_pb2
 from server.auth.principal import current_principal
-from server.chat import convert, members, messages, payments, rooms, validation
+from server.chat import convert, members, messages, payments, rooms
 from server.chat.hub import ChatHub
 from server.chat.stream import ConnectSession, Write
 from server.db.pool import Pool
-from server.errors import RateLimitedError
 from server.protoconv import from_timestamp, money, transfer_proto
+from server.streams import StreamQuota
 
 _ACTIONS = {
     chat_pb2.PAYMENT_REQUEST_ACTION_ACCEPT: payments.RequestAction.ACCEPT,
@@ -45,7 +44,7 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
         self._hub = hub
         self._stream_buffer = stream_buffer
         self._stream_max_behind = stream_max_behind
-        self._streams: Counter[str] = Counter()  # open Connect streams per user
+        self._streams = StreamQuota("Connect")
 
     async def CreateRoom(
         self,
@@ -243,12 +242,6 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
     ) -> AsyncIterator[chat_pb2.ConnectResponse]:
         """ChatService.Connect."""
         user_id = current_principal().user_id
-        if self._streams[user_id] >= validation.MAX_STREAMS_PER_USER:
-            raise RateLimitedError(
-                f"at most {validation.MAX_STREAMS_PER_USER} Connect streams a user at once; close one",
-                retry_after_seconds=1.0,
-            )
-        self._streams[user_id] += 1
         # Connect's response serializer passes bytes through (server/interceptor.py), so the session
         # may write a frame serialized once for every stream.
         write = cast(Write, context.write)
@@ -260,13 +253,9 @@ class ChatServicer(chat_pb2_grpc.ChatServiceServicer):
             max_behind=self._stream_max_behind,
             write=write,
         )
-        try:
+        with self._streams.held(user_id):
             # The session writes through context.write from its own loop, so that an overflowing
             # queue can end the stream even while a write waits on a client that does not read.
             await session.run(request_iterator)
-        finally:
-            self._streams[user_id] -= 1
-            if not self._streams[user_id]:
-                del self._streams[user_id]
         return
         yield  # an async generator, as the streaming signature requires

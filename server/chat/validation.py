@@ -10,8 +10,6 @@ ROOM_NAME = Text(max_chars=100, min_chars=1, strip=True, visible=True)
 MAX_MEMBERS = 100  # users named in one request
 # Members of one room: every member is in each GetRoom and ListRooms answer about it.
 MAX_ROOM_MEMBERS = 1000
-# Connect streams one user may hold open on one replica (phones, tabs, a desktop: far below this).
-MAX_STREAMS_PER_USER = 32
 
 
 def room_key(room_id: str) -> str:

@@ -24,6 +24,7 @@ from server.ledger.currencies import EXPONENTS
 from server.ledger.models import Account
 from server.ledger.watch import EventKey, WatchHub
 from server.protoconv import from_timestamp, money, timestamp, transfer_proto
+from server.streams import StreamQuota
 
 _DIRECTIONS: dict[int, transfers.Direction] = {
     ledger_pb2.TRANSFER_DIRECTION_UNSPECIFIED: "all",
@@ -93,6 +94,7 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         self._pool = pool
         self._batcher = batcher
         self._hub = watch_hub
+        self._watches = StreamQuota("WatchTransfers")
 
     async def ListCurrencies(
         self,
@@ -247,20 +249,22 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
     ) -> AsyncIterator[ledger_pb2.WatchTransfersResponse]:
         """LedgerService.WatchTransfers."""
         after = EventKey.decode(request.cursor) if request.cursor else None
-        events = self._hub.watch(current_principal().user_id, after)
-        try:
-            async for event in events:
-                if event is None:
-                    # Initial metadata tells the client the watch is registered.
-                    await context.send_initial_metadata(())
-                    continue
-                yield ledger_pb2.WatchTransfersResponse(
-                    transfer=transfer_proto(event.transfer), cursor=event.key.encode()
-                )
-        finally:
-            # Cancelled by token expiry, shutdown or the client: unregister at once.
-            with contextlib.suppress(Exception):
-                await events.aclose()  # type: ignore[attr-defined]  # an async generator
+        user_id = current_principal().user_id
+        with self._watches.held(user_id):
+            events = self._hub.watch(user_id, after)
+            try:
+                async for event in events:
+                    if event is None:
+                        # Initial metadata tells the client the watch is registered.
+                        await context.send_initial_metadata(())
+                        continue
+                    yield ledger_pb2.WatchTransfersResponse(
+                        transfer=transfer_proto(event.transfer), cursor=event.key.encode()
+                    )
+            finally:
+                # Cancelled by token expiry, shutdown or the client: unregister at once.
+                with contextlib.suppress(Exception):
+                    await events.aclose()  # type: ignore[attr-defined]  # an async generator
 
     async def Deposit(
         self,

@@ -43,10 +43,19 @@ SELECT {_EVENT_COLUMNS} FROM ledger_events e JOIN transfers t ON t.id = e.transf
 WHERE (e.xid, e.seq) > ($1, $2) AND e.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
 ORDER BY e.xid, e.seq LIMIT $3
 """
+# Two index range scans (sent, received; migration 0005) merged: an event is never both a user's.
 _USER_EVENTS = f"""
-SELECT {_EVENT_COLUMNS} FROM ledger_events e JOIN transfers t ON t.id = e.transfer_id
-WHERE (e.xid, e.seq) > ($1, $2) AND e.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
-  AND (e.from_user_id = $3 OR e.to_user_id = $3)
+SELECT {_EVENT_COLUMNS} FROM (
+    (SELECT * FROM ledger_events e
+     WHERE e.from_user_id = $3 AND (e.from_user_id, e.xid, e.seq) > ($3, $1, $2)
+       AND e.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+     ORDER BY e.from_user_id, e.xid, e.seq LIMIT $4)
+    UNION ALL
+    (SELECT * FROM ledger_events e
+     WHERE e.to_user_id = $3 AND (e.to_user_id, e.xid, e.seq) > ($3, $1, $2)
+       AND e.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
+     ORDER BY e.to_user_id, e.xid, e.seq LIMIT $4)
+) e JOIN transfers t ON t.id = e.transfer_id
 ORDER BY e.xid, e.seq LIMIT $4
 """
 

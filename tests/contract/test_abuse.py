@@ -17,12 +17,13 @@ import pytest
 from google.protobuf import struct_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
-from sendinchat.v1 import chat_pb2, users_pb2
+from sendinchat.v1 import chat_pb2, ledger_pb2, users_pb2
 from server import boundary
 from server.chat import validation
 from server.chat.stream import ConnectSession
 from server.chat.typing_throttle import TYPED_ROOMS_KEPT
 from server.errors import InvalidArgumentError
+from server.streams import MAX_STREAMS_PER_USER
 from tests.chat.support import Stream, group
 from tests.helpers import bearer, error_info, field_violations, signed_up
 
@@ -134,7 +135,7 @@ class TestFloods:
 
     async def test_a_user_past_the_stream_cap_is_refused_and_others_are_not(self, stubs):
         alice, bob = await signed_up(stubs), await signed_up(stubs)
-        streams = [Stream(stubs, alice) for _ in range(validation.MAX_STREAMS_PER_USER)]
+        streams = [Stream(stubs, alice) for _ in range(MAX_STREAMS_PER_USER)]
         try:
             for stream in streams:
                 await stream.write(ping=chat_pb2.PingFrame(nonce="in"))
@@ -149,6 +150,30 @@ class TestFloods:
         finally:
             for stream in streams:
                 await stream.close()
+
+    async def test_a_user_past_the_watch_cap_is_refused_and_others_are_not(self, stubs):
+        alice, bob = await signed_up(stubs), await signed_up(stubs)
+        watches = [
+            stubs.ledger.WatchTransfers(ledger_pb2.WatchTransfersRequest(), metadata=alice.auth)
+            for _ in range(MAX_STREAMS_PER_USER)
+        ]
+        try:
+            await asyncio.gather(*(watch.initial_metadata() for watch in watches))
+            extra = stubs.ledger.WatchTransfers(ledger_pb2.WatchTransfersRequest(), metadata=alice.auth)
+            assert await extra.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            other = stubs.ledger.WatchTransfers(ledger_pb2.WatchTransfersRequest(), metadata=bob.auth)
+            await other.initial_metadata()
+            assert not other.done()
+            other.cancel()
+            watches.pop().cancel()  # a stream given back is a stream to open again
+            again = stubs.ledger.WatchTransfers(ledger_pb2.WatchTransfersRequest(), metadata=alice.auth)
+            await asyncio.sleep(0.2)  # the cancellation reaches the server
+            await again.initial_metadata()
+            assert not again.done()
+            again.cancel()
+        finally:
+            for watch in watches:
+                watch.cancel()
 
 
 class TestRoomCap:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import grpc
 import pytest
 
 from sendinchat.v1 import ledger_pb2
+from server.ledger import watch
 from server.ledger.watch import EventKey
 from tests.helpers import Account, field_violations, request_id, signed_up
 from tests.ledger.support import transfer_request
@@ -82,6 +84,44 @@ class TestWatchTransfers:
         finally:
             resumed.cancel()
         assert [e.transfer.id for e in events] == [*missed, live.transfer.id]
+
+    async def test_resumes_sent_and_received_in_log_order_across_pages(self, stubs, alice, bob, monkeypatch):
+        monkeypatch.setattr(watch, "_PAGE", 2)  # each side's range is read a page at a time
+        first = await stubs.ledger.CreateTransfer(transfer_request(bob, 1), metadata=alice.auth)
+        call = await _open(stubs, bob)
+        await stubs.ledger.CreateTransfer(transfer_request(bob, 1), metadata=alice.auth)
+        (start,) = await _take(call, 1)
+        call.cancel()
+        assert first.transfer.id != start.transfer.id
+        missed = []
+        for i in range(7):  # received, sent, received, received, sent, ...
+            payer, payee = (bob, alice) if i % 3 == 1 else (alice, bob)
+            reply = await stubs.ledger.CreateTransfer(transfer_request(payee, 1), metadata=payer.auth)
+            missed.append(reply.transfer.id)
+        resumed = await _open(stubs, bob, cursor=start.cursor)
+        try:
+            events = await _take(resumed, 7)
+        finally:
+            resumed.cancel()
+        assert [e.transfer.id for e in events] == missed
+
+    async def test_a_resume_reads_the_watchers_own_events_by_index_not_the_whole_log(self, server):
+        # Any user may send the cursor of the log's start; that must cost what the user's history
+        # holds. Other users' events, as a busy ledger has them:
+        async with server.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO ledger_events (transfer_id, from_user_id, to_user_id, state, posted_amount)"
+                " SELECT gen_random_uuid(), gen_random_uuid(), gen_random_uuid(), 'posted', 1"
+                " FROM generate_series(1, 20000)"
+            )
+            await conn.execute("ANALYZE ledger_events")
+            for plan_cache_mode in ("force_custom_plan", "force_generic_plan"):
+                await conn.execute(f"SET plan_cache_mode = {plan_cache_mode}")
+                rows = await conn.fetch(f"EXPLAIN {watch._USER_EVENTS}", 0, 0, uuid.uuid4(), watch._PAGE)
+                plan = "\n".join(row[0] for row in rows)
+                assert "Seq Scan on ledger_events" not in plan, plan
+                assert "ledger_events_from_user_idx" in plan and "ledger_events_to_user_idx" in plan, plan
+            await conn.execute("RESET plan_cache_mode")
 
     async def test_delivers_transfers_made_through_another_replica(self, server, servers, stubs, alice, bob):
         replica = await servers.start(database_url=server.database_url)

@@ -121,6 +121,7 @@ class TestSquashedMigrations:
             "0002_final_answers.sql",
             "0003_issuance_limit.sql",
             "0004_refresh_retries.sql",
+            "0005_ledger_events_by_user.sql",
         ]
 
     async def test_an_infinite_expiry_stored_before_the_bound_is_repaired(self, servers):
