@@ -3,9 +3,9 @@
 On the real server the streams belong to users of their own (at most MAX_STREAMS_PER_USER - 7 a
 user, 100 users a room), each subscribed to its user's room; on the floor (bench/chat_floor.py)
 the same number of streams subscribe to one room. The streams come over connections of their own,
-STREAMS_PER_CONNECTION each (as many clients' would; the server takes at most 10,000 streams a
-connection). The RSS is read 3 s after the last subscription was answered, the servers' workers
-included.
+_STREAMS_PER_CONNECTION each, as many clients' would (the server takes at most
+server.app.MAX_STREAMS_PER_CONNECTION a connection). The RSS is read 3 s after the last
+subscription was answered, the servers' workers included.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from server.streams import MAX_STREAMS_PER_USER
 
 _STREAMS_PER_USER = MAX_STREAMS_PER_USER - 7
 _USERS_PER_ROOM = 100
-STREAMS_PER_CONNECTION = 500
+_STREAMS_PER_CONNECTION = 500
 
 
 def rss_mb(pid: int) -> float:
@@ -61,7 +61,7 @@ async def measure_idle_streams(
     count: int, users_stub: Any, addresses: tuple[str, str], pid: int, floor_pid: int
 ) -> dict[str, float]:
     """RSS of both servers (real, floor) before and after `count` idle subscribed streams, one at a time."""
-    connections = math.ceil(count / STREAMS_PER_CONNECTION)
+    connections = math.ceil(count / _STREAMS_PER_CONNECTION)
     channels = [
         open_channel(address, own_connection=True) for address in addresses for _ in range(connections)
     ]

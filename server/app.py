@@ -7,7 +7,6 @@ parent instead (server/parent.py) and each worker runs `serve_worker`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import resource
@@ -53,6 +52,7 @@ from server.process import start_metrics, stop_event, stoppable_start
 from server.reflection import enable_reflection
 from server.scheduling import use_batch_scheduling
 from server.streams import StreamLifetimes
+from server.tasks import cancel_and_wait
 from server.users.servicer import UserServicer
 from server.workers import ParentLink
 
@@ -67,8 +67,12 @@ _JWT_SECRET_FILE = "jwt_secret"
 _FIRST_RETRY_SECONDS = 0.5
 _MAX_RETRY_SECONDS = 5.0
 _CONNECT_TIMEOUT_SECONDS = 5.0
-# Streams one HTTP/2 connection may have open at once: as many calls as grpc core queues (above).
+# Streams one HTTP/2 connection may have open at once.
 MAX_STREAMS_PER_CONNECTION = 10_000
+# File descriptors kept from gRPC's connections beside the pool's: the listeners' own database
+# connections, /metrics, NATS, the embedded PostgreSQL's pipes, grpc core's and Python's own.
+RESERVED_DESCRIPTORS = 128
+MIN_CONNECTIONS = 16
 # A connection with no call open is closed after this; a client reconnects on its next call.
 IDLE_CONNECTION_SECONDS = 300
 
@@ -92,11 +96,7 @@ class RunningServer:
         await self.health.publish()
         self.streams.close_all()
         await self.server.stop(self.grace_seconds)
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self.tasks)
 
 
 async def create_server(
@@ -121,7 +121,9 @@ async def create_server(
     interceptor = RpcInterceptor(
         tokens=deps.tokens, ended_sessions=deps.ended_sessions, observer=RpcObserver(metrics), streams=streams
     )
-    server = grpc.aio.server(interceptors=[interceptor], options=_server_options(reuse_port))
+    server = grpc.aio.server(
+        interceptors=[interceptor], options=_server_options(reuse_port, config.db_pool_size)
+    )
     users_pb2_grpc.add_UserServiceServicer_to_server(UserServicer(pool, deps), server)
     own_dsn = dsn or config.database_url
     if own_dsn is None:
@@ -172,7 +174,7 @@ async def create_server(
     return running
 
 
-def _server_options(reuse_port: bool) -> list[tuple[str, int]]:
+def _server_options(reuse_port: bool, pool_size: int) -> list[tuple[str, int]]:
     """The settings of grpc core for the server.
 
     Calls that arrive faster than the event loop takes them wait in grpc core. Past a soft limit
@@ -181,10 +183,10 @@ def _server_options(reuse_port: bool) -> list[tuple[str, int]]:
     concurrent calls on one connection were. Waiting costs core a few kB a call; with these
     limits a burst of 6,000 is answered (tests/contract/test_hostile_input.py).
 
-    What one peer can hold is bounded: streams per connection (core keeps a few kB for each open
-    stream, and the answers it has not sent; past the limit a client's calls wait, or a few are
-    refused UNAVAILABLE), connections in all (three quarters of the file descriptors, so the pool,
-    /metrics and files keep theirs), and how long a connection with no call open is kept.
+    Streams per connection are bounded (core keeps a few kB for each open stream, and the answers
+    it has not sent; past the limit a client's calls wait, or a few are refused UNAVAILABLE), so is
+    how long a connection with no call open is kept, and connections on each listening address
+    leave the pool, the listeners, /metrics and files their file descriptors.
     """
     options = [
         ("grpc.so_reuseport", int(reuse_port)),
@@ -195,7 +197,8 @@ def _server_options(reuse_port: bool) -> list[tuple[str, int]]:
     ]
     descriptors, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if descriptors != resource.RLIM_INFINITY:
-        options.append(("grpc.max_allowed_incoming_connections", max(1, descriptors * 3 // 4)))
+        connections = max(MIN_CONNECTIONS, descriptors - pool_size - RESERVED_DESCRIPTORS)
+        options.append(("grpc.max_allowed_incoming_connections", connections))
     return options
 
 

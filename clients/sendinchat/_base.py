@@ -14,6 +14,7 @@ import grpc
 from google.protobuf import timestamp_pb2
 
 from sendinchat.errors import (
+    REFRESH_TOKEN_MISSING,
     ConflictError,
     SendInChatError,
     UnauthenticatedError,
@@ -130,7 +131,7 @@ class ClientBase:
                 grpc.StatusCode.UNAUTHENTICATED,
                 "the access token has expired (or is about to) and there is no refresh token to renew it;"
                 " log in again",
-                reason="TOKEN_EXPIRED",
+                reason=REFRESH_TOKEN_MISSING,
             )
         request = users_pb2.RefreshTokenRequest(refresh_token=token, request_id=self._rotation_id(token))
         for attempt in range(self._retries + 1):

@@ -8,7 +8,7 @@ from collections.abc import AsyncGenerator
 import grpc
 
 from sendinchat._base import ClientBase, backoff, cancelled_by_close, one_key, quiet_on_close
-from sendinchat.errors import UnauthenticatedError, UnavailableError, from_rpc_error
+from sendinchat.errors import RateLimitedError, UnauthenticatedError, UnavailableError, from_rpc_error
 from sendinchat.v1 import ledger_pb2
 
 
@@ -122,7 +122,8 @@ class LedgerMixin(ClientBase):
         Args:
             cursor: Resume after this cursor (from an earlier event); empty starts with what
                 commits from now on.
-            reconnect_attempts: Failed reconnections in a row before UnavailableError is raised.
+            reconnect_attempts: Failed reconnections in a row (the server unreachable, or the user's
+                streams at their limit) before the error is raised.
 
         Yields:
             Each event: the transfer as it is after the change, and the cursor after it.
@@ -131,6 +132,7 @@ class LedgerMixin(ClientBase):
             InvalidArgumentError: A bad cursor.
             UnauthenticatedError: Not logged in, the session ended, or the refresh failed.
             UnavailableError: The server stayed unreachable for reconnect_attempts reconnections.
+            RateLimitedError: The user's WatchTransfers streams stayed at their limit as long.
         """
         failures = 0
         while not self.closed:
@@ -163,8 +165,8 @@ class LedgerMixin(ClientBase):
             with quiet_on_close(lambda: self.closed):
                 if isinstance(error, UnauthenticatedError) and error.reason == "TOKEN_EXPIRED":
                     await self._refresh_if_stale(tokens)
-                elif isinstance(error, UnavailableError) and failures < reconnect_attempts:
-                    await asyncio.sleep(backoff(failures))
+                elif isinstance(error, UnavailableError | RateLimitedError) and failures < reconnect_attempts:
+                    await asyncio.sleep(error.retry_after_seconds or backoff(failures))
                     failures += 1
                 else:
                     raise error

@@ -21,7 +21,12 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+# The reason of the client's own UnauthenticatedError when an access token given alone (no
+# refresh token) has expired: nothing can renew it, log in again.
+REFRESH_TOKEN_MISSING = "REFRESH_TOKEN_MISSING"
+
 __all__ = [
+    "REFRESH_TOKEN_MISSING",
     "AlreadyExistsError",
     "ConflictError",
     "FailedPreconditionError",

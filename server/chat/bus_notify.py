@@ -9,7 +9,6 @@ reasons to move to NATS past one database's worth of chat.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from prometheus_client import Counter
@@ -17,6 +16,7 @@ from prometheus_client import Counter
 from server.chat import events
 from server.chat.bus import OnEvent, OnResync
 from server.db.listener import Listener
+from server.tasks import cancel_and_wait
 
 CHANNEL = "chat_events"
 APPLICATION_NAME = "sendinchat-chat-listener"  # how the listener's connection shows in pg_stat_activity
@@ -67,9 +67,7 @@ class NotifyBus:
     async def stop(self) -> None:
         """Stop listening."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def publish(self, *published: events.ChatEvent) -> None:
         """Nothing to do: the transaction notified at commit."""

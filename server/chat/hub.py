@@ -34,6 +34,7 @@ from server.chat.presence import Presence
 from server.chat.sending import MessageSender
 from server.chat.turns import RoomTurns
 from server.db import errors as db_errors
+from server.tasks import cancel_and_wait
 
 _POSITIONS_BATCH = 1000  # rooms per catch-up query
 PERIODIC_ROOMS_PER_SECOND = 5000  # the periodic catch-up's most (one index lookup each)
@@ -83,11 +84,7 @@ class ChatHub:
         readers = [feed.close() for feed in self._feeds.values()]
         checks = list(self._removal_checks.values())
         tasks = [t for t in (self._periodic, self._catching_up, *readers, *checks) if t is not None]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
         await self.presence.stop()
         await self.bus.stop()
 

@@ -24,6 +24,7 @@ import asyncpg
 from server.chat import events
 from server.chat.bus import Publisher
 from server.db import errors as db_errors
+from server.tasks import cancel_and_wait
 
 HEARTBEAT_SECONDS = 5.0
 STALE_SECONDS = 30.0
@@ -70,11 +71,7 @@ class Presence:
 
     async def stop(self) -> None:
         """Stop the background work; this replica's users leave its rooms now, not when it is missed."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         with contextlib.suppress(Exception):
             async with asyncio.timeout(_LEAVE_ON_STOP_SECONDS):
                 while await self._went_offline(self.replica, None) == BATCH:

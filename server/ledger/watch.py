@@ -22,6 +22,7 @@ import asyncpg
 from server import pagetokens
 from server.db.listener import Listener
 from server.ledger.models import Transfer
+from server.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ SELECT {_EVENT_COLUMNS} FROM ledger_events e JOIN transfers t ON t.id = e.transf
 WHERE (e.xid, e.seq) > ($1, $2) AND e.xid < pg_snapshot_xmin(pg_current_snapshot())::text::bigint
 ORDER BY e.xid, e.seq LIMIT $3
 """
-# Two index range scans (sent, received; migration 0005) merged: an event is never both a user's.
+# Two index range scans (sent, received; migration 0005) merged. An event is never both a user's:
+# a transfer's two accounts differ (transfers_distinct_accounts), and a user has one per currency.
 _USER_EVENTS = f"""
 SELECT {_EVENT_COLUMNS} FROM (
     (SELECT * FROM ledger_events e
@@ -157,9 +159,7 @@ class WatchHub:
                 await asyncio.sleep(1.0)
             finally:
                 self._ready.clear()
-                listening.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await listening
+                await cancel_and_wait(listening)
             if self._count == 0:
                 self._wanted.clear()
                 self._cursor = None

@@ -16,7 +16,7 @@ from google.protobuf import timestamp_pb2
 
 from sendinchat.v1 import chat_pb2, ledger_pb2, users_pb2
 from tests.chat.support import Stream, group
-from tests.helpers import Account, field_violations, request_id, signed_up, signed_up_admin
+from tests.helpers import Account, field_violations, random_name, request_id, signed_up, signed_up_admin
 from tests.ledger.support import deposit
 
 LARGEST_TIMESTAMP = timestamp_pb2.Timestamp(seconds=253_402_300_799, nanos=999_999_999)
@@ -324,6 +324,14 @@ class TestBursts:
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         failures = [o.code() for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
         assert failures == []
+
+
+class TestCompression:
+    async def test_a_compressed_request_past_the_receive_limit_is_refused_by_its_size(self, server):
+        bomb = users_pb2.RegisterRequest(username=random_name(), password="x" * (8 * 1024 * 1024))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:  # 8 MiB of one letter: 8 kB gzipped
+            await server.stubs.users.Register(bomb, compression=grpc.Compression.Gzip, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class TestPageSizes:

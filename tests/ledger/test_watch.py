@@ -115,13 +115,20 @@ class TestWatchTransfers:
                 " FROM generate_series(1, 20000)"
             )
             await conn.execute("ANALYZE ledger_events")
-            for plan_cache_mode in ("force_custom_plan", "force_generic_plan"):
-                await conn.execute(f"SET plan_cache_mode = {plan_cache_mode}")
-                rows = await conn.fetch(f"EXPLAIN {watch._USER_EVENTS}", 0, 0, uuid.uuid4(), watch._PAGE)
-                plan = "\n".join(row[0] for row in rows)
-                assert "Seq Scan on ledger_events" not in plan, plan
-                assert "ledger_events_from_user_idx" in plan and "ledger_events_to_user_idx" in plan, plan
-            await conn.execute("RESET plan_cache_mode")
+            # The plan for these values, and the generic one a pooled connection settles on.
+            await conn.execute(f"PREPARE user_events (bigint, bigint, uuid, bigint) AS {watch._USER_EVENTS}")
+            try:
+                for plan_cache_mode in ("force_custom_plan", "force_generic_plan"):
+                    await conn.execute(f"SET plan_cache_mode = {plan_cache_mode}")
+                    rows = await conn.fetch(
+                        f"EXPLAIN EXECUTE user_events (0, 0, '{uuid.uuid4()}', {watch._PAGE})"
+                    )
+                    plan = "\n".join(row[0] for row in rows)
+                    assert "Seq Scan on ledger_events" not in plan, (plan_cache_mode, plan)
+                    assert "ledger_events_from_user_idx" in plan and "ledger_events_to_user_idx" in plan, plan
+            finally:
+                await conn.execute("DEALLOCATE user_events")
+                await conn.execute("RESET plan_cache_mode")
 
     async def test_delivers_transfers_made_through_another_replica(self, server, servers, stubs, alice, bob):
         replica = await servers.start(database_url=server.database_url)

@@ -7,6 +7,7 @@ import hashlib
 import json
 import stat
 
+import jwt
 import pytest
 
 from sendinchat import Client, UnauthenticatedError
@@ -15,6 +16,7 @@ from sendinchat.cli.money import Currencies
 from sendinchat.cli.output import CliError
 from sendinchat.cli.session import SessionFile
 from sendinchat.v1 import users_pb2
+from tests.harness import TEST_JWT_SECRET
 from tests.helpers import PASSWORD, random_name, signed_up
 from tests.sdk.cli import cli_env, logged_in_env, run_cli
 from tests.sdk.test_client import expired_copy
@@ -94,6 +96,21 @@ class TestSession:
             await second.get_me()  # must take the pair first stored, or the session ends
             assert second.tokens == first.tokens
         assert (await run_cli(env, "me")).returncode == 0
+
+    async def test_logout_of_a_saved_session_past_its_refresh_token_forgets_it(self, server, bob, tmp_path):
+        env = await logged_in_env(server.address, tmp_path, await _name(bob))
+        session = SessionFile(server.address, tmp_path)
+        tokens = session.load()
+        assert tokens is not None
+        stale = expired_copy(tokens)
+        claims = jwt.decode(stale.refresh_token, options={"verify_signature": False})
+        claims.update(exp=claims["iat"] - 60)  # the server says TOKEN_EXPIRED for it too
+        stale.refresh_token = jwt.encode(claims, TEST_JWT_SECRET, algorithm="HS256")
+        session.save(stale)
+        logout = await run_cli(env, "logout")
+        assert logout.returncode == 0, logout.stderr
+        assert "ended 0 sessions" in logout.stdout
+        assert session.load() is None
 
     async def test_logout_ends_the_session_and_removes_it(self, server, bob, tmp_path):
         env = await logged_in_env(server.address, tmp_path, await _name(bob))

@@ -12,7 +12,7 @@ import pytest
 
 from sendinchat import Client, InvalidArgumentError, NotFoundError, UnauthenticatedError, UnavailableError
 from sendinchat.cli.session import SessionFile
-from sendinchat.errors import AlreadyExistsError
+from sendinchat.errors import REFRESH_TOKEN_MISSING, AlreadyExistsError
 from sendinchat.v1 import users_pb2
 from tests import harness
 from tests.helpers import PASSWORD, random_name, signed_up
@@ -210,7 +210,7 @@ class TestRefreshToken:
             client.tokens = users_pb2.TokenPair(access_token=expired_copy(account.tokens).access_token)
             with pytest.raises(UnauthenticatedError) as raised:
                 await client.get_me()
-            assert raised.value.reason == "TOKEN_EXPIRED"
+            assert raised.value.reason == REFRESH_TOKEN_MISSING
 
     async def test_raises_unauthenticated_when_the_session_ended(self, server):
         async with _two_sessions(server) as (_, client, other):

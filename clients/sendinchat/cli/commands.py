@@ -11,7 +11,12 @@ from sendinchat.cli.money import Currencies
 from sendinchat.cli.output import CliError, Names, date_time, shown
 from sendinchat.cli.session import SessionFile
 from sendinchat.client import Client
-from sendinchat.errors import InsufficientFundsError, NotFoundError, UnauthenticatedError
+from sendinchat.errors import (
+    REFRESH_TOKEN_MISSING,
+    InsufficientFundsError,
+    NotFoundError,
+    UnauthenticatedError,
+)
 from sendinchat.v1 import ledger_pb2, users_pb2
 
 _ROLES = {users_pb2.ROLE_USER: "user", users_pb2.ROLE_ADMIN: "admin"}
@@ -61,7 +66,7 @@ async def logout(client: Client, session: SessionFile | None, args: argparse.Nam
     try:
         ended = await client.logout(all_sessions=args.all)
     except UnauthenticatedError as exc:
-        if exc.reason == "TOKEN_EXPIRED":  # an access token alone, expired: it ends nothing
+        if exc.reason == REFRESH_TOKEN_MISSING:  # an access token alone, expired: it ends nothing
             raise
         ended = 0  # it had ended already: nothing left to end but the saved copy
     finally:

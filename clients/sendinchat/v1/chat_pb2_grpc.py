@@ -268,7 +268,7 @@ class ChatServiceServicer:
         NOT_FOUND for it and nothing more of the room. After the client
         half-closes, the answers to its frames are sent and the stream ends OK.
         Typing frames are announced at most once a second per room and stream.
-        A user may hold 32 Connect streams open on one server; another is
+        A user may hold 32 Connect streams open on each server process; another is
         refused with RESOURCE_EXHAUSTED (RetryInfo).
         A client that reads slowly, or a burst, delays its messages, never loses
         them: the server reads them back from the log (and sends only the latest

@@ -561,7 +561,7 @@ class CreatePendingTransferRequest(_message.Message):
     currency: _builtins.str
     """ISO-4217 code."""
     amount_minor: _builtins.int
-    """Minor units to reserve, 1 to 10^15."""
+    """Minor units to reserve, 1 to 10^15 (1,000,000,000,000,000)."""
     memo: _builtins.str
     """Optional: one line of at most 256 characters, showing something (not
     only spaces or zero-width characters).

@@ -267,8 +267,11 @@ class LedgerServiceServicer:
         """WatchTransfers streams every transfer touching the caller's accounts as
         it commits (and each later state change of a pending one). Pass the last
         cursor received to resume without missing anything.
+        A user may hold 32 WatchTransfers streams open on each server process;
+        another is refused with RESOURCE_EXHAUSTED (RetryInfo).
         Errors: INVALID_ARGUMENT (bad cursor), UNAUTHENTICATED (also when the
-        access token expires mid-stream), UNAVAILABLE (server shutting down).
+        access token expires mid-stream), UNAVAILABLE (server shutting down),
+        RESOURCE_EXHAUSTED (too many open streams).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -122,8 +122,11 @@ class LedgerServiceStub:
     """WatchTransfers streams every transfer touching the caller's accounts as
     it commits (and each later state change of a pending one). Pass the last
     cursor received to resume without missing anything.
+    A user may hold 32 WatchTransfers streams open on each server process;
+    another is refused with RESOURCE_EXHAUSTED (RetryInfo).
     Errors: INVALID_ARGUMENT (bad cursor), UNAUTHENTICATED (also when the
-    access token expires mid-stream), UNAVAILABLE (server shutting down).
+    access token expires mid-stream), UNAVAILABLE (server shutting down),
+    RESOURCE_EXHAUSTED (too many open streams).
     """
     Deposit: _grpc.UnaryUnaryMultiCallable[_ledger_pb2.DepositRequest, _ledger_pb2.DepositResponse]
     """Deposit mints money into a user's account from the system account.
@@ -237,8 +240,11 @@ class LedgerServiceAsyncStub(LedgerServiceStub):
     """WatchTransfers streams every transfer touching the caller's accounts as
     it commits (and each later state change of a pending one). Pass the last
     cursor received to resume without missing anything.
+    A user may hold 32 WatchTransfers streams open on each server process;
+    another is refused with RESOURCE_EXHAUSTED (RetryInfo).
     Errors: INVALID_ARGUMENT (bad cursor), UNAUTHENTICATED (also when the
-    access token expires mid-stream), UNAVAILABLE (server shutting down).
+    access token expires mid-stream), UNAVAILABLE (server shutting down),
+    RESOURCE_EXHAUSTED (too many open streams).
     """
     Deposit: _aio.UnaryUnaryMultiCallable[_ledger_pb2.DepositRequest, _ledger_pb2.DepositResponse]  # type: ignore[assignment]
     """Deposit mints money into a user's account from the system account.
@@ -415,8 +421,11 @@ class LedgerServiceServicer(metaclass=_abc_1.ABCMeta):
         """WatchTransfers streams every transfer touching the caller's accounts as
         it commits (and each later state change of a pending one). Pass the last
         cursor received to resume without missing anything.
+        A user may hold 32 WatchTransfers streams open on each server process;
+        another is refused with RESOURCE_EXHAUSTED (RetryInfo).
         Errors: INVALID_ARGUMENT (bad cursor), UNAUTHENTICATED (also when the
-        access token expires mid-stream), UNAVAILABLE (server shutting down).
+        access token expires mid-stream), UNAVAILABLE (server shutting down),
+        RESOURCE_EXHAUSTED (too many open streams).
         """
 
     @_abc_1.abstractmethod
