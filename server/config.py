@@ -14,6 +14,7 @@ from asyncpg import connect_utils
 
 from server.errors import InvalidArgumentError
 from server.users.validation import check_password, normalize_username
+from server.validation import ascii_digits
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
@@ -113,7 +114,7 @@ def _non_empty(raw: str) -> str:
 
 def _address(raw: str) -> str:
     host, sep, port = raw.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
+    if not sep or not host or not ascii_digits(port) or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT with a port 0-65535, got {raw!r}")
     return raw
 
@@ -134,7 +135,7 @@ def _database_url(raw: str) -> str:
         raise ValueError("is not a valid URL: check its host and port") from None
     query = parse_qs(parts.query)
     for value in query.get("port", []):
-        if not all(port.isascii() and port.isdigit() for port in value.split(",")):
+        if not all(ascii_digits(port) for port in value.split(",")):
             raise ValueError("its port parameter must be a number")
     refusal = _asyncpg_refusal(raw)
     if refusal is not None:

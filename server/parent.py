@@ -19,6 +19,7 @@ from server.db.pool import create_pool
 from server.observability import LogWriter, forget_worker, supervision_metrics, worker_metrics
 from server.ports import reserve_address
 from server.process import start_metrics, stop_event
+from server.validation import ascii_digits
 from server.workers import Supervisor, WorkerError, WorkerOrders
 
 log = logging.getLogger(__name__)
@@ -110,5 +111,5 @@ def _remove_dead_parents_metrics() -> None:
     """Remove the metrics folders of parents that were killed (SIGKILL leaves them behind)."""
     for folder in Path(tempfile.gettempdir()).glob(f"{_METRICS_PREFIX}*-*"):
         pid = folder.name.removeprefix(_METRICS_PREFIX).partition("-")[0]
-        if pid.isascii() and pid.isdigit() and not pid_alive(int(pid)):
+        if ascii_digits(pid) and not pid_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)

@@ -148,6 +148,11 @@ def _shows(ch: str) -> bool:
     return category[0] in "LNPS" and ch not in _BLANK_GLYPHS
 
 
+def ascii_digits(text: str) -> bool:
+    """Whether `text` is a number in ASCII digits (str.isdigit() and int() also take other scripts')."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_uuid(raw: str, field: str) -> str:
     """The canonical form of a UUID string, or InvalidArgumentError naming the field."""
     fields = Fields()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncGenerator, Coroutine
 
@@ -90,8 +89,7 @@ class ChatConnection:
             closed.cancel()
             if not task.done():
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await asyncio.wait((task,))  # unlike suppressing CancelledError, keeps a cancel of ours
         if task.cancelled():
             return False
         task.result()  # its error, if it failed
